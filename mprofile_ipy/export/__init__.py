@@ -1,0 +1,1 @@
+"""Exporters: write and read profiles in formats other tools open."""

@@ -1,0 +1,717 @@
+"""Snapshots to and from pprof's gzipped ``profile.proto``, shaped like Go's heap profiles.
+
+``write_pprof`` / ``to_profile`` turn a :class:`~mprofile_ipy.model.Snapshot` into a profile
+with the sample types ``alloc_objects/count, alloc_space/bytes, inuse_objects/count,
+inuse_space/bytes`` whose values are the snapshot's unbiased estimates, stacks leaf first.
+``load_pprof`` reads such a file (or any pprof heap profile) back into a ``Snapshot`` whose
+statistics match the values in the file; bad input raises :class:`PprofFormatError`.
+
+How a snapshot is laid out (and why loading gives the same statistics back):
+
+- One pprof sample per group of *sampled* allocations that share stack, thread, domain,
+  allocator and size. Its labels: ``bytes`` (the size of each allocation, unit bytes, as Go
+  writes it), ``samples`` (how many sampled allocations the group holds: the relative error
+  of its estimate is about ``1/sqrt(samples)``), ``thread_id`` (and ``thread_name`` when the
+  snapshot's meta knows it), ``domain`` (tracemalloc's domain number), ``allocator``
+  (``raw``, ``mem``, ``obj``, ``numpy``, ``native``) and, when the stack was cut at
+  ``max_frames``, ``total_nframe``.
+- ``period`` is the snapshot's ``sample_rate`` (1 when every allocation is traced). An
+  allocation of ``s`` bytes stands for ``w = 1/(1-exp(-s/period))`` allocations, so the
+  loader rebuilds ``samples`` raw traces of ``bytes`` bytes per pprof sample and the model
+  gives them the very weights they had: the statistics of the loaded snapshot equal the
+  original's. Profiles from other tools (no ``samples``/``bytes`` labels) are loaded as
+  exact snapshots (``sample_rate=1``) whose traces add up to each sample's ``inuse_objects``
+  and ``inuse_space`` values.
+- Values are integers: each column is rounded on its running total, so every sum over the
+  profile equals the rounded total of the snapshot (``sum(inuse_space) ==
+  snapshot.total_size``) and each sample is within one unit of its unrounded estimate.
+- ``alloc_objects``/``alloc_space`` hold the totals allocated since the profiler started,
+  freed allocations included, per traceback (``Snapshot.allocated_statistics``). They sit on
+  the first sample of their stack, or on a sample of their own (``inuse_*`` zero, no size
+  labels) for stacks whose allocations were all freed. A snapshot without allocation totals
+  gets ``alloc_* == inuse_*``, and a comment says so. Loading rebuilds the totals per
+  traceback from the ``alloc_*`` values.
+- Functions carry the display name and file (see ``frame_namer``), the first line, and as
+  ``system_name`` the frame's own ``"filename:qualname"``, which differs from the name on
+  purpose: pprof "demangles" functions whose two names are equal, stripping ``<...>`` as
+  C++ template arguments (``<module>`` would show as nothing). One mapping, ``[python]``,
+  says that symbols are present, so pprof does not try to symbolize.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import secrets
+import sys
+import time
+import zlib
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from typing import IO, Any, Union
+
+from google.protobuf.message import DecodeError
+
+from .. import estimate
+from ..model import Frame, Snapshot
+from . import profile_pb2
+
+__all__ = [
+    "PprofFormatError",
+    "FrameNamer",
+    "SAMPLE_TYPES",
+    "to_profile",
+    "write_pprof",
+    "load_pprof",
+]
+
+PathOrFile = Union[str, "os.PathLike[str]", IO[bytes]]
+# Maps a frame to (display file name, display function name), e.g. a notebook cell's temp
+# file to "In [12]"; it may return a third item, the line number to show instead.
+FrameNamer = Callable[["Frame"], tuple]
+
+SAMPLE_TYPES: tuple[tuple[str, str], ...] = (
+    ("alloc_objects", "count"),
+    ("alloc_space", "bytes"),
+    ("inuse_objects", "count"),
+    ("inuse_space", "bytes"),
+)
+_ALLOC_OBJECTS, _ALLOC_SPACE, _INUSE_OBJECTS, _INUSE_SPACE = range(4)
+_DEFAULT_SAMPLE_TYPE = "inuse_space"
+_UNKNOWN_NAME = "<unknown>"
+_NO_STACK_FRAME = ("<unknown>", 0, "<no Python frame>", 0)
+_GZIP_MAGIC = b"\x1f\x8b"
+_ALLOCATOR_NAMES = ("raw", "mem", "obj", "numpy", "native")
+# load_pprof refuses to rebuild more traces than this (8 bytes each, plus the model's work):
+# a corrupt or hostile file could otherwise ask for billions.
+MAX_LOADED_TRACES = 20_000_000
+_MAPPING_ID = 1
+_MAPPING_NAME = "[python]"
+_DEFAULT_ALLOCATOR = 1  # MEM, as the model assumes for 4-tuple traces
+
+
+class PprofFormatError(ValueError):
+    """The input is not a readable pprof heap profile (corrupt, truncated, empty, foreign)."""
+
+
+# --------------------------------------------------------------------------- writing
+
+
+class _Strings:
+    """pprof's string table: deduplicated, with the mandatory "" at index 0."""
+
+    def __init__(self) -> None:
+        self.table: list[str] = [""]
+        self._index: dict[str, int] = {"": 0}
+
+    def __call__(self, text: str) -> int:
+        index = self._index.get(text)
+        if index is None:
+            index = self._index[text] = len(self.table)
+            self.table.append(text)
+        return index
+
+
+class _RunningRound:
+    """Rounds a column of floats so that the integers add up to the rounded total."""
+
+    def __init__(self) -> None:
+        self._total = 0.0
+        self._emitted = 0
+
+    def __call__(self, value: float) -> int:
+        self._total += value
+        target = round(self._total)
+        out = target - self._emitted
+        self._emitted = target
+        return out
+
+
+def _identity_namer(frame: Frame) -> tuple[str, str]:
+    return frame.filename, frame.name or _UNKNOWN_NAME
+
+
+class _Builder:
+    """Accumulates functions, locations and samples of one profile."""
+
+    def __init__(self, frame_namer: FrameNamer | None) -> None:
+        self.profile = profile_pb2.Profile()
+        self.strings = _Strings()
+        self._namer = frame_namer or _identity_namer
+        self._functions: dict[tuple[str, str, str, int], int] = {}
+        self._locations: dict[Any, int] = {}
+        # id(frames) -> (frames, location ids); frames kept so that the id stays theirs.
+        self._stacks: dict[int, tuple[tuple, list[int]]] = {}
+
+    def _name(self, frame: Frame) -> tuple[str, str, int]:
+        named = self._namer(frame)
+        if not (
+            isinstance(named, tuple)
+            and len(named) in (2, 3)
+            and isinstance(named[0], str)
+            and isinstance(named[1], str)
+            and (len(named) == 2 or isinstance(named[2], int))
+        ):
+            raise TypeError(
+                "frame_namer must return (filename: str, function: str) or "
+                f"(filename: str, function: str, lineno: int), got {named!r}"
+            )
+        lineno = named[2] if len(named) == 3 else frame.lineno
+        return named[0], named[1] or _UNKNOWN_NAME, lineno
+
+    def _function_id(self, name: str, system_name: str, filename: str, start_line: int) -> int:
+        key = (name, system_name, filename, start_line)
+        fid = self._functions.get(key)
+        if fid is None:
+            fid = self._functions[key] = len(self._functions) + 1
+            self.profile.function.add(
+                id=fid,
+                name=self.strings(name),
+                system_name=self.strings(system_name),
+                filename=self.strings(filename),
+                start_line=start_line,
+            )
+        return fid
+
+    def _location_id(self, raw_frame: tuple) -> int:
+        filename, lineno = raw_frame[0], raw_frame[1]
+        raw_name = (raw_frame[2] if len(raw_frame) > 2 else None) or _UNKNOWN_NAME
+        firstlineno = (raw_frame[3] if len(raw_frame) > 3 else None) or 0
+        key = (filename, lineno, raw_name, firstlineno)
+        lid = self._locations.get(key)
+        if lid is None:
+            display_file, name, display_line = self._name(Frame(raw_frame))
+            # A display line number shifts the function's first line by as much.
+            if firstlineno > 0:
+                firstlineno = max(1, firstlineno + display_line - lineno)
+            # system_name: the frame's own file and qualified name. It must differ from
+            # name: pprof "demangles" functions whose two names are equal, which strips
+            # <...> as C++ template arguments and turns "<module>" into "".
+            system_name = f"{filename}:{raw_name}"
+            fid = self._function_id(name, system_name, display_file, firstlineno)
+            lid = self._locations[key] = len(self._locations) + 1
+            location = self.profile.location.add(id=lid, mapping_id=_MAPPING_ID)
+            location.line.add(function_id=fid, line=display_line)
+        return lid
+
+    def stack(self, frames: tuple) -> list[int]:
+        """Location ids of raw frames (most recent first, which is pprof's leaf first)."""
+        entry = self._stacks.get(id(frames))
+        if entry is None or entry[0] is not frames:
+            entry = self._stacks[id(frames)] = (
+                frames,
+                [self._location_id(frame) for frame in frames],
+            )
+        return entry[1]
+
+    def num_label(self, sample: Any, key: str, num: int, unit: str = "") -> None:
+        sample.label.add(key=self.strings(key), num=num, num_unit=self.strings(unit))
+
+    def str_label(self, sample: Any, key: str, text: str) -> None:
+        sample.label.add(key=self.strings(key), str=self.strings(text))
+
+
+def _int64(value: int) -> int:
+    """An unsigned 64-bit number (a thread id) as the int64 that pprof stores."""
+    value %= 2**64
+    return value - 2**64 if value >= 2**63 else value
+
+
+def _allocator_name(code: int) -> str:
+    if 0 <= code < len(_ALLOCATOR_NAMES):
+        return _ALLOCATOR_NAMES[code]
+    return str(code)
+
+
+def _comments(snapshot: Snapshot, alloc_tracked: bool, samples: int) -> list[str]:
+    meta = snapshot.meta or {}
+    python = meta.get("python") or sys.version.split()[0]
+    implementation = meta.get("implementation") or sys.implementation.name
+    lines = [f"Python {python} ({implementation})"]
+    if snapshot.is_exact:
+        lines.append("mprofile-ipy: exact profile, every allocation traced (sample_rate=1)")
+    else:
+        lines.append(
+            f"mprofile-ipy: sampling profile, sample_rate={snapshot.sample_rate} bytes; "
+            "values are unbiased estimates"
+        )
+    settings = [f"max_frames={snapshot.traceback_limit}", f"live_samples={samples}"]
+    if meta.get("seed") is not None:
+        settings.append(f"seed={meta['seed']}")
+    if meta.get("samples_total") is not None:
+        settings.append(f"samples_total={meta['samples_total']}")
+    lines.append("settings: " + ", ".join(settings))
+    if alloc_tracked:
+        lines.append("alloc_*: allocated since the profiler started, freed allocations included")
+    else:
+        lines.append("alloc_*: allocation totals were not tracked; alloc_* repeat inuse_*")
+    return lines
+
+
+def _raw_traces(snapshot: Snapshot) -> Sequence[tuple]:
+    """The snapshot's raw traces (``docs/architecture.md``), without building Trace objects.
+
+    Building a ``Trace`` and a ``Traceback`` per allocation costs ~20 s for a million exact
+    traces; the raw tuples cost ~1 s. Snapshots of other shapes go through the public API.
+    """
+    raw = getattr(snapshot, "raw_traces", None)
+    if raw is not None:
+        return raw
+    shared: dict[tuple, tuple] = {}  # one frames tuple per distinct stack, as the model has
+    out = []
+    for t in snapshot.traces:
+        frames = tuple(
+            (f.filename, f.lineno, f.name, f.firstlineno) for f in reversed(t.traceback)
+        )
+        frames = shared.setdefault(frames, frames)
+        out.append((t.domain, t.size, frames, t.total_nframe, int(t.allocator), t.thread_id))
+    return out
+
+
+def _frames_key(frames: tuple) -> tuple:
+    """What traceback equality looks at: the (filename, lineno) of each frame."""
+    return tuple([frame[:2] for frame in frames])
+
+
+def _time_fields(meta: dict[str, Any]) -> tuple[int, int]:
+    started = meta.get("started_at")
+    taken = meta.get("taken_at")
+    if isinstance(started, (int, float)) and started > 0:
+        end = taken if isinstance(taken, (int, float)) and taken >= started else started
+        return int(started * 1e9), int((end - started) * 1e9)
+    if isinstance(taken, (int, float)) and taken > 0:
+        return int(taken * 1e9), 0
+    return time.time_ns(), 0
+
+
+def to_profile(
+    snapshot: Snapshot,
+    *,
+    frame_namer: FrameNamer | None = None,
+    comments: Iterable[str] = (),
+) -> profile_pb2.Profile:
+    """Build the pprof ``Profile`` message for ``snapshot`` (see the module docstring).
+
+    ``frame_namer(frame)`` returns ``(display filename, display function)`` (optionally a
+    third item, the display line number) for each frame; the default keeps the frame's own
+    file name and qualified name. ``Function.system_name`` keeps the frame's own
+    ``"filename:qualname"`` whatever the namer shows.
+    ``comments`` are added after the ones describing the Python version and settings.
+    """
+    builder = _Builder(frame_namer)
+    profile = builder.profile
+    strings = builder.strings
+    meta = snapshot.meta or {}
+    threads = meta.get("threads") or {}
+
+    for type_name, unit in SAMPLE_TYPES:
+        profile.sample_type.add(type=strings(type_name), unit=strings(unit))
+    # One mapping that says the symbols are all there, so pprof does not try to symbolize.
+    profile.mapping.add(
+        id=_MAPPING_ID,
+        filename=strings(_MAPPING_NAME),
+        has_functions=True,
+        has_filenames=True,
+        has_line_numbers=True,
+    )
+
+    # Group sampled allocations: same stack, labels and size give the same weight.
+    # Frames tuples are keyed by identity (the model shares one per traceback).
+    raw = _raw_traces(snapshot)
+    frames_of: dict[int, tuple] = {}
+    groups: Counter[tuple] = Counter()
+    for trace in raw:
+        frames = trace[2]
+        frames_of[id(frames)] = frames
+        groups[
+            (
+                id(frames),
+                trace[3],
+                trace[0],
+                trace[4] if len(trace) > 4 else _DEFAULT_ALLOCATOR,
+                trace[5] if len(trace) > 5 else 0,
+                trace[1],
+            )
+        ] += 1
+
+    allocated = getattr(snapshot, "allocated", None)
+    keys_of: dict[int, tuple] = {}
+
+    def stack_key(frames: tuple) -> tuple:
+        key = keys_of.get(id(frames))
+        if key is None:
+            key = keys_of[id(frames)] = _frames_key(frames)
+        return key
+
+    alloc_by_stack: dict[tuple, list] = {}  # frames key -> [frames, total_nframe, count, size]
+    for entry in allocated or ():
+        frames, total_nframe, count, size = entry[:4]
+        totals = alloc_by_stack.setdefault(stack_key(frames), [frames, total_nframe, 0.0, 0.0])
+        totals[2] += float(count)
+        totals[3] += float(size)
+
+    rate = snapshot.sample_rate
+    weights: dict[int, float] = {}
+    rounders = [_RunningRound() for _ in SAMPLE_TYPES]
+    live_samples = 0
+    for (frames_id, total_nframe, domain, allocator, thread_id, size), n in groups.items():
+        frames = frames_of[frames_id]
+        weight = weights.get(size)
+        if weight is None:
+            weight = weights[size] = estimate.weight(size, rate)
+        count, space = n * weight, n * size * weight
+        live_samples += n
+        if allocated is None:
+            alloc = (count, space)
+        else:
+            totals = alloc_by_stack.pop(stack_key(frames), None)
+            alloc = (totals[2], totals[3]) if totals else (0.0, 0.0)
+        sample = profile.sample.add()
+        sample.location_id.extend(builder.stack(frames))
+        sample.value.extend(
+            [
+                rounders[_ALLOC_OBJECTS](alloc[0]),
+                rounders[_ALLOC_SPACE](alloc[1]),
+                rounders[_INUSE_OBJECTS](count),
+                rounders[_INUSE_SPACE](space),
+            ]
+        )
+        builder.num_label(sample, "bytes", size, "bytes")
+        builder.num_label(sample, "samples", n, "count")
+        builder.num_label(sample, "thread_id", _int64(thread_id))
+        thread_name = threads.get(str(thread_id))
+        if isinstance(thread_name, str) and thread_name:
+            builder.str_label(sample, "thread_name", thread_name)
+        builder.num_label(sample, "domain", domain)
+        builder.str_label(sample, "allocator", _allocator_name(allocator))
+        if total_nframe != len(frames):
+            builder.num_label(sample, "total_nframe", total_nframe)
+
+    # Allocation sites whose allocations were all freed: alloc_* only.
+    for frames, total_nframe, count, space in alloc_by_stack.values():
+        sample = profile.sample.add()
+        sample.location_id.extend(builder.stack(frames))
+        sample.value.extend(
+            [
+                rounders[_ALLOC_OBJECTS](count),
+                rounders[_ALLOC_SPACE](space),
+                rounders[_INUSE_OBJECTS](0.0),
+                rounders[_INUSE_SPACE](0.0),
+            ]
+        )
+        if total_nframe is not None and total_nframe != len(frames):
+            builder.num_label(sample, "total_nframe", total_nframe)
+
+    profile.period_type.type = strings("space")
+    profile.period_type.unit = strings("bytes")
+    profile.period = max(1, int(snapshot.sample_rate))
+    profile.default_sample_type = strings(_DEFAULT_SAMPLE_TYPE)
+    profile.time_nanos, profile.duration_nanos = _time_fields(meta)
+    for line in [*_comments(snapshot, allocated is not None, live_samples), *comments]:
+        profile.comment.append(strings(line))
+    profile.string_table.extend(strings.table)
+    return profile
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+    """Write ``data`` to a new file beside ``path``, then rename it over ``path``.
+
+    The temporary file is created with mode 0o666 so that the umask applies, as it would
+    to a file opened normally (``tempfile.mkstemp`` would leave it private to the owner).
+    """
+    directory, base = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{base}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def write_pprof(
+    snapshot: Snapshot,
+    path_or_file: PathOrFile,
+    *,
+    frame_namer: FrameNamer | None = None,
+    comments: Iterable[str] = (),
+) -> None:
+    """Write ``snapshot`` as a gzipped pprof profile to a path or a binary file object.
+
+    A path is written atomically (a temporary file in the same folder, then renamed), so a
+    failed write leaves no partial file; an unwritable path raises an ``OSError`` whose
+    message and ``filename`` name that path. ``frame_namer`` and ``comments`` are as in
+    :func:`to_profile`. Open the result with ``go tool pprof FILE``.
+    """
+    data = gzip.compress(
+        to_profile(snapshot, frame_namer=frame_namer, comments=comments).SerializeToString(),
+        mtime=0,
+    )
+    if hasattr(path_or_file, "write"):
+        path_or_file.write(data)  # type: ignore[union-attr]
+        return
+    if not isinstance(path_or_file, (str, os.PathLike)):
+        raise TypeError(
+            "path_or_file must be a path (str or os.PathLike) or a binary file object, "
+            f"not {type(path_or_file).__name__}"
+        )
+    path = os.fspath(path_or_file)
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    try:
+        _write_atomically(path, data)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise OSError(exc.errno, f"cannot write pprof profile to {path!r}: {reason}", path) from exc
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _read_input(path_or_file: PathOrFile) -> tuple[bytes, str]:
+    if hasattr(path_or_file, "read"):
+        data = path_or_file.read()  # type: ignore[union-attr]
+        name = str(getattr(path_or_file, "name", "<file object>"))
+    elif isinstance(path_or_file, (str, os.PathLike)):
+        name = os.fsdecode(os.fspath(path_or_file))
+        with open(name, "rb") as f:
+            data = f.read()
+    else:
+        raise TypeError(
+            "path_or_file must be a path (str or os.PathLike) or a binary file object, "
+            f"not {type(path_or_file).__name__}"
+        )
+    if not isinstance(data, (bytes, bytearray)):
+        raise TypeError(f"{name}: expected a binary file, read {type(data).__name__}")
+    return bytes(data), name
+
+
+def _decompress(data: bytes, name: str) -> bytes:
+    if not data.startswith(_GZIP_MAGIC):
+        return data
+    try:
+        return gzip.decompress(data)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise PprofFormatError(f"{name}: corrupt or truncated gzip data ({exc})") from exc
+
+
+def _parse(raw: bytes, name: str) -> Any:
+    if not raw:
+        raise PprofFormatError(f"{name}: empty file, not a pprof profile")
+    try:
+        profile = profile_pb2.Profile.FromString(raw)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise PprofFormatError(
+            f"{name}: not a pprof profile (gzipped or raw profile.proto): {exc}"
+        ) from exc
+    return profile
+
+
+class _Reader:
+    """Validated access to the parts of a parsed profile."""
+
+    def __init__(self, profile: Any, name: str) -> None:
+        self.profile = profile
+        self.name = name
+        table = list(profile.string_table)
+        if not table or table[0] != "":
+            raise self.error('string_table must start with "" (is this a pprof profile?)')
+        self.table = table
+        self.functions = {}
+        for function in profile.function:
+            self.functions[function.id] = (
+                self.string(function.name),
+                self.string(function.filename),
+                function.start_line,
+            )
+        self.locations: dict[int, tuple] = {}
+        self._stacks: dict[tuple, tuple] = {}
+        for location in profile.location:
+            frames = []
+            for line in location.line:  # inlined callees first, as raw frames are
+                fname, filename, start = self.functions.get(
+                    line.function_id, (_UNKNOWN_NAME, _UNKNOWN_NAME, 0)
+                )
+                frames.append((filename or _UNKNOWN_NAME, line.line, fname, start))
+            if not frames:
+                frames.append((_UNKNOWN_NAME, 0, f"0x{location.address:x}", 0))
+            self.locations[location.id] = tuple(frames)
+
+    def error(self, message: str) -> PprofFormatError:
+        return PprofFormatError(f"{self.name}: {message}")
+
+    def string(self, index: int) -> str:
+        if not 0 <= index < len(self.table):
+            raise self.error(f"string index {index} out of range (table has {len(self.table)})")
+        return self.table[index]
+
+    def frames(self, sample: Any) -> tuple:
+        """Raw frames of a sample, most recent first; one shared tuple per distinct stack."""
+        ids = tuple(sample.location_id)
+        frames = self._stacks.get(ids)
+        if frames is None:
+            out: list[tuple] = []
+            for lid in ids:
+                location = self.locations.get(lid)
+                if location is None:
+                    raise self.error(f"sample refers to missing location id {lid}")
+                out.extend(location)
+            frames = self._stacks[ids] = tuple(out)
+        return frames
+
+    def labels(self, sample: Any) -> tuple[dict[str, int], dict[str, str]]:
+        nums: dict[str, int] = {}
+        strs: dict[str, str] = {}
+        for label in sample.label:
+            key = self.string(label.key)
+            if label.str:
+                strs[key] = self.string(label.str)
+            else:
+                nums[key] = label.num
+        return nums, strs
+
+
+def _split(count: int, space: int) -> list[tuple[int, int]]:
+    """(size, how many) pairs of ``count`` allocations that add up to ``space`` bytes."""
+    if count <= 0:
+        return [(space, 1)] if space > 0 else []
+    q, r = divmod(max(space, 0), count)
+    return [(size, n) for size, n in ((q + 1, r), (q, count - r)) if n > 0]
+
+
+def _allocator_code(name: str | None) -> int:
+    if name is None:
+        return _DEFAULT_ALLOCATOR
+    if name in _ALLOCATOR_NAMES:
+        return _ALLOCATOR_NAMES.index(name)
+    try:
+        return int(name)
+    except ValueError:
+        return _DEFAULT_ALLOCATOR
+
+
+def _ours(value: Any, nums: dict[str, int], rate: int, i_space: int, i_count: int | None) -> bool:
+    """True if a sample is laid out as ``to_profile`` writes it.
+
+    Live groups carry ``bytes`` and ``samples`` labels that match their ``inuse_*`` values
+    (within the writer's rounding); the other samples hold ``alloc_*`` values only. A tool
+    that merged samples (summing values, keeping labels) fails this check.
+    """
+    size, n = nums.get("bytes"), nums.get("samples")
+    if size is None and n is None:
+        return value[i_space] == 0 and (i_count is None or value[i_count] == 0)
+    if size is None or n is None or size < 0 or n <= 0:
+        return False
+    weight = estimate.weight(size, rate)
+    checks = [(value[i_space], n * size * weight)]
+    if i_count is not None:
+        checks.append((value[i_count], n * weight))
+    return all(abs(got - want) <= 1.0 + 1e-9 * want for got, want in checks)
+
+
+def load_pprof(path_or_file: PathOrFile) -> Snapshot:
+    """Read a pprof heap profile (gzipped or raw ``profile.proto``) into a ``Snapshot``.
+
+    Files written by :func:`write_pprof` come back with the same sampled traces, sample rate
+    and allocation totals, so ``statistics()`` and ``allocated_statistics()`` match the
+    original within rounding. Other heap profiles (Go, ...) are loaded as exact snapshots
+    whose statistics equal their ``inuse_objects``/``inuse_space`` values. Raises
+    :class:`PprofFormatError` for empty, corrupt, truncated or non-pprof input, and for
+    profiles without an ``inuse_space`` sample type.
+    """
+    data, name = _read_input(path_or_file)
+    if not data:
+        raise PprofFormatError(f"{name}: empty file, not a pprof profile")
+    profile = _parse(_decompress(data, name), name)
+    reader = _Reader(profile, name)
+
+    types = [reader.string(t.type) for t in profile.sample_type]
+    if "inuse_space" not in types:
+        shown = ", ".join(
+            f"{reader.string(t.type)}/{reader.string(t.unit)}" for t in profile.sample_type
+        )
+        raise reader.error(
+            "not a heap profile: it has no inuse_space sample type "
+            f"(sample types: {shown or 'none'})"
+        )
+    i_space = types.index("inuse_space")
+    i_count = types.index("inuse_objects") if "inuse_objects" in types else None
+    i_alloc_count = types.index("alloc_objects") if "alloc_objects" in types else None
+    i_alloc_space = types.index("alloc_space") if "alloc_space" in types else None
+
+    rate = profile.period if profile.period > 1 else 1
+    samples = list(profile.sample)
+    for sample in samples:
+        if len(sample.value) != len(types):
+            raise reader.error(
+                f"a sample has {len(sample.value)} values for {len(types)} sample types"
+            )
+    parsed = [(sample, reader.frames(sample), *reader.labels(sample)) for sample in samples]
+    ours = all(_ours(s.value, nums, rate, i_space, i_count) for s, _, nums, _ in parsed)
+    if not ours:
+        rate = 1
+
+    traces: list[tuple] = []
+    allocated: dict[tuple, list[float]] = {}
+    threads: dict[str, str] = {}
+    has_alloc = i_alloc_count is not None and i_alloc_space is not None
+    rebuilt = 0
+    for sample, frames, nums, strs in parsed:
+        if not frames or frames == (_NO_STACK_FRAME,):  # allocated with no Python stack
+            frames, total_nframe = (_NO_STACK_FRAME,), 0
+        else:
+            total_nframe = max(nums.get("total_nframe", 0), len(frames))
+        domain = nums.get("domain", 0)
+        allocator = _allocator_code(strs.get("allocator"))
+        thread_id = nums.get("thread_id", 0) % 2**64  # written as int64
+        if "thread_name" in strs:
+            threads[str(thread_id)] = strs["thread_name"]
+        if ours:
+            pieces = [(nums["bytes"], nums["samples"])] if "samples" in nums else []
+        else:
+            count = sample.value[i_count] if i_count is not None else 0
+            pieces = _split(count, sample.value[i_space])
+        for size, n in pieces:
+            rebuilt += n
+            if rebuilt > MAX_LOADED_TRACES:
+                raise reader.error(
+                    f"too many allocations to rebuild (more than {MAX_LOADED_TRACES:,}); "
+                    "is this a heap profile?"
+                )
+            trace = (domain, size, frames, total_nframe, allocator, thread_id)
+            traces.extend([trace] * n)
+        if has_alloc:
+            key = (frames, total_nframe)
+            entry = allocated.setdefault(key, [0.0, 0.0])
+            entry[0] += sample.value[i_alloc_count]
+            entry[1] += sample.value[i_alloc_space]
+
+    meta: dict[str, Any] = {
+        "source": "pprof",
+        "comments": [reader.string(c) for c in profile.comment],
+        "sample_rate": rate,
+    }
+    if profile.time_nanos:
+        meta["started_at"] = profile.time_nanos / 1e9
+        meta["taken_at"] = (profile.time_nanos + profile.duration_nanos) / 1e9
+    if threads:
+        meta["threads"] = threads
+    limit = max((len(t[2]) for t in traces), default=1)
+    limit = max([limit, *(len(frames) for frames, _ in allocated)])
+    return Snapshot(  # the checks above leave the model nothing to reject
+        traces,
+        limit,
+        sample_rate=rate,
+        allocated=(
+            [(frames, total, count, space) for (frames, total), (count, space) in
+             allocated.items() if count or space]
+            if has_alloc
+            else None
+        ),
+        meta=meta,
+    )

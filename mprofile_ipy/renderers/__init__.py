@@ -1,0 +1,70 @@
+"""Renderers: each turns a profiling result into one kind of output (text, table, chart, widget).
+
+``text``, ``html``, ``dataframe``, ``chart`` and ``widget`` each import their heavy library
+(pandas, matplotlib, ipywidgets) themselves, only when used. This package holds the number
+formats they share, so that a size reads the same in every view.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..units import format_size
+
+__all__ = ["fmt_size", "fmt_rate", "fmt_count", "fmt_error", "fmt_time", "fmt_percent"]
+
+
+def fmt_size(n: float | None, signed: bool = False) -> str:
+    """Bytes for people: ``512 B``, ``1.5 KiB``, ``12.3 MiB`` (``+`` too when ``signed``)."""
+    if n is None or (isinstance(n, float) and math.isnan(n)):
+        return "-"
+    return format_size(n, sign=signed)
+
+
+def fmt_rate(rate: int) -> str:
+    """A sample rate as the magics accept it back: ``128KiB``, ``4MiB``, ``1000``."""
+    rate = int(rate)
+    for power, unit in ((3, "GiB"), (2, "MiB"), (1, "KiB")):
+        step = 1024**power
+        if rate >= step and rate % step == 0:
+            return f"{rate // step}{unit}"
+    return str(rate)
+
+
+def fmt_count(n: float, signed: bool = False) -> str:
+    """A count with thousands separators (estimates are rounded)."""
+    if n is None or (isinstance(n, float) and math.isnan(n)):
+        return "-"
+    value = int(round(n))
+    return f"{value:+,}" if signed and value else f"{value:,}"
+
+
+def fmt_error(rel_error: float, exact: bool = False, z: float = 1.96) -> str:
+    """The ~95% interval of an estimate, relative: ``±12%``; ``exact`` or ``±0%``."""
+    if exact:
+        return "exact"
+    half = z * rel_error
+    if half < 0.005:
+        return "±0%"
+    if half >= 10:
+        return "±>999%"
+    return f"±{half:.0%}"
+
+
+def fmt_percent(p: float) -> str:
+    """A share of a total: ``12.3%``."""
+    return f"{p:.1f}%"
+
+
+def fmt_time(seconds: float | None) -> str:
+    """A duration: ``850 ms``, ``2.31 s``, ``3 min 4 s``."""
+    if seconds is None:
+        return "-"
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.0f} µs"
+    if seconds < 1:
+        return f"{seconds * 1e3:.0f} ms"
+    if seconds < 60:
+        return f"{seconds:.2f} s"
+    minutes, secs = divmod(seconds, 60)
+    return f"{minutes:.0f} min {secs:.0f} s"

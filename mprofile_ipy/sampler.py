@@ -1,0 +1,333 @@
+"""The Python face of the native sampler: start, stop, counters and snapshots.
+
+This is the only module that touches ``mprofile_ipy._native``. It validates arguments,
+turns the C tables into the raw traces of ``docs/architecture.md`` and hands them to
+:class:`mprofile_ipy.model.Snapshot`. Its functions mirror :mod:`tracemalloc`'s so that
+code written for tracemalloc runs unchanged; the differences are listed in the README.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ._native import ffi, lib
+from .model import NATIVE_DOMAIN, NUMPY_DOMAIN, Allocator, Snapshot, Traceback
+from .units import parse_size
+
+DEFAULT_SAMPLE_RATE = 128 * 1024
+DEFAULT_MAX_FRAMES = 128
+MAX_FRAMES_LIMIT: int = lib.mp_max_frames_limit()
+
+NO_STACK_FRAME = ("<unknown>", 0, "<no Python frame>", 0)
+
+# cffi creates `lib.<name>` objects lazily, on first access. Touch every function now, at
+# import, so that the first take_snapshot() does not show the profiler's own objects.
+for _name in dir(lib):
+    getattr(lib, _name)
+del _name
+
+_DOMAIN_OF_ALLOCATOR = {
+    Allocator.RAW: 0,
+    Allocator.MEM: 0,
+    Allocator.OBJ: 0,
+    Allocator.NUMPY: NUMPY_DOMAIN,
+    Allocator.NATIVE: NATIVE_DOMAIN,
+}
+
+# Settings of the last start(), reported while stopped as tracemalloc does.
+_settings: dict[str, Any] = {
+    "sample_rate": DEFAULT_SAMPLE_RATE,
+    "max_frames": DEFAULT_MAX_FRAMES,
+    "seed": None,
+    "started_at": None,
+}
+_lock = threading.RLock()
+
+
+@dataclass(frozen=True)
+class SamplerStats:
+    """Counters of the running sampler; byte and count figures are unbiased estimates."""
+
+    tracing: bool
+    exact: bool
+    sample_rate: int
+    max_frames: int
+    samples: int
+    live_samples: int
+    current_bytes: float
+    peak_bytes: float
+    allocated_bytes: float
+    allocated_count: float
+    profiler_memory: int
+    foreign_hooks: bool
+
+
+def _check_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    return value
+
+
+def _error() -> str:
+    return ffi.string(lib.mp_last_error()).decode("utf-8", "replace")
+
+
+def start(
+    max_frames: int = DEFAULT_MAX_FRAMES,
+    sample_rate: int | str = DEFAULT_SAMPLE_RATE,
+    *,
+    seed: int | None = None,
+) -> None:
+    """Start sampling allocations.
+
+    ``max_frames`` limits each traceback (1..1024; tracemalloc's ``nframe``, so
+    ``start(25)`` works as it does for tracemalloc). ``sample_rate`` is the mean number of
+    bytes between samples (an int or a size such as ``"64KiB"``); 0 or 1 traces every
+    allocation, exactly as tracemalloc does. ``seed`` makes the sampling reproducible.
+    Calling ``start`` while tracing only changes ``max_frames``.
+    """
+    max_frames = _check_int("max_frames", max_frames)
+    if not 1 <= max_frames <= MAX_FRAMES_LIMIT:
+        hint = ""
+        if max_frames > MAX_FRAMES_LIMIT:
+            hint = f" (did you mean sample_rate={max_frames}?)"
+        raise ValueError(f"max_frames must be between 1 and {MAX_FRAMES_LIMIT}, "
+                         f"got {max_frames}{hint}")
+    rate = parse_size(sample_rate)
+    if rate > 2**62:
+        raise ValueError(f"sample_rate is too large: {rate} bytes")
+    if seed is not None:
+        seed = _check_int("seed", seed) % 2**64
+    with _lock:
+        if lib.mp_start(rate, max_frames, seed or 0, seed is not None) != 0:
+            raise RuntimeError(_error())
+        if not _settings["started_at"] or not is_tracing() or _settings["sample_rate"] != rate:
+            _settings["started_at"] = time.time()
+        _settings.update(sample_rate=rate, max_frames=max_frames, seed=seed)
+
+
+def stop() -> None:
+    """Stop sampling, restore the allocators and drop every trace (as tracemalloc does)."""
+    with _lock:
+        lib.mp_stop()
+
+
+def is_tracing() -> bool:
+    """True while the sampler is on."""
+    return bool(_stats().tracing)
+
+
+def clear_traces() -> None:
+    """Forget the traces and counters collected so far; sampling goes on."""
+    with _lock:
+        lib.mp_clear()
+
+
+def reset_peak() -> None:
+    """Set the peak of traced memory to its current value."""
+    lib.mp_reset_peak()
+
+
+def get_sample_rate() -> int:
+    """The sample rate of the current (or last) run, in bytes; 1 or 0 mean exact."""
+    return int(_settings["sample_rate"])
+
+
+def get_traceback_limit() -> int:
+    """The maximum number of frames stored per traceback."""
+    return int(_settings["max_frames"])
+
+
+def _stats() -> Any:
+    out = ffi.new("mp_stats_t *")
+    lib.mp_get_stats(out)
+    return out
+
+
+def get_traced_memory() -> tuple[int, int]:
+    """Estimated (current, peak) bytes of the allocations traced since start."""
+    s = _stats()
+    return int(round(s.current_bytes)), int(round(s.peak_bytes))
+
+
+def get_profiler_memory() -> int:
+    """Bytes used by the sampler's own tables (tracemalloc's get_tracemalloc_memory)."""
+    return int(_stats().profiler_memory)
+
+
+get_tracemalloc_memory = get_profiler_memory
+
+
+def get_stats() -> SamplerStats:
+    """All counters at once, consistent with each other."""
+    s = _stats()
+    return SamplerStats(
+        tracing=bool(s.tracing),
+        exact=bool(s.exact),
+        sample_rate=int(s.sample_rate),
+        max_frames=int(s.max_frames),
+        samples=int(s.samples),
+        live_samples=int(s.live_samples),
+        current_bytes=float(s.current_bytes),
+        peak_bytes=float(s.peak_bytes),
+        allocated_bytes=float(s.alloc_bytes),
+        allocated_count=float(s.alloc_count),
+        profiler_memory=int(s.profiler_memory),
+        foreign_hooks=bool(s.foreign_hooks),
+    )
+
+
+def _u64(ptr: Any, count: int) -> list[int]:
+    if count == 0:
+        return []
+    return memoryview(ffi.buffer(ptr, count * 8)).cast("Q").tolist()
+
+
+def _read_snapshot(snap: Any) -> tuple[list[tuple], list[tuple]]:
+    """Raw traces and per-traceback allocation totals out of a native snapshot."""
+    ntraces = lib.mp_snapshot_ntraces(snap)
+    ntb = lib.mp_snapshot_ntracebacks(snap)
+    nrefs = lib.mp_snapshot_nframe_refs(snap)
+    nframes = lib.mp_snapshot_nframes(snap)
+    flat = _u64(lib.mp_snapshot_traces(snap), 4 * ntraces)
+    tbs = _u64(lib.mp_snapshot_tracebacks(snap), 3 * ntb)
+    alloc = (
+        memoryview(ffi.buffer(lib.mp_snapshot_tb_allocated(snap), 32 * ntb)).cast("d").tolist()
+        if ntb
+        else []
+    )
+    refs = (
+        memoryview(ffi.buffer(lib.mp_snapshot_frame_refs(snap), 4 * nrefs)).cast("I").tolist()
+        if nrefs
+        else []
+    )
+
+    info = ffi.new("mp_frame_info_t *")
+    strings: dict[int, str] = {}
+
+    def text(ptr: Any) -> str:
+        key = int(ffi.cast("uintptr_t", ptr))
+        s = strings.get(key)
+        if s is None:
+            s = strings[key] = ffi.string(ptr).decode("utf-8", "replace")
+        return s
+
+    frames: list[tuple] = []
+    for fid in range(nframes):
+        lib.mp_snapshot_frame_info(snap, fid, info)
+        frames.append((text(info.filename), info.lineno, text(info.name), info.firstlineno))
+
+    tracebacks: list[tuple[tuple, int]] = []
+    for i in range(ntb):
+        first, n, total = tbs[3 * i : 3 * i + 3]
+        if n == 0:
+            tracebacks.append(((NO_STACK_FRAME,), 0))
+        else:
+            tracebacks.append((tuple(frames[f] for f in refs[first : first + n]), total))
+
+    traces = []
+    for i in range(0, len(flat), 4):
+        size, tb, allocator, thread = flat[i : i + 4]
+        tb_frames, total = tracebacks[tb]
+        traces.append(
+            (_DOMAIN_OF_ALLOCATOR.get(allocator, 0), size, tb_frames, total, allocator, thread)
+        )
+    # (frames, total_nframe, count estimate, size estimate, samples, size variance)
+    allocated = [
+        (*tracebacks[i], alloc[4 * i], alloc[4 * i + 1], int(alloc[4 * i + 2]), alloc[4 * i + 3])
+        for i in range(ntb)
+        if alloc[4 * i + 2] > 0.0
+    ]
+    return traces, allocated
+
+
+def _meta() -> dict[str, Any]:
+    threads = {str(t.ident): t.name for t in threading.enumerate() if t.ident is not None}
+    return {
+        "python": sys.version.split()[0],
+        "implementation": sys.implementation.name,
+        "pid": os.getpid(),
+        "sample_rate": get_sample_rate(),
+        "max_frames": get_traceback_limit(),
+        "seed": _settings["seed"],
+        "started_at": _settings["started_at"],
+        "taken_at": time.time(),
+        "threads": threads,
+    }
+
+
+def take_snapshot() -> Snapshot:
+    """A snapshot of the sampled allocations that are still alive.
+
+    Building it is not itself sampled (the calling thread pauses sampling meanwhile), so
+    the profiler's own work does not show up in later snapshots.
+    """
+    lib.mp_thread_ignore(1)
+    try:
+        if not is_tracing():
+            raise RuntimeError(
+                "the profiler must be tracing to take a snapshot; call start() first"
+            )
+        snap = lib.mp_snapshot_take()
+        if snap == ffi.NULL:
+            raise MemoryError("not enough memory to copy the sampler's tables")
+        try:
+            traces, allocated = _read_snapshot(snap)
+        finally:
+            lib.mp_snapshot_free(snap)
+        stats = get_stats()
+        meta = _meta()
+        meta.update(
+            samples_total=stats.samples,
+            peak_bytes=stats.peak_bytes,
+            allocated_bytes=stats.allocated_bytes,
+            allocated_count=stats.allocated_count,
+            foreign_hooks=stats.foreign_hooks,
+        )
+        return Snapshot(
+            traces,
+            get_traceback_limit(),
+            sample_rate=get_sample_rate(),
+            allocated=allocated,
+            meta=meta,
+        )
+    finally:
+        lib.mp_thread_ignore(0)
+
+
+def get_object_traceback(obj: object) -> Traceback | None:
+    """The traceback where ``obj`` was allocated, if that allocation was sampled.
+
+    With sampling, most small objects are not sampled and give None; start with
+    ``sample_rate=1`` to trace every object, as tracemalloc does.
+    """
+    if not is_tracing():
+        return None
+    lib.mp_thread_ignore(1)
+    try:
+        snap = lib.mp_snapshot_of_object(id(obj))
+        if snap == ffi.NULL:
+            return None
+        try:
+            traces, _ = _read_snapshot(snap)
+        finally:
+            lib.mp_snapshot_free(snap)
+    finally:
+        lib.mp_thread_ignore(0)
+    if not traces:
+        return None
+    _, _, frames, total, _, _ = traces[0]
+    return Traceback(frames, total)
+
+
+@atexit.register
+def _stop_at_exit() -> None:
+    # Leave the interpreter's finalization to its own allocators.
+    if is_tracing():
+        stop()

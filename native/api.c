@@ -1,0 +1,238 @@
+/* api.c: the entry points Python calls through cffi (declared in mprofile.h).
+ *
+ * cffi releases the GIL around every call, so each entry point that touches Python state
+ * (installing allocators, reference counts, code objects) takes it back with
+ * PyGILState_Ensure first. Code objects are DECREF'd only after g_lock is released: a
+ * DECREF can free memory, and a free re-enters our hooks, which may take g_lock.
+ */
+#include "core.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static char g_error[256];
+
+void mp_set_error(const char *msg) { snprintf(g_error, sizeof(g_error), "%s", msg); }
+const char *mp_last_error(void) { return g_error; }
+int mp_max_frames_limit(void) { return MP_MAX_FRAMES_LIMIT; }
+
+/* Drop every trace, interned frame and counter. GIL held, g_lock not held. */
+static void clear_state(void) {
+    size_t ncodes = 0;
+    mp_lock();
+    mp_table_clear_locked();
+    memset(&g_counters, 0, sizeof(g_counters));
+    PyObject **codes = mp_intern_detach_locked(&ncodes);
+    mp_unlock();
+    for (size_t i = 0; i < ncodes; i++) Py_DECREF(codes[i]);
+    free(codes);
+}
+
+int mp_start(int64_t sample_rate, int max_frames, uint64_t seed, int use_seed) {
+    if (sample_rate < 0) {
+        mp_set_error("sample_rate must be >= 0");
+        return -1;
+    }
+    if (max_frames < 1 || max_frames > MP_MAX_FRAMES_LIMIT) {
+        mp_set_error("max_frames out of range");
+        return -1;
+    }
+    PyGILState_STATE gil = PyGILState_Ensure();
+    int rc = 0;
+    if (__atomic_load_n(&g_enabled, __ATOMIC_RELAXED)) {
+        /* Already tracing: like tracemalloc, only the traceback limit may change. */
+        int64_t cur = g_sample_rate <= 1 ? 1 : g_sample_rate;
+        int64_t req = sample_rate <= 1 ? 1 : sample_rate;
+        if (cur != req) {
+            snprintf(g_error, sizeof(g_error),
+                     "already tracing with sample_rate=%lld; call stop() before changing it",
+                     (long long)g_sample_rate);
+            rc = -1;
+        } else {
+            __atomic_store_n(&g_max_frames, max_frames, __ATOMIC_RELAXED);
+        }
+        PyGILState_Release(gil);
+        return rc;
+    }
+    clear_state();
+    if (!use_seed)
+        seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)&gil;
+    __atomic_store_n(&g_max_frames, max_frames, __ATOMIC_RELAXED);
+    mp_sampler_configure(sample_rate, seed);
+    if (mp_hooks_install() != 0) {
+        rc = -1;
+    } else {
+        __atomic_store_n(&g_enabled, 1, __ATOMIC_RELEASE);
+    }
+    PyGILState_Release(gil);
+    return rc;
+}
+
+int mp_stop(void) {
+    PyGILState_STATE gil = PyGILState_Ensure();
+    __atomic_store_n(&g_enabled, 0, __ATOMIC_RELEASE);
+    mp_hooks_uninstall();
+    clear_state();
+    PyGILState_Release(gil);
+    return 0;
+}
+
+int mp_clear(void) {
+    PyGILState_STATE gil = PyGILState_Ensure();
+    clear_state();
+    PyGILState_Release(gil);
+    return 0;
+}
+
+void mp_reset_peak(void) {
+    mp_lock();
+    g_counters.peak_bytes = g_counters.current_bytes;
+    mp_unlock();
+}
+
+void mp_get_stats(mp_stats_t *out) {
+    PyGILState_STATE gil = PyGILState_Ensure();
+    memset(out, 0, sizeof(*out));
+    out->tracing = __atomic_load_n(&g_enabled, __ATOMIC_RELAXED);
+    out->exact = g_exact;
+    out->sample_rate = g_sample_rate;
+    out->max_frames = g_max_frames;
+    out->foreign_hooks = out->tracing ? mp_hooks_foreign() : 0;
+    mp_lock();
+    out->samples = g_counters.samples;
+    out->live_samples = mp_table_count_locked();
+    out->current_bytes = g_counters.current_bytes;
+    out->peak_bytes = g_counters.peak_bytes;
+    out->alloc_bytes = g_counters.alloc_bytes;
+    out->alloc_count = g_counters.alloc_count;
+    out->profiler_memory = mp_table_memory_locked() + mp_intern_memory_locked();
+    mp_unlock();
+    PyGILState_Release(gil);
+}
+
+/* ---- snapshots ------------------------------------------------------------------------ */
+
+struct mp_snapshot {
+    size_t ntraces;
+    uint64_t *traces;          /* 4 per trace */
+    mp_intern_copy_t intern;
+};
+
+/* GIL held. `only` != 0 restricts the copy to the record at that address. */
+static mp_snapshot *snapshot_locked_copy(uintptr_t only) {
+    mp_snapshot *snap = calloc(1, sizeof(*snap));
+    if (snap == NULL) return NULL;
+    mp_lock();
+    size_t n = only ? 1 : mp_table_count_locked();
+    mp_live_t *live = malloc((n ? n : 1) * sizeof(mp_live_t));
+    snap->traces = malloc((n ? n : 1) * 4 * sizeof(uint64_t));
+    if (live == NULL || snap->traces == NULL || mp_intern_copy_locked(&snap->intern) != 0) {
+        mp_unlock();
+        free(live);
+        free(snap->traces);
+        free(snap);
+        return NULL;
+    }
+    if (only) {
+        const mp_live_t *rec = mp_table_find_locked(only);
+        n = 0;
+        if (rec) live[n++] = *rec;
+    } else {
+        n = mp_table_copy_locked(live, n);
+    }
+    mp_unlock();
+    for (size_t i = 0; i < n; i++) {
+        snap->traces[4 * i] = live[i].size;
+        snap->traces[4 * i + 1] = live[i].tb;
+        snap->traces[4 * i + 2] = live[i].allocator;
+        snap->traces[4 * i + 3] = live[i].thread;
+    }
+    snap->ntraces = n;
+    free(live);
+    return snap;
+}
+
+mp_snapshot *mp_snapshot_take(void) {
+    PyGILState_STATE gil = PyGILState_Ensure();
+    mp_snapshot *snap = snapshot_locked_copy(0);
+    PyGILState_Release(gil);
+    return snap;
+}
+
+/* The block behind an object starts before the object when the type keeps a header in
+ * front of it: the GC links (two pointers on 3.10-3.13), and on 3.11+ the managed
+ * dict/weakref pointers. This mirrors CPython's _PyType_PreHeaderSize. */
+static size_t object_preheader(PyObject *op) {
+    PyTypeObject *tp = Py_TYPE(op);
+    size_t pre = PyType_IS_GC(tp) ? 2 * sizeof(void *) : 0;
+#if PY_VERSION_HEX >= 0x030C0000
+    if (PyType_HasFeature(tp, Py_TPFLAGS_MANAGED_DICT | Py_TPFLAGS_MANAGED_WEAKREF))
+        pre += 2 * sizeof(PyObject *);
+#elif PY_VERSION_HEX >= 0x030B0000
+    if (PyType_HasFeature(tp, Py_TPFLAGS_MANAGED_DICT)) pre += 2 * sizeof(PyObject *);
+#endif
+    return pre;
+}
+
+mp_snapshot *mp_snapshot_of_object(uintptr_t object_address) {
+    PyGILState_STATE gil = PyGILState_Ensure();
+    PyObject *op = (PyObject *)object_address;
+    uintptr_t block = object_address - object_preheader(op);
+    mp_snapshot *snap = snapshot_locked_copy(block ? block : 1);
+    PyGILState_Release(gil);
+    return snap;
+}
+
+void mp_snapshot_free(mp_snapshot *snap) {
+    if (snap == NULL) return;
+    PyGILState_STATE gil = PyGILState_Ensure();
+    for (size_t i = 0; i < snap->intern.nframes; i++) Py_DECREF(snap->intern.codes[i]);
+    PyGILState_Release(gil);
+    free(snap->intern.codes);
+    free(snap->intern.lasti);
+    free(snap->intern.tbs);
+    free(snap->intern.alloc);
+    free(snap->intern.refs);
+    free(snap->traces);
+    free(snap);
+}
+
+size_t mp_snapshot_ntraces(mp_snapshot *snap) { return snap->ntraces; }
+const uint64_t *mp_snapshot_traces(mp_snapshot *snap) { return snap->traces; }
+size_t mp_snapshot_ntracebacks(mp_snapshot *snap) { return snap->intern.ntb; }
+const uint64_t *mp_snapshot_tracebacks(mp_snapshot *snap) { return snap->intern.tbs; }
+const double *mp_snapshot_tb_allocated(mp_snapshot *snap) { return snap->intern.alloc; }
+size_t mp_snapshot_nframe_refs(mp_snapshot *snap) { return snap->intern.nrefs; }
+const uint32_t *mp_snapshot_frame_refs(mp_snapshot *snap) { return snap->intern.refs; }
+size_t mp_snapshot_nframes(mp_snapshot *snap) { return snap->intern.nframes; }
+
+static const char *utf8_or(PyObject *s, const char *fallback) {
+    if (s == NULL || !PyUnicode_Check(s)) return fallback;
+    const char *u = PyUnicode_AsUTF8(s);
+    if (u == NULL) {
+        PyErr_Clear();    /* e.g. lone surrogates in a file name */
+        return fallback;
+    }
+    return u;
+}
+
+int mp_snapshot_frame_info(mp_snapshot *snap, size_t frame_id, mp_frame_info_t *out) {
+    if (frame_id >= snap->intern.nframes) return -1;
+    PyGILState_STATE gil = PyGILState_Ensure();
+    PyCodeObject *code = (PyCodeObject *)snap->intern.codes[frame_id];
+    int32_t lasti = snap->intern.lasti[frame_id];
+    out->filename = utf8_or(code->co_filename, "<unknown>");
+#if PY_VERSION_HEX >= 0x030B0000
+    out->name = utf8_or(code->co_qualname, "<unknown>");
+#else
+    out->name = utf8_or(code->co_name, "<unknown>");
+#endif
+    out->firstlineno = code->co_firstlineno;
+    int line = lasti < 0 ? code->co_firstlineno : PyCode_Addr2Line(code, lasti);
+    out->lineno = line < 0 ? 0 : line;
+    PyGILState_Release(gil);
+    return 0;
+}

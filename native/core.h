@@ -1,0 +1,157 @@
+/* core.h: what the native sampler's files share with each other (not seen by cffi).
+ *
+ * Threading model, in one place:
+ *  - g_lock (a pthread mutex, table.c) protects the live-pointer table, the interned
+ *    frames and tracebacks, and the counters. It is held only for short, non-allocating
+ *    work (our own tables grow with libc malloc, which no hook of ours intercepts), never
+ *    while calling the wrapped allocator, and never while calling into Python.
+ *  - The GIL is never *taken* inside an allocator hook. MEM and OBJ hooks always run with
+ *    it held (CPython's rule); RAW hooks may not, and then record no Python stack.
+ *  - Per-thread sampling state lives in thread-local storage and needs no lock.
+ *  - Functions named *_locked must be called with g_lock held.
+ */
+#ifndef MPROFILE_CORE_H
+#define MPROFILE_CORE_H
+
+#include <Python.h>
+#include <stdint.h>
+#include <stddef.h>
+
+#include "mprofile.h"
+
+/* Allocator codes, the same numbers as mprofile_ipy.model.Allocator. */
+enum { MP_ALLOC_RAW = 0, MP_ALLOC_MEM = 1, MP_ALLOC_OBJ = 2, MP_ALLOC_NUMPY = 3,
+       MP_ALLOC_NATIVE = 4 };
+
+#define MP_MAX_FRAMES_LIMIT 1024
+#define MP_NO_STACK_TB 0u          /* traceback id 0: an allocation with no Python frame */
+
+/* ---- sampler.c: per-thread countdown ------------------------------------------------ */
+
+/* Global switches read on every allocation without a lock (relaxed atomics). */
+extern int g_enabled;              /* sampling on */
+extern int g_exact;                /* every allocation is a sample */
+extern int64_t g_sample_rate;
+extern int g_max_frames;
+
+typedef struct {
+    int64_t countdown;    /* bytes until the next sample point */
+    uint64_t rng;         /* xorshift64* state */
+    uint32_t generation;  /* g_generation this state was drawn for */
+    int busy;             /* reentrancy depth: >0 while inside a hook or the profiler */
+} mp_tls_t;
+
+/* Per-thread state, read on every allocation. The initial-exec TLS model makes that one
+ * %fs-relative load instead of a call to __tls_get_addr (measured: the call alone cost
+ * ~40% on small-object churn). It takes 32 bytes of the static TLS surplus that glibc
+ * reserves for dlopen'ed libraries (rtld.optional_static_tls, 512 bytes by default). */
+extern _Thread_local mp_tls_t t_state __attribute__((tls_model("initial-exec")));
+
+/* Reentrancy guard. While a hook calls the allocator it wraps, nested calls must pass
+ * through untouched: pymalloc serves blocks over 512 bytes from PyMem_RawMalloc, and
+ * counting that block in both the OBJ and the RAW domain would count it twice. The
+ * profiler's own work (snapshots, bookkeeping) is guarded the same way. */
+static inline int mp_busy(void) { return t_state.busy != 0; }
+static inline void mp_enter(void) { t_state.busy++; }
+static inline void mp_leave(void) { t_state.busy--; }
+
+void mp_sampler_configure(int64_t rate, uint64_t seed);  /* new generation, GIL held */
+int mp_sample_slow(mp_tls_t *t, size_t size);            /* countdown crossed or stale */
+extern uint32_t g_generation;
+
+/* The hot-path decision: is this allocation of `size` bytes a sample? One subtraction and
+ * a compare on the calling thread's countdown; everything else is out of line. */
+static inline int mp_should_sample_t(mp_tls_t *t, size_t size) {
+    if (t->busy || !__atomic_load_n(&g_enabled, __ATOMIC_RELAXED)) return 0;
+    int64_t s = size > (size_t)INT64_MAX ? INT64_MAX : (int64_t)size;
+    if (t->countdown > s && !__atomic_load_n(&g_exact, __ATOMIC_RELAXED) &&
+        t->generation == __atomic_load_n(&g_generation, __ATOMIC_RELAXED)) {
+        t->countdown -= s;
+        return 0;
+    }
+    return mp_sample_slow(t, size);
+}
+
+static inline int mp_should_sample(size_t size) { return mp_should_sample_t(&t_state, size); }
+uint64_t mp_thread_ident(void);
+double mp_weight(uint64_t size);                         /* 1 / P(sampled) */
+
+/* ---- table.c: live pointers, counters, the free-path filter --------------------------- */
+
+typedef struct {
+    uintptr_t ptr;
+    uint64_t size;
+    uint64_t thread;
+    double weight;
+    uint32_t tb;
+    uint32_t allocator;
+} mp_live_t;
+
+void mp_lock(void);
+void mp_unlock(void);
+
+/* The free-path filter (table.c explains it): may `ptr` be a live sampled pointer? */
+#define MP_FILTER_BITS 18
+extern uint64_t g_filter_bits[(1u << MP_FILTER_BITS) / 64];
+static inline size_t mp_filter_index(const void *ptr) {
+    return (size_t)((((uint64_t)(uintptr_t)ptr >> 3) * 0x9E3779B97F4A7C15ull) >>
+                    (64 - MP_FILTER_BITS));
+}
+static inline int mp_maybe_tracked(const void *ptr) {
+    size_t i = mp_filter_index(ptr);
+    return (int)((__atomic_load_n(&g_filter_bits[i >> 6], __ATOMIC_RELAXED) >> (i & 63)) & 1);
+}
+int mp_table_insert_locked(const mp_live_t *rec);
+int mp_table_take_locked(uintptr_t ptr, mp_live_t *out); /* remove; 1 if it was there */
+const mp_live_t *mp_table_find_locked(uintptr_t ptr);
+void mp_table_clear_locked(void);
+size_t mp_table_count_locked(void);
+size_t mp_table_copy_locked(mp_live_t *out, size_t cap);
+uint64_t mp_table_memory_locked(void);
+
+/* Counters (estimates), protected by g_lock. */
+typedef struct {
+    uint64_t samples;
+    double current_bytes, peak_bytes, alloc_bytes, alloc_count;
+} mp_counters_t;
+extern mp_counters_t g_counters;
+
+/* ---- stacks.c: safe frame walk and interning ----------------------------------------- */
+
+/* Interns the calling thread's Python stack (if this thread holds the GIL) and returns
+ * its traceback id; MP_NO_STACK_TB when there is no Python frame to read. */
+uint32_t mp_capture_traceback_locked(void);
+void mp_tb_account_locked(uint32_t tb, double weight, uint64_t size);
+/* Detach all interned frames: returns an array of code objects the caller must DECREF
+ * with the GIL held and *without* g_lock (a DECREF can free, which re-enters the hooks). */
+PyObject **mp_intern_detach_locked(size_t *ncodes);
+uint64_t mp_intern_memory_locked(void);
+
+typedef struct {
+    size_t ntb;
+    uint64_t *tbs;      /* 3 per tb */
+    double *alloc;      /* 4 per tb: count, bytes, samples, variance of bytes */
+    size_t nrefs;
+    uint32_t *refs;
+    size_t nframes;
+    PyObject **codes;   /* strong references */
+    int32_t *lasti;     /* byte offset of the instruction, -1 if not started */
+} mp_intern_copy_t;
+int mp_intern_copy_locked(mp_intern_copy_t *out);        /* INCREFs need the GIL: held */
+
+/* ---- hooks.c: allocator wrappers -------------------------------------------------------- */
+
+int mp_hooks_install(void);      /* GIL held */
+void mp_hooks_uninstall(void);   /* GIL held */
+int mp_hooks_foreign(void);
+
+/* ---- api.c ------------------------------------------------------------------------------ */
+void mp_set_error(const char *msg);
+
+/* The record paths, shared by every hook (PyMem domains, NumPy handler, native mode). */
+void mp_record_alloc(void *ptr, size_t size, int allocator);
+void mp_record_free(void *ptr);
+int mp_record_take(void *ptr, mp_live_t *saved);
+void mp_record_restore(const mp_live_t *saved);
+
+#endif

@@ -1,0 +1,65 @@
+/* mprofile.h: the C API that Python sees (cffi reads this file as its cdef).
+ *
+ * Keep it to plain declarations: no #include, no #if, no macros. Every function here is
+ * called through cffi, which RELEASES the GIL around the call; the functions that touch
+ * Python objects take it back themselves (PyGILState_Ensure).
+ *
+ * Units: sizes are bytes (64-bit); estimates are doubles (unbiased, see estimate.py);
+ * tracebacks are stored most recent frame first.
+ */
+
+typedef struct {
+    int tracing;              /* 1 while sampling is on */
+    int exact;                /* 1 when every allocation is traced (sample_rate <= 1) */
+    int64_t sample_rate;      /* mean bytes between samples */
+    int max_frames;           /* traceback depth limit */
+    uint64_t samples;         /* allocations sampled since start / clear */
+    uint64_t live_samples;    /* sampled allocations still alive */
+    double current_bytes;     /* estimated bytes alive (traced memory) */
+    double peak_bytes;        /* estimated peak of current_bytes since start / reset_peak */
+    double alloc_bytes;       /* estimated bytes allocated since start, freed ones included */
+    double alloc_count;       /* estimated allocations since start, freed ones included */
+    uint64_t profiler_memory; /* bytes the sampler's own tables use */
+    int foreign_hooks;        /* 1 when another tool replaced or stacked on our hooks */
+} mp_stats_t;
+
+typedef struct {
+    const char *filename;     /* UTF-8, valid until mp_snapshot_free */
+    const char *name;         /* qualified function name, UTF-8 */
+    int lineno;
+    int firstlineno;
+} mp_frame_info_t;
+
+typedef struct mp_snapshot mp_snapshot;
+
+/* Lifecycle. Return 0 on success, -1 on error (message in mp_last_error()). */
+int mp_start(int64_t sample_rate, int max_frames, uint64_t seed, int use_seed);
+int mp_stop(void);
+int mp_clear(void);
+void mp_reset_peak(void);
+void mp_get_stats(mp_stats_t *out);
+const char *mp_last_error(void);
+int mp_max_frames_limit(void);
+/* Stop (1) or resume (0) sampling on the calling thread only: the profiler's own Python
+ * code uses it so that building a snapshot is not sampled into the next one. */
+void mp_thread_ignore(int on);
+
+/* Snapshots: a consistent copy of the live table and the interned tracebacks. */
+mp_snapshot *mp_snapshot_take(void);
+mp_snapshot *mp_snapshot_of_object(uintptr_t object_address);
+void mp_snapshot_free(mp_snapshot *snap);
+size_t mp_snapshot_ntraces(mp_snapshot *snap);
+const uint64_t *mp_snapshot_traces(mp_snapshot *snap);      /* 4 per trace: size, tb, allocator, thread */
+size_t mp_snapshot_ntracebacks(mp_snapshot *snap);
+const uint64_t *mp_snapshot_tracebacks(mp_snapshot *snap);  /* 3 per tb: first, nframes, total_nframe */
+/* 4 per tb: estimated count, estimated bytes, samples, variance of the bytes estimate */
+const double *mp_snapshot_tb_allocated(mp_snapshot *snap);
+size_t mp_snapshot_nframe_refs(mp_snapshot *snap);
+const uint32_t *mp_snapshot_frame_refs(mp_snapshot *snap);  /* frame ids, indexed by tb "first" */
+size_t mp_snapshot_nframes(mp_snapshot *snap);
+int mp_snapshot_frame_info(mp_snapshot *snap, size_t frame_id, mp_frame_info_t *out);
+
+/* Test hooks: exercise the C paths deterministically from Python. */
+void *mp_test_raw_malloc_nogil(size_t size);
+void mp_test_raw_free_nogil(void *ptr);
+void *mp_test_raw_realloc_nogil(void *ptr, size_t size);

@@ -1,0 +1,97 @@
+/* sampler.c: which allocations become samples.
+ *
+ * Bytes are sampled as a Poisson process with mean gap `sample_rate`, the way tcmalloc and
+ * Go's heap profiler do it: every thread counts down the bytes to its next sample point,
+ * drawn from an exponential distribution. An allocation that crosses the point is
+ * sampled; because the exponential distribution is memoryless, drawing a fresh gap after a
+ * sampled allocation keeps each byte's chance equal, so a block of s bytes is sampled with
+ * probability 1 - exp(-s/rate). The hot path is one thread-local subtraction and a compare.
+ */
+#include "core.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <time.h>
+
+int g_enabled = 0;
+int g_exact = 0;
+int64_t g_sample_rate = 128 * 1024;
+int g_max_frames = 128;
+
+/* Bumped by every configure; a thread whose state is older re-seeds itself lazily. */
+uint32_t g_generation = 1;
+static uint64_t g_seed = 0;
+static uint64_t g_thread_seq = 0;     /* atomic: per-thread stream numbers */
+
+_Thread_local mp_tls_t t_state __attribute__((tls_model("initial-exec")));
+
+static uint64_t splitmix64(uint64_t x) {
+    x += 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+}
+
+static uint64_t next_u64(mp_tls_t *t) {
+    uint64_t x = t->rng;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    t->rng = x;
+    return x * 0x2545F4914F6CDD1Dull;
+}
+
+/* Exponential gap with mean g_sample_rate; at least one byte. */
+static int64_t draw_gap(mp_tls_t *t) {
+    /* u uniform in (0, 1]: never 0, so log(u) is finite. */
+    double u = ((double)(next_u64(t) >> 11) + 1.0) * (1.0 / 9007199254740992.0);
+    double gap = -log(u) * (double)__atomic_load_n(&g_sample_rate, __ATOMIC_RELAXED);
+    if (gap < 1.0) return 1;
+    if (gap > 9.0e18) return INT64_MAX;
+    return (int64_t)gap;
+}
+
+static void reseed(mp_tls_t *t, uint64_t stream) {
+    t->rng = splitmix64(g_seed ^ splitmix64(stream + 1));
+    if (t->rng == 0) t->rng = 0x853c49e6748fea9bull;
+    t->generation = __atomic_load_n(&g_generation, __ATOMIC_ACQUIRE);
+    t->countdown = draw_gap(t);
+}
+
+void mp_sampler_configure(int64_t rate, uint64_t seed) {
+    __atomic_store_n(&g_sample_rate, rate, __ATOMIC_RELAXED);
+    __atomic_store_n(&g_exact, rate <= 1, __ATOMIC_RELAXED);
+    g_seed = seed;
+    __atomic_store_n(&g_thread_seq, 1, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&g_generation, 1, __ATOMIC_RELEASE);
+    /* The thread that starts the profiler takes stream 0, so a seeded single-threaded run
+     * draws the same gaps every time, whatever other threads do. */
+    reseed(&t_state, 0);
+}
+
+int mp_sample_slow(mp_tls_t *t, size_t size) {
+    if (__atomic_load_n(&g_exact, __ATOMIC_RELAXED)) return 1;
+    if (t->generation != __atomic_load_n(&g_generation, __ATOMIC_RELAXED))
+        reseed(t, __atomic_fetch_add(&g_thread_seq, 1, __ATOMIC_RELAXED));
+    int64_t s = size > (size_t)INT64_MAX ? INT64_MAX : (int64_t)size;
+    t->countdown -= s;
+    if (t->countdown > 0) return 0;
+    /* Memoryless: the next gap starts at the end of this block. */
+    t->countdown = draw_gap(t);
+    return 1;
+}
+
+void mp_thread_ignore(int on) {
+    if (on) t_state.busy++;
+    else if (t_state.busy > 0) t_state.busy--;
+}
+
+uint64_t mp_thread_ident(void) { return (uint64_t)pthread_self(); }
+
+double mp_weight(uint64_t size) {
+    int64_t rate = __atomic_load_n(&g_sample_rate, __ATOMIC_RELAXED);
+    if (__atomic_load_n(&g_exact, __ATOMIC_RELAXED) || rate <= 1) return 1.0;
+    if (size == 0) return 1.0;
+    /* 1 / (1 - exp(-s/R)) computed with expm1 so tiny blocks keep their precision. */
+    return 1.0 / -expm1(-(double)size / (double)rate);
+}

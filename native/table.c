@@ -1,0 +1,166 @@
+/* table.c: the live sampled pointers, and the filter that keeps frees cheap.
+ *
+ * Every free must ask "was this pointer sampled?". Asking the table would take g_lock on
+ * every free of the process. Instead a filter sits in front of it: a bitset with one bit
+ * per bucket of addresses, set while at least one sampled pointer of that bucket is alive
+ * (a counter per bucket, kept under g_lock, says how many). A free whose bit is clear
+ * cannot be a sampled pointer and returns after one relaxed load and no lock. The bitset
+ * is 32 KiB so that it stays in cache: a 2 MiB counter array read directly cost a cache
+ * miss per free. With L live samples, about L / 2^18 of the unsampled frees take the lock
+ * for nothing (2% at 5,000 live samples).
+ *
+ * Why the lock-free read is safe: a pointer cannot be freed by one thread while another
+ * thread is inserting it, because insertion happens before malloc returns it, and removal
+ * happens before the real free hands the address back to the allocator.
+ */
+#include "core.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static uint16_t g_bucket_count[1u << MP_FILTER_BITS];   /* under g_lock; saturating */
+uint64_t g_filter_bits[(1u << MP_FILTER_BITS) / 64];     /* lock-free reads, written under g_lock */
+
+/* Open addressing with linear probing and backward-shift deletion (no tombstones).
+ * Protected by g_lock. */
+static mp_live_t *g_slots = NULL;
+static size_t g_cap = 0;      /* power of two, or 0 */
+static size_t g_count = 0;
+
+mp_counters_t g_counters;      /* protected by g_lock */
+
+void mp_lock(void) { pthread_mutex_lock(&g_lock); }
+void mp_unlock(void) { pthread_mutex_unlock(&g_lock); }
+
+static inline uint64_t mix_ptr(uintptr_t p) {
+    /* Allocations are at least 8-byte aligned: drop the always-zero bits first. */
+    return ((uint64_t)p >> 3) * 0x9E3779B97F4A7C15ull;
+}
+
+static void filter_add_locked(uintptr_t p) {
+    size_t i = mp_filter_index((const void *)p);
+    if (g_bucket_count[i] == UINT16_MAX) return;           /* saturated: stays set */
+    if (g_bucket_count[i]++ == 0) {
+        uint64_t w = g_filter_bits[i >> 6] | (1ull << (i & 63));
+        __atomic_store_n(&g_filter_bits[i >> 6], w, __ATOMIC_RELAXED);
+    }
+}
+
+static void filter_remove_locked(uintptr_t p) {
+    size_t i = mp_filter_index((const void *)p);
+    if (g_bucket_count[i] == UINT16_MAX || g_bucket_count[i] == 0) return;
+    if (--g_bucket_count[i] == 0) {
+        uint64_t w = g_filter_bits[i >> 6] & ~(1ull << (i & 63));
+        __atomic_store_n(&g_filter_bits[i >> 6], w, __ATOMIC_RELAXED);
+    }
+}
+
+static inline size_t slot_of(uintptr_t p, size_t cap) {
+    return (size_t)(mix_ptr(p) >> 17) & (cap - 1);
+}
+
+static int grow_locked(void) {
+    size_t ncap = g_cap ? g_cap * 2 : 1024;
+    mp_live_t *ns = calloc(ncap, sizeof(mp_live_t));
+    if (ns == NULL) return -1;
+    for (size_t i = 0; i < g_cap; i++) {
+        if (g_slots[i].ptr == 0) continue;
+        size_t j = slot_of(g_slots[i].ptr, ncap);
+        while (ns[j].ptr != 0) j = (j + 1) & (ncap - 1);
+        ns[j] = g_slots[i];
+    }
+    free(g_slots);
+    g_slots = ns;
+    g_cap = ncap;
+    return 0;
+}
+
+static size_t find_slot_locked(uintptr_t p) {
+    if (g_cap == 0) return SIZE_MAX;
+    size_t i = slot_of(p, g_cap);
+    while (g_slots[i].ptr != 0) {
+        if (g_slots[i].ptr == p) return i;
+        i = (i + 1) & (g_cap - 1);
+    }
+    return SIZE_MAX;
+}
+
+int mp_table_insert_locked(const mp_live_t *rec) {
+    size_t i = find_slot_locked(rec->ptr);
+    if (i != SIZE_MAX) {          /* the address was reused without a free we saw */
+        g_slots[i] = *rec;
+        return 0;
+    }
+    if ((g_count + 1) * 4 > g_cap * 3 && grow_locked() != 0) return -1;   /* load <= 3/4 */
+    i = slot_of(rec->ptr, g_cap);
+    while (g_slots[i].ptr != 0) i = (i + 1) & (g_cap - 1);
+    g_slots[i] = *rec;
+    g_count++;
+    filter_add_locked(rec->ptr);
+    return 0;
+}
+
+int mp_table_take_locked(uintptr_t p, mp_live_t *out) {
+    size_t i = find_slot_locked(p);
+    if (i == SIZE_MAX) return 0;
+    if (out) *out = g_slots[i];
+    /* Backward-shift deletion: pull later entries of the probe run into the hole. */
+    size_t hole = i, j = i;
+    for (;;) {
+        j = (j + 1) & (g_cap - 1);
+        if (g_slots[j].ptr == 0) break;
+        size_t home = slot_of(g_slots[j].ptr, g_cap);
+        /* Move j into the hole unless its home lies cyclically in (hole, j]. */
+        int stays = (hole <= j) ? (hole < home && home <= j) : (hole < home || home <= j);
+        if (!stays) {
+            g_slots[hole] = g_slots[j];
+            hole = j;
+        }
+    }
+    g_slots[hole].ptr = 0;
+    g_count--;
+    filter_remove_locked(p);
+    return 1;
+}
+
+const mp_live_t *mp_table_find_locked(uintptr_t p) {
+    size_t i = find_slot_locked(p);
+    return i == SIZE_MAX ? NULL : &g_slots[i];
+}
+
+void mp_table_clear_locked(void) {
+    free(g_slots);
+    g_slots = NULL;
+    g_cap = 0;
+    g_count = 0;
+    memset(g_bucket_count, 0, sizeof(g_bucket_count));
+    for (size_t i = 0; i < (1u << MP_FILTER_BITS) / 64; i++)
+        __atomic_store_n(&g_filter_bits[i], (uint64_t)0, __ATOMIC_RELAXED);
+}
+
+size_t mp_table_count_locked(void) { return g_count; }
+
+size_t mp_table_copy_locked(mp_live_t *out, size_t cap) {
+    size_t n = 0;
+    for (size_t i = 0; i < g_cap && n < cap; i++)
+        if (g_slots[i].ptr != 0) out[n++] = g_slots[i];
+    return n;
+}
+
+uint64_t mp_table_memory_locked(void) {
+    return (uint64_t)g_cap * sizeof(mp_live_t) + sizeof(g_bucket_count) +
+           sizeof(g_filter_bits);
+}
+
+/* fork(): the child must not inherit g_lock held by a thread that no longer exists.
+ * Take it around fork so the table is consistent on both sides, then release it. */
+static void atfork_prepare(void) { pthread_mutex_lock(&g_lock); }
+static void atfork_parent(void) { pthread_mutex_unlock(&g_lock); }
+static void atfork_child(void) { pthread_mutex_unlock(&g_lock); }
+
+__attribute__((constructor)) static void register_atfork(void) {
+    pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
+}

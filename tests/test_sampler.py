@@ -1,0 +1,357 @@
+"""The sampler's API: arguments, counters, estimates and attribution.
+
+Runs on every CPython the project supports (the CI runs this file under 3.10-3.13); it
+needs nothing but the package itself.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import subprocess
+import sys
+import tracemalloc
+
+import pytest
+
+import mprofile_ipy as mp
+from mprofile_ipy import sampler
+
+HERE = __file__
+
+
+@pytest.fixture(autouse=True)
+def _always_stop():
+    yield
+    mp.stop()
+
+
+def line_of(marker: str) -> int:
+    """Line number in this file of the line that ends with ``# <marker>``."""
+    with open(HERE) as f:
+        for i, text in enumerate(f, 1):
+            if text.rstrip().endswith(f"# {marker}"):
+                return i
+    raise AssertionError(marker)
+
+
+def site_stats(snapshot: mp.Snapshot, lineno: int) -> mp.Statistic | None:
+    for stat in snapshot.statistics("lineno"):
+        frame = stat.traceback[0]
+        if frame.filename == HERE and frame.lineno == lineno:
+            return stat
+    return None
+
+
+# ---- arguments ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, words",
+    [
+        ({"max_frames": 0}, ValueError, "between 1 and"),
+        ({"max_frames": 5000}, ValueError, "did you mean sample_rate"),
+        ({"max_frames": "5"}, TypeError, "max_frames must be an int"),
+        ({"max_frames": True}, TypeError, "max_frames must be an int"),
+        ({"sample_rate": -1}, ValueError, "sample_rate|negative|size"),
+        ({"sample_rate": 1.5}, TypeError, "float|int"),
+        ({"sample_rate": True}, TypeError, "bool|int"),
+        ({"sample_rate": "ten"}, ValueError, "ten"),
+        ({"seed": "x"}, TypeError, "seed must be an int"),
+    ],
+)
+def test_bad_arguments_raise_clear_errors(kwargs, exc, words):
+    with pytest.raises(exc, match=words):
+        mp.start(**kwargs)
+    assert not mp.is_tracing()
+
+
+def test_start_stop_state_and_settings():
+    assert not mp.is_tracing()
+    mp.start(7, sample_rate="64KiB")
+    assert mp.is_tracing()
+    assert mp.get_traceback_limit() == 7
+    assert mp.get_sample_rate() == 65536
+    # Like tracemalloc, start() while tracing only changes the traceback limit...
+    mp.start(9, sample_rate=65536)
+    assert mp.get_traceback_limit() == 9
+    # ...and refuses to change the rate under the running estimates.
+    with pytest.raises(RuntimeError, match="already tracing"):
+        mp.start(9, sample_rate=1)
+    mp.stop()
+    assert not mp.is_tracing()
+    assert mp.get_traced_memory() == (0, 0)
+    with pytest.raises(RuntimeError, match="must be tracing"):
+        mp.take_snapshot()
+
+
+# ---- exact mode --------------------------------------------------------------------------
+
+
+def test_exact_mode_counts_every_allocation_with_weight_one():
+    mp.start(1, sample_rate=1)
+    keep = [bytearray(100) for _ in range(2000)]  # EXACT
+    snap = mp.take_snapshot()
+    stat = site_stats(snap, line_of("EXACT"))
+    assert stat is not None
+    # 2000 bytearray objects with their buffers, plus the list itself: at least 4000 blocks.
+    assert stat.count >= 4000
+    assert stat.size >= 2000 * 100
+    assert snap.is_exact and snap.sample_rate == 1
+    assert stat.relative_error == 0.0
+    del keep
+
+
+def test_get_traced_memory_matches_snapshot_total_and_reset_peak():
+    mp.start(1, sample_rate=1)
+    big = bytearray(5_000_000)
+    current, peak = mp.get_traced_memory()
+    snap = mp.take_snapshot()
+    assert abs(current - snap.total_size) <= 0.01 * current + 10_000
+    del big
+    current2, peak2 = mp.get_traced_memory()
+    assert current2 < current - 4_900_000
+    assert peak2 >= peak >= 5_000_000
+    mp.reset_peak()
+    assert mp.get_traced_memory()[1] < 1_000_000
+
+
+def test_clear_traces_forgets_everything_but_keeps_tracing():
+    mp.start(1, sample_rate=1)
+    keep = bytearray(1_000_000)
+    assert mp.get_traced_memory()[0] >= 1_000_000
+    mp.clear_traces()
+    assert mp.is_tracing()
+    assert mp.get_traced_memory()[0] < 100_000
+    assert mp.get_stats().live_samples < 100
+    del keep
+
+
+def test_get_object_traceback_in_exact_mode():
+    n = 1000
+    mp.start(5, sample_rate=1)
+    obj = "x" * n  # OBJTB
+    tb = mp.get_object_traceback(obj)
+    assert tb is not None
+    # Tracebacks are stored oldest frame first, as in tracemalloc: [-1] is the newest.
+    assert tb[-1].filename == HERE and tb[-1].lineno == line_of("OBJTB")
+    assert tb[-1].name == "test_get_object_traceback_in_exact_mode"
+
+    class WithDict:
+        pass
+
+    inst = WithDict()  # OBJTB2
+    tb2 = mp.get_object_traceback(inst)
+    assert tb2 is not None and tb2[-1].lineno == line_of("OBJTB2")
+    mp.stop()
+    assert mp.get_object_traceback(obj) is None
+
+
+# ---- sampling ----------------------------------------------------------------------------
+
+
+def test_large_allocation_is_always_sampled_at_its_exact_size():
+    mp.start(8, seed=1)
+    big = bytearray(64 * 2**20)  # BIG
+    snap = mp.take_snapshot()
+    biggest = max(snap.traces, key=lambda t: t.size)
+    assert biggest.traceback[-1].lineno == line_of("BIG")
+    assert biggest.size == 64 * 2**20 + 1  # the buffer keeps a trailing NUL byte
+    # p = 1 - exp(-512) == 1.0 in doubles: the estimate is the size itself.
+    assert biggest.weight == 1.0
+    assert biggest.estimated_size == biggest.size
+    del big
+
+
+def test_line_keeping_50mb_in_1kib_objects_is_estimated_within_10_percent():
+    for seed in (1, 2, 3):
+        mp.start(16, seed=seed)
+        keep = [bytes(1000) for _ in range(50_000)]  # FIFTY
+        snap = mp.take_snapshot()
+        mp.stop()
+        truth = 50_000 * sys.getsizeof(bytes(1000)) + sys.getsizeof(keep)
+        stat = site_stats(snap, line_of("FIFTY"))
+        assert stat is not None
+        assert abs(stat.size - truth) / truth < 0.10, (seed, stat.size, truth)
+        assert stat.samples > 200
+        assert 0.0 < stat.relative_error < 0.1
+        del keep
+
+
+def test_seed_makes_sampling_reproducible():
+    # Fresh interpreters, so both runs make the very same allocations.
+    code = (
+        "import mprofile_ipy as mp\n"
+        "mp.start(4, sample_rate=4096, seed=42)\n"
+        "keep = [bytes(500) for _ in range(20_000)]\n"
+        "print(sorted(s.count for s in mp.take_snapshot().statistics('lineno'))[-1],"
+        " mp.get_stats().samples)\n"
+    )
+    outs = {
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout
+        for _ in range(2)
+    }
+    assert len(outs) == 1
+
+
+def test_allocations_land_on_file_line_and_function():
+    def make_strings():
+        return ["x" * 5000 + str(i) for i in range(2000)]  # FUNC
+
+    mp.start(4, sample_rate=4096, seed=3)
+    keep = make_strings()
+    snap = mp.take_snapshot()
+    stat = site_stats(snap, line_of("FUNC"))
+    assert stat is not None
+    frame = stat.traceback[0]
+    # 3.12 inlines comprehensions; 3.10 has no qualified names.
+    assert frame.name in (
+        "make_strings",
+        "<listcomp>",
+        "test_allocations_land_on_file_line_and_function.<locals>.make_strings",
+        "test_allocations_land_on_file_line_and_function.<locals>.make_strings.<locals>"
+        ".<listcomp>",
+    )
+    # The traceback goes on to the caller, oldest frame first as in tracemalloc.
+    tb_stats = snap.statistics("traceback")
+    assert any(
+        len(s.traceback) >= 2
+        and s.traceback[-1].lineno == line_of("FUNC")
+        and any(f.name == "test_allocations_land_on_file_line_and_function" for f in s.traceback)
+        for s in tb_stats
+    )
+    del keep
+
+
+def test_max_frames_limits_depth_but_total_nframe_counts_all():
+    def deep(n):
+        if n == 0:
+            return bytearray(1_000_000)
+        return deep(n - 1)
+
+    mp.start(3, sample_rate=1)
+    keep = deep(50)
+    snap = mp.take_snapshot()
+    tb = [t for t in snap.traces if t.size >= 1_000_000][0].traceback
+    assert len(tb) == 3
+    assert tb.total_nframe >= 53
+    del keep
+
+
+def test_frames_from_angle_bracket_files_are_kept():
+    code = compile("keep = [bytearray(4096) for _ in range(100)]\n", "<ipython-input-7-abc>", "exec")
+    ns: dict = {}
+    mp.start(4, sample_rate=1)
+    exec(code, ns)
+    snap = mp.take_snapshot()
+    files = {s.traceback[0].filename for s in snap.statistics("lineno")}
+    assert "<ipython-input-7-abc>" in files
+
+
+def test_64bit_sizes_3gib_allocation():
+    # calloc of 3 GiB maps zero pages lazily: no real memory is touched.
+    calloc = ctypes.pythonapi.PyMem_RawCalloc
+    calloc.restype = ctypes.c_void_p
+    calloc.argtypes = [ctypes.c_size_t, ctypes.c_size_t]
+    free = ctypes.pythonapi.PyMem_RawFree
+    free.argtypes = [ctypes.c_void_p]
+    mp.start(4, seed=1)
+    ptr = calloc(1, 3 * 2**30)  # HUGE
+    if not ptr:
+        pytest.skip("the machine refused a 3 GiB calloc")
+    try:
+        snap = mp.take_snapshot()
+        stat = site_stats(snap, line_of("HUGE"))
+        assert stat is not None
+        assert stat.size == 3 * 2**30
+        assert mp.get_traced_memory()[0] >= 3 * 2**30
+        assert snap.statistics("filename")[0].size >= 3 * 2**30
+    finally:
+        free(ptr)
+    assert mp.get_traced_memory()[0] < 2**30
+
+
+# ---- realloc paths (through ctypes, with the GIL held like real callers) --------------
+
+
+def _pymem(name, restype, *argtypes):
+    fn = getattr(ctypes.pythonapi, name)
+    fn.restype = restype
+    fn.argtypes = list(argtypes)
+    return fn
+
+
+def test_realloc_moves_record_failed_realloc_keeps_it():
+    malloc = _pymem("PyMem_Malloc", ctypes.c_void_p, ctypes.c_size_t)
+    realloc = _pymem("PyMem_Realloc", ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
+    free = _pymem("PyMem_Free", None, ctypes.c_void_p)
+
+    def sizes_at(marker):
+        snap = mp.take_snapshot()
+        return sorted(
+            t.size
+            for t in snap.traces
+            if t.traceback[-1].lineno == line_of(marker) and t.size > 1000
+        )
+
+    mp.start(4, sample_rate=1)
+    p = malloc(100_001)  # R_MALLOC
+    assert sizes_at("R_MALLOC") == [100_001]
+    q = realloc(p, 200_001)  # R_GROW
+    assert q
+    assert sizes_at("R_MALLOC") == [] and sizes_at("R_GROW") == [200_001]
+    failed = realloc(q, sys.maxsize)  # R_FAIL
+    assert not failed
+    # A failed realloc leaves the block, and so its record, untouched.
+    assert sizes_at("R_GROW") == [200_001] and sizes_at("R_FAIL") == []
+    same = realloc(q, 199_001)  # R_SHRINK
+    assert same
+    assert sizes_at("R_GROW") == [] and sizes_at("R_SHRINK") == [199_001]
+    free(same)
+    assert sizes_at("R_SHRINK") == []
+
+
+def test_raw_allocations_without_the_gil_are_recorded_without_a_stack():
+    lib = sampler.lib
+    mp.start(4, sample_rate=1)
+    p = lib.mp_test_raw_malloc_nogil(3_000_000)
+    q = lib.mp_test_raw_realloc_nogil(p, 4_000_000)
+    snap = mp.take_snapshot()
+    raw = [t for t in snap.traces if t.size == 4_000_000]
+    assert len(raw) == 1
+    assert raw[0].traceback[0].filename == "<unknown>"
+    assert raw[0].allocator == mp.Allocator.RAW and raw[0].domain == 0
+    lib.mp_test_raw_free_nogil(q)
+    assert not [t for t in mp.take_snapshot().traces if t.size == 4_000_000]
+
+
+def test_no_double_counting_between_obj_and_raw_domains():
+    # pymalloc serves blocks > 512 bytes from PyMem_RawMalloc: both tools count them once.
+    tracemalloc.start(1)
+    mp.start(1, sample_rate=1)
+    try:
+        keep = [bytes(2000) for _ in range(100)]  # DOUBLE
+        theirs = {
+            (s.traceback[0].filename, s.traceback[0].lineno): (s.size, s.count)
+            for s in tracemalloc.take_snapshot().statistics("lineno")
+        }
+        stat = site_stats(mp.take_snapshot(), line_of("DOUBLE"))
+    finally:
+        mp.stop()
+        tracemalloc.stop()
+    assert (stat.size, stat.count) == theirs[(HERE, line_of("DOUBLE"))]
+    assert 100 <= stat.count <= 102
+    del keep
+
+
+def test_profiler_memory_is_reported_and_released():
+    mp.start(16, sample_rate=1)
+    keep = [object() for _ in range(50_000)]
+    used = mp.get_profiler_memory()
+    assert used > 50_000 * 16
+    mp.stop()
+    assert mp.get_profiler_memory() < used
+    del keep
+    gc.collect()
