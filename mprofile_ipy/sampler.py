@@ -104,12 +104,43 @@ def start(
         raise ValueError(f"sample_rate is too large: {rate} bytes")
     if seed is not None:
         seed = _check_int("seed", seed) % 2**64
+    settings = {"sample_rate": rate, "max_frames": max_frames, "seed": seed,
+                "started_at": time.time()}
     with _lock:
+        was_tracing = is_tracing()
         if lib.mp_start(rate, max_frames, seed or 0, seed is not None) != 0:
             raise RuntimeError(_error())
-        if not _settings["started_at"] or not is_tracing() or _settings["sample_rate"] != rate:
-            _settings["started_at"] = time.time()
-        _settings.update(sample_rate=rate, max_frames=max_frames, seed=seed)
+        with paused():  # the profiler's own bookkeeping is not the user's memory
+            if was_tracing:
+                _settings["max_frames"] = max_frames
+            else:
+                _settings.update(settings)
+
+
+class _Paused:
+    """Context manager of :func:`paused`; one shared instance, so entering it allocates
+    nothing that a snapshot taken inside the block could see."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        lib.mp_thread_ignore(1)
+
+    def __exit__(self, *exc_info: object) -> None:
+        lib.mp_thread_ignore(0)
+
+
+_PAUSED = _Paused()
+
+
+def paused() -> _Paused:
+    """Don't sample the calling thread's allocations inside ``with paused():``.
+
+    For tools built on the sampler: their own bookkeeping (reports, stored snapshots) is
+    not the user's memory. Other threads go on being sampled; frees are still seen, so
+    nothing goes stale. Blocks nest.
+    """
+    return _PAUSED
 
 
 def stop() -> None:
@@ -268,6 +299,8 @@ def take_snapshot() -> Snapshot:
     Building it is not itself sampled (the calling thread pauses sampling meanwhile), so
     the profiler's own work does not show up in later snapshots.
     """
+    # Not `with paused()`: the bound __exit__ it creates would be alive in this very
+    # snapshot. A plain call allocates nothing.
     lib.mp_thread_ignore(1)
     try:
         if not is_tracing():
@@ -309,8 +342,7 @@ def get_object_traceback(obj: object) -> Traceback | None:
     """
     if not is_tracing():
         return None
-    lib.mp_thread_ignore(1)
-    try:
+    with paused():
         snap = lib.mp_snapshot_of_object(id(obj))
         if snap == ffi.NULL:
             return None
@@ -318,8 +350,6 @@ def get_object_traceback(obj: object) -> Traceback | None:
             traces, _ = _read_snapshot(snap)
         finally:
             lib.mp_snapshot_free(snap)
-    finally:
-        lib.mp_thread_ignore(0)
     if not traces:
         return None
     _, _, frames, total, _, _ = traces[0]

@@ -241,7 +241,8 @@ def test_max_frames_limits_depth_but_total_nframe_counts_all():
 
 
 def test_frames_from_angle_bracket_files_are_kept():
-    code = compile("keep = [bytearray(4096) for _ in range(100)]\n", "<ipython-input-7-abc>", "exec")
+    source = "keep = [bytearray(4096) for _ in range(100)]\n"
+    code = compile(source, "<ipython-input-7-abc>", "exec")
     ns: dict = {}
     mp.start(4, sample_rate=1)
     exec(code, ns)

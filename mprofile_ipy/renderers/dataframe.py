@@ -1,0 +1,176 @@
+"""pandas DataFrames of a result: one row per site, per sampled allocation, or per change.
+
+Columns are tidy and numeric (bytes, counts, percents as floats; lines as nullable ints), so
+the user can sort, filter and plot them; ``readable`` returns a copy with units for display.
+Site columns: ``file`` (``In [3]`` or a path), ``line``, ``function``, ``source``, ``size``
+(estimated bytes still alive), ``count`` (estimated allocations), ``percent`` (of the
+snapshot's total), ``samples`` (sampled allocations behind the estimate), ``size_stderr``
+(standard error of ``size`` in bytes), ``rel_error``, ``cell``, ``filename``/``lineno`` (the
+frame's own values) and ``traceback`` (frames oldest first, one per line).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from ..estimate import weight
+from ..model import Allocator
+from ..result import normalize_group_by
+from . import fmt_count, fmt_error, fmt_size
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..result import DiffResult, FrameInfo, ProfileResult
+
+SITE_COLUMNS = [
+    "file", "line", "function", "source", "size", "count", "percent", "samples",
+    "size_stderr", "rel_error", "allocated", "allocated_count", "cell", "filename", "lineno",
+    "traceback",
+]
+TRACE_COLUMNS = [
+    "file", "line", "function", "source", "size", "weight", "estimated_size",
+    "estimated_count", "domain", "allocator", "thread_id", "cell", "filename", "lineno",
+    "traceback",
+]
+DIFF_COLUMNS = [
+    "file", "line", "function", "source", "size", "size_diff", "count", "count_diff",
+    "samples", "old_samples", "size_diff_stderr", "cell", "filename", "lineno",
+]
+
+
+def format_traceback(frames: tuple[FrameInfo, ...]) -> str:
+    """Frames oldest first, one per line."""
+    return "\n".join(frame.format() for frame in frames)
+
+
+def _frame_columns(frame: FrameInfo, group_by: str) -> dict[str, object]:
+    if group_by == "file":
+        return {"file": frame.file, "line": pd.NA, "function": "", "source": "",
+                "cell": frame.cell if frame.cell is not None else pd.NA,
+                "filename": frame.filename, "lineno": pd.NA}
+    return {
+        "file": frame.file,
+        "line": frame.line,
+        "function": frame.name,
+        "source": frame.source if group_by != "function" else "",
+        "cell": frame.cell if frame.cell is not None else pd.NA,
+        "filename": frame.filename,
+        "lineno": frame.lineno if group_by != "function" else pd.NA,
+    }
+
+
+def _typed(df: pd.DataFrame) -> pd.DataFrame:
+    for name in ("line", "cell", "lineno"):
+        if name in df:
+            df[name] = df[name].astype("Int64")
+    for name in ("samples", "old_samples", "thread_id", "domain"):
+        if name in df:
+            df[name] = df[name].astype("int64")
+    for name in ("size", "count", "percent", "size_stderr", "rel_error", "size_diff",
+                 "count_diff", "size_diff_stderr", "weight", "estimated_size",
+                 "estimated_count", "allocated", "allocated_count"):
+        if name in df and not (name == "size" and "weight" in df):
+            df[name] = df[name].astype("float64")
+    return df
+
+
+def sites_dataframe(result: ProfileResult, group_by: str | None = None,
+                    top: int | None = None) -> pd.DataFrame:
+    """One row per site (alive or only allocated), largest estimated size first."""
+    rows = []
+    for site in result.sites(group_by, top, by="all"):
+        row = _frame_columns(site.frame, site.group_by)
+        row.update(
+            size=site.size,
+            count=site.count,
+            percent=site.percent,
+            samples=site.samples,
+            size_stderr=site.std_error,
+            rel_error=site.rel_error,
+            allocated=site.allocated,
+            allocated_count=site.allocated_count,
+            traceback=format_traceback(site.traceback),
+        )
+        rows.append(row)
+    df = pd.DataFrame(rows, columns=SITE_COLUMNS)
+    df.attrs.update(group_by=normalize_group_by(group_by or result.group_by),
+                    sample_rate=result.sample_rate, label=result.label)
+    return _typed(df)
+
+
+def traces_dataframe(result: ProfileResult) -> pd.DataFrame:
+    """One row per sampled allocation still alive (those the views show)."""
+    import numpy as np
+
+    rate = result.sample_rate
+    index_of: dict[tuple, int] = {}
+    fixed_rows: list[dict[str, object]] = []
+    which, sizes, domains, codes, threads = [], [], [], [], []
+    for trace, frames in result._view.iter_traces(result.snapshot):
+        if not frames:
+            continue
+        index = index_of.get(frames)
+        if index is None:
+            index = index_of[frames] = len(fixed_rows)
+            row = _frame_columns(frames[-1], "line")
+            row["traceback"] = format_traceback(frames)
+            fixed_rows.append(row)
+        which.append(index)
+        sizes.append(trace[1])
+        domains.append(trace[0])
+        codes.append(trace[4] if len(trace) > 4 else int(Allocator.MEM))
+        threads.append(trace[5] if len(trace) > 5 else 0)
+    fixed = pd.DataFrame(fixed_rows, columns=["file", "line", "function", "source", "cell",
+                                              "filename", "lineno", "traceback"])
+    df = fixed.iloc[np.asarray(which, dtype=np.int64)].reset_index(drop=True)
+    size = np.asarray(sizes, dtype=np.int64)
+    weights = {s: weight(s, rate) for s in set(sizes)}
+    w = np.asarray([weights[s] for s in sizes], dtype=np.float64)
+    names = {int(a): a.name for a in Allocator}
+    df["size"] = size
+    df["weight"] = w
+    df["estimated_size"] = size * w
+    df["estimated_count"] = w
+    df["domain"] = np.asarray(domains, dtype=np.int64)
+    df["allocator"] = [names.get(c, str(c)) for c in codes]
+    df["thread_id"] = np.asarray(threads, dtype=np.uint64).astype(np.int64)
+    return _typed(df[TRACE_COLUMNS])
+
+
+def diff_dataframe(diff: DiffResult, group_by: str | None = None,
+                   top: int | None = None) -> pd.DataFrame:
+    """One row per site of either result, largest absolute change first."""
+    rows = []
+    for item in diff.diffs(group_by, top):
+        row = _frame_columns(item.frame, item.group_by)
+        row.update(
+            size=item.size,
+            size_diff=item.size_diff,
+            count=item.count,
+            count_diff=item.count_diff,
+            samples=item.samples,
+            old_samples=item.old_samples,
+            size_diff_stderr=item.std_error,
+        )
+        rows.append(row)
+    return _typed(pd.DataFrame(rows, columns=DIFF_COLUMNS))
+
+
+def readable(df: pd.DataFrame, exact: bool = False) -> pd.DataFrame:
+    """A copy for display: sizes with units, counts rounded, errors as ``±12%``."""
+    out = df.copy()
+    for name in ("size", "size_diff", "estimated_size", "allocated"):
+        if name in out and out[name].dtype.kind == "f":
+            out[name] = out[name].map(lambda v, n=name: fmt_size(v, signed=n == "size_diff"))
+    for name in ("size_stderr", "size_diff_stderr"):
+        if name in out:
+            out[name] = out[name].map(fmt_size)
+    for name in ("count", "count_diff", "estimated_count", "allocated_count"):
+        if name in out:
+            out[name] = out[name].map(lambda v, n=name: fmt_count(v, signed=n == "count_diff"))
+    if "rel_error" in out:
+        out["rel_error"] = out["rel_error"].map(lambda v: fmt_error(v, exact))
+    if "percent" in out:
+        out["percent"] = out["percent"].map(lambda v: f"{v:.1f}%")
+    return out

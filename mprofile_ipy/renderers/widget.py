@@ -1,0 +1,218 @@
+"""Interactive explorers (ipywidgets) for a result and for a comparison of two results.
+
+The explorer has a group-by selector, a top-N slider, a filter box, a sort choice, a
+"show all frames" switch, the sorted table, and a site picker that shows the site's
+tracebacks. Its display bundle carries the widget *and* the static HTML and text reports, so
+a frontend without a widget manager (nbviewer, GitHub, Colab without custom widgets, a
+terminal) shows the static report instead of an error.
+"""
+
+from __future__ import annotations
+
+from html import escape
+from typing import TYPE_CHECKING, Any
+
+from . import fmt_size
+from .html import _BOX, _frame_html, render_diff, sites_table_html, summary_html
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..result import DiffResult, ProfileResult, Site
+
+_SORTS = {"size": lambda s: -s.size, "count": lambda s: -s.count,
+          "samples": lambda s: -s.samples, "error": lambda s: -s.rel_error}
+_GROUP_OPTIONS = [("cell line", "cell"), ("line", "line"), ("function", "function"),
+                  ("file", "file"), ("traceback", "traceback")]
+
+
+def _matches(site: Site, needle: str) -> bool:
+    if not needle:
+        return True
+    needle = needle.lower()
+    frames = [site.frame] + [f for tb in site.tracebacks for f in tb.frames]
+    return any(
+        needle in text.lower()
+        for f in frames
+        for text in (f.file, f.filename, f.name, f.source, f.where)
+    )
+
+
+class _Fallback:
+    """Mixin: the display bundle of a widget plus static fallbacks."""
+
+    box: Any
+
+    def static_html(self) -> str:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def static_text(self) -> str:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        bundle: dict[str, Any] = {}
+        widget_bundle = self.box._repr_mimebundle_(include=include, exclude=exclude)
+        if isinstance(widget_bundle, tuple):  # (data, metadata)
+            widget_bundle = widget_bundle[0]
+        if widget_bundle:
+            bundle.update(widget_bundle)
+        bundle["text/html"] = self.static_html()
+        bundle["text/plain"] = self.static_text()
+        return bundle
+
+
+class Explorer(_Fallback):
+    """The explorer of one :class:`~mprofile_ipy.result.ProfileResult`.
+
+    Attributes are the widgets (``group_by``, ``top``, ``filter``, ``sort``, ``all_frames``,
+    ``table``, ``site``, ``detail``), so a program or a test can drive it; ``box`` is the
+    whole layout.
+    """
+
+    def __init__(self, result: ProfileResult) -> None:
+        import ipywidgets as w
+
+        self.base = result
+        self.result = result
+        self.group_by = w.Dropdown(options=_GROUP_OPTIONS, value=result.group_by,
+                                   description="Group by")
+        self.top = w.IntSlider(value=result.top, min=1, max=max(50, result.top),
+                               description="Top")
+        self.filter = w.Text(value="", placeholder="file, function or source text",
+                             description="Filter", continuous_update=False)
+        self.sort = w.Dropdown(options=list(_SORTS), value="size", description="Sort by")
+        self.all_frames = w.Checkbox(value=result.show_all, description="Show all frames",
+                                     indent=False)
+        self.summary = w.HTML(summary_html(result))
+        self.table = w.HTML()
+        self.site = w.Dropdown(options=[], description="Site",
+                               layout=w.Layout(width="95%"))
+        self.detail = w.HTML()
+        controls = w.HBox([self.group_by, self.sort, self.all_frames])
+        filters = w.HBox([self.top, self.filter])
+        drill = w.VBox([w.HTML("<b>Tracebacks of a site</b>"), self.site, self.detail])
+        self.box = w.VBox([self.summary, controls, filters, self.table, drill])
+        for control in (self.group_by, self.top, self.filter, self.sort):
+            control.observe(self._refresh, names="value")
+        self.all_frames.observe(self._toggle_frames, names="value")
+        self.site.observe(self._show_site, names="value")
+        self._refresh()
+
+    def shown_sites(self) -> list[Site]:
+        """The sites the table shows: grouped, filtered, sorted and cut to top N."""
+        sites = [s for s in self.result.sites(self.group_by.value)
+                 if _matches(s, self.filter.value.strip())]
+        sites.sort(key=_SORTS[self.sort.value])
+        return sites[: self.top.value]
+
+    def _toggle_frames(self, _change: Any = None) -> None:
+        self.result = self.base.filtered(show_all=self.all_frames.value)
+        self.summary.value = summary_html(self.result)
+        self._refresh()
+
+    def _refresh(self, _change: Any = None) -> None:
+        sites = self.shown_sites()
+        if sites:
+            self.table.value = sites_table_html(self.result, sites, drill=False)
+        else:
+            self.table.value = "<i>No site matches.</i>"
+        self._sites = sites
+        options = [(f"{i + 1}. {fmt_size(s.size)}  {s.label}", i) for i, s in enumerate(sites)]
+        self.site.options = options
+        self.site.value = 0 if options else None
+        self._show_site()
+
+    def _show_site(self, _change: Any = None) -> None:
+        index = self.site.value
+        if index is None or index >= len(self._sites):
+            self.detail.value = ""
+            return
+        self.detail.value = _tracebacks_html(self._sites[index])
+
+    def static_html(self) -> str:
+        """The report shown where widgets cannot render."""
+        return self.result.to_html(top=self.top.value, group_by=self.group_by.value)
+
+    def static_text(self) -> str:
+        """The report for plain-text frontends."""
+        return self.result.to_text(top=self.top.value, group_by=self.group_by.value)
+
+
+def _tracebacks_html(site: Site) -> str:
+    parts = []
+    for tb in site.tracebacks[:10]:
+        frames = "".join(_frame_html(f) for f in tb.frames)
+        parts.append(f"<div style='margin: 4px 0 8px 0'><b>{fmt_size(tb.size)}</b> · "
+                     f"{tb.samples} samples · oldest frame first{frames}</div>")
+    if len(site.tracebacks) > 10:
+        parts.append(f"<div>… {len(site.tracebacks) - 10} more tracebacks</div>")
+    return f"<div style=\"{_BOX}\">{''.join(parts) or escape(site.label)}</div>"
+
+
+class DiffExplorer(_Fallback):
+    """The explorer of a comparison: group-by, top-N, filter, and the table of changes."""
+
+    def __init__(self, diff: DiffResult) -> None:
+        import ipywidgets as w
+
+        self.diff = diff
+        self.group_by = w.Dropdown(options=_GROUP_OPTIONS, value=diff.group_by,
+                                   description="Group by")
+        self.top = w.IntSlider(value=diff.top, min=1, max=max(50, diff.top), description="Top")
+        self.filter = w.Text(value="", placeholder="file, function or source text",
+                             description="Filter", continuous_update=False)
+        self.only = w.Dropdown(options=[("all changes", "all"), ("growth", "grew"),
+                                        ("shrinkage", "shrank")], value="all",
+                               description="Show")
+        self.table = w.HTML()
+        self.box = w.VBox([w.HBox([self.group_by, self.only]), w.HBox([self.top, self.filter]),
+                           self.table])
+        for control in (self.group_by, self.top, self.filter, self.only):
+            control.observe(self._refresh, names="value")
+        self._refresh()
+
+    def shown_rows(self) -> list[Any]:
+        """The changes the table shows."""
+        needle = self.filter.value.strip().lower()
+        rows = []
+        for row in self.diff.diffs(self.group_by.value):
+            if self.only.value == "grew" and row.size_diff <= 0:
+                continue
+            if self.only.value == "shrank" and row.size_diff >= 0:
+                continue
+            f = row.frame
+            if needle and not any(needle in t.lower()
+                                  for t in (f.file, f.filename, f.name, f.source, f.where)):
+                continue
+            rows.append(row)
+        return rows[: self.top.value]
+
+    def _refresh(self, _change: Any = None) -> None:
+        self.table.value = render_diff(self.diff, rows=self.shown_rows())
+
+    def static_html(self) -> str:
+        """The comparison shown where widgets cannot render."""
+        return self.diff.to_html(top=self.top.value, group_by=self.group_by.value)
+
+    def static_text(self) -> str:
+        """The comparison for plain-text frontends."""
+        return self.diff.to_text(top=self.top.value, group_by=self.group_by.value)
+
+
+def explorer(result: ProfileResult) -> Any:
+    """The explorer of a result; the static report itself if ipywidgets is missing."""
+    try:
+        import ipywidgets  # noqa: F401
+    except ImportError:
+        return result
+    return Explorer(result)
+
+
+def diff_explorer(diff: DiffResult) -> Any:
+    """The explorer of a comparison; the static comparison if ipywidgets is missing."""
+    try:
+        import ipywidgets  # noqa: F401
+    except ImportError:
+        return diff
+    return DiffExplorer(diff)
+
+
+__all__ = ["Explorer", "DiffExplorer", "explorer", "diff_explorer"]

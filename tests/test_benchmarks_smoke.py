@@ -1,0 +1,96 @@
+"""Smoke test of the benchmark scripts: their --quick runs finish and print complete tables.
+
+No timing is asserted (the machine is shared and noisy); only that every workload and
+configuration, and every accuracy site, shows up with numbers, and that the JSON is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "benchmarks"
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def run_script(name: str, *args: str) -> str:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    proc = subprocess.run([sys.executable, str(BENCH / name), *args], capture_output=True,
+                          text=True, env=env, timeout=110)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+def table_rows(text: str, header_start: str) -> list[list[str]]:
+    """The body rows of the markdown table whose header line starts with ``header_start``."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+def test_overhead_quick(tmp_path: Path) -> None:
+    # GIVEN the quick settings, one round and two workloads to stay fast
+    out = tmp_path / "overhead.json"
+    # WHEN the overhead benchmark runs
+    text = run_script("overhead.py", "--quick", "--rounds", "1", "--workloads",
+                      "churn,churn_live0", "--python-label", "smoke", "--output", str(out))
+    # THEN the ratio matrix has a row per workload and a column per configuration
+    header = next(line for line in text.splitlines() if line.startswith("| workload | none"))
+    configs = [c.strip() for c in header.strip("|").split("|")][1:]
+    for expected in ("none", "tracemalloc-1", "tracemalloc-25", "mprofile_ipy",
+                     "mprofile_ipy-exact"):
+        assert expected in configs
+    matrix = table_rows(text, "| workload | none")
+    assert [row[0] for row in matrix] == ["churn", "churn_live0"]
+    assert all(row[1] == "x1.000" for row in matrix)   # the baseline is its own reference
+    # AND the long table has one row per (workload, configuration) with numbers in it
+    long_rows = table_rows(text, "| workload | config | median s")
+    assert len(long_rows) == 2 * len(configs)
+    for row in long_rows:
+        assert float(row[2]) > 0
+        assert row[3].startswith("x")
+        assert float(row[6]) > 0   # peak RSS in MiB, from the child process
+    # AND the JSON holds the same rows and the raw samples
+    data = json.loads(out.read_text())
+    assert data["label"] == "smoke"
+    assert {(r["workload"], r["config"]) for r in data["rows"]} == {
+        (w, c) for w in ("churn", "churn_live0") for c in configs}
+    assert all(len(r["walls"]) == 1 for r in data["rows"])
+    exact = [r for r in data["rows"] if r["config"] == "mprofile_ipy-exact"]
+    assert all(r["allocations"] > 1000 for r in exact)
+
+
+def test_accuracy_quick(tmp_path: Path) -> None:
+    out = tmp_path / "accuracy.json"
+    text = run_script("accuracy.py", "--quick", "--python-label", "smoke", "--output",
+                      str(out))
+    rows = table_rows(text, "| site | exact MiB")
+    sites = [row[0] for row in rows]
+    assert sites[0].startswith("list(range(")
+    assert any("1 KiB objects" in s for s in sites)
+    assert sites[-1].startswith("TOTAL")
+    assert len(rows) == 12
+    for row in rows:
+        assert float(row[1]) > 0                     # exact MiB from tracemalloc
+        assert row[4].endswith("%") and row[10].endswith("%")   # bias and shortcut bias
+    counts = table_rows(text, "| site | exact count")
+    assert len(counts) == len(rows)
+    data = json.loads(out.read_text())
+    assert data["rate"] == 128 * 1024 and data["seeds"] == [1, 2]
+    # The shortcut under-counts list(range(...)): its samples average far above an int's size.
+    first = data["rows"][0]
+    assert first["shortcut_count"]["mean"] < 0.5 * first["exact_count"]
+    assert "mprofile_ipy with sample_rate=1 vs tracemalloc" in text

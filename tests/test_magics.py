@@ -1,0 +1,280 @@
+"""%%mprofile and %mprofile in a real IPython InteractiveShell: reports, values, errors,
+sessions, the extension's load/unload. Values checked: the cell and line of a known
+allocation and its size."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from IPython.core.error import UsageError
+from IPython.testing import globalipapp
+from IPython.utils.capture import capture_output
+
+import mprofile_ipy
+from mprofile_ipy.export.pprof import load_pprof
+from mprofile_ipy.result import DiffResult, ProfileResult
+
+MiB = 2**20
+
+
+def get_ipython():
+    """The process-wide test shell (globalipapp replaces its own get_ipython once started)."""
+    globalipapp.start_ipython()
+    return globalipapp.get_ipython()
+
+
+@pytest.fixture(scope="module")
+def ip():
+    shell = get_ipython()
+    shell.run_line_magic("load_ext", "mprofile_ipy")
+    yield shell
+    shell.run_line_magic("unload_ext", "mprofile_ipy")
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_running(ip):
+    yield
+    magics = ip.magics_manager.registry.get("MProfileMagics")
+    if magics is not None:
+        magics.stop_session()
+        magics.session = None
+    assert not mprofile_ipy.is_tracing(), "a test left the sampler running"
+
+
+def run(ip, source):
+    """Run a cell as the user would; return (execution count, ExecutionResult, captured)."""
+    number = ip.execution_count
+    with capture_output() as captured:
+        result = ip.run_cell(source, store_history=True)
+    return number, result, captured
+
+
+def test_cell_report_names_cell_line_and_size(ip):
+    # GIVEN a cell with a leading blank line whose line 5 keeps 6 MiB alive
+    number, result, out = run(ip, "\n%%mprofile -o res --seed 1\nsmall = [1, 2, 3]\n"
+                                  "def helper():\n    return bytearray(6 * 2**20)\n"
+                                  "big = helper()\nprint('hello from the cell')\nlen(big)\n")
+    assert result.success, result.error_in_exec
+    # THEN the cell's output and value are unchanged
+    assert "hello from the cell" in out.stdout
+    assert result.result == 6 * MiB
+    res = ip.user_ns["res"]
+    assert isinstance(res, ProfileResult) and res.label == f"In [{number}]"
+    # the 6 MiB allocation is found at the cell line that made it (as typed, leading blank
+    # line included), exactly (an allocation this large is always sampled)
+    top = res.sites()[0]
+    assert (top.frame.file, top.frame.line) == (f"In [{number}]", 5)
+    assert top.frame.source == "return bytearray(6 * 2**20)" and top.frame.name == "helper"
+    assert top.size == pytest.approx(6 * MiB, rel=0.01)
+    caller = top.traceback[0]
+    assert (caller.line, caller.source) == (6, "big = helper()")
+    assert res.current >= 6 * MiB and res.peak >= res.current and res.elapsed > 0
+    # and the report shown says so
+    shown = out.outputs[0].data
+    assert f"In [{number}], line 5: return bytearray(6 * 2**20)" in shown["text/plain"]
+    assert "6.0 MiB" in shown["text/plain"] and "<table" in shown["text/html"]
+
+
+def test_estimate_of_many_small_objects(ip):
+    # 30,000 objects of ~1 KiB: about 30 MiB alive, seen through ~230 samples.
+    number, result, _ = run(ip, "%%mprofile -o res --seed 7 -v none\n"
+                                "keep = [bytes(1000) for _ in range(30_000)]\n")
+    assert result.success
+    site = ip.user_ns["res"].sites()[0]
+    assert site.frame.line == 2 and site.frame.file == f"In [{number}]"
+    true_size = 30_000 * (1000 + bytes.__basicsize__)
+    assert site.samples > 100
+    assert abs(site.size - true_size) < 4 * site.std_error + 0.02 * true_size
+    assert 0.03 < site.rel_error < 0.15  # ~1/sqrt(samples)
+    del ip.user_ns["keep"]
+
+
+def test_exception_propagates_after_the_report(ip):
+    number, result, out = run(ip, "%%mprofile -v text\nkept = bytearray(2 * 2**20)\n1 / 0\n")
+    assert isinstance(result.error_in_exec, ZeroDivisionError)
+    assert "raised ZeroDivisionError" in out.stdout
+    assert f"In [{number}], line 2: kept = bytearray(2 * 2**20)" in out.stdout
+    assert not mprofile_ipy.is_tracing()
+
+
+def test_trailing_semicolon_silences_the_value(ip):
+    _, result, _ = run(ip, "%%mprofile -v none\n41 + 1;\n")
+    assert result.success and result.result is None
+    _, result, _ = run(ip, "%%mprofile -v none\n41 + 1\n")
+    assert result.result == 42
+
+
+def test_statement_form_returns_the_value_and_names_the_line(ip):
+    run(ip, "def grow(n):\n    return [str(i) * 50 for i in range(n)]\n")
+    number, result, out = run(ip, "x = 1\nrows = %mprofile -r 8KiB -o st -v text grow(20_000)\n"
+                                  "len(rows)")
+    assert result.success and result.result == 20_000
+    st = ip.user_ns["st"]
+    assert st.label == f"In [{number}]"
+    cell_site = st.sites("traceback")[0]
+    outer = cell_site.traceback[0]
+    assert (outer.file, outer.line) == (f"In [{number}]", 2)
+    assert outer.source.startswith("rows = %mprofile")
+    assert "mprofile In [" in out.stdout
+
+
+def test_statement_form_sees_local_variables(ip):
+    _, result, _ = run(ip, "def f():\n    n = 3\n    out = %mprofile -v none [0] * n\n"
+                           "    return out\nvalue = f()\n")
+    assert result.success and ip.user_ns["value"] == [0, 0, 0]
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("--rate banana x = 1", "cannot read 'banana' as a size"),
+        ("-r -5 x = 1", "must not be negative"),
+        ("-n 0 x = 1", "--top must be between 1"),
+        ("-g weird x = 1", "group_by must be one of"),
+        ("-v pie x = 1", "--view must be one of table, chart"),
+        ("-f 0 x = 1", "--max-frames must be between 1 and"),
+        ("--bogus x = 1", "unknown option '--bogus'"),
+        ("-o 1abc x = 1", "needs a Python variable name"),
+        ("-r 1KiB start", "is a session command and must come first"),
+        ("", "nothing to profile"),
+        ("snapshot now", "no session"),
+        ("show", "no session"),
+        ("start --pprof x.pb.gz", "unrecognized arguments: --pprof"),
+        ("start -r 1Xb", "unknown size unit"),
+    ],
+)
+def test_bad_options_raise_usage_error(ip, line, message):
+    with pytest.raises(UsageError, match=message):
+        ip.run_line_magic("mprofile", line)
+    assert not mprofile_ipy.is_tracing()
+
+
+def test_bad_cell_options_leave_nothing_running(ip):
+    with pytest.raises(UsageError, match="takes options only"):
+        ip.run_cell_magic("mprofile", "-r 1KiB x = 1", "y = 2\n")
+    with pytest.raises(UsageError, match="folder"):
+        ip.run_cell_magic("mprofile", "--pprof /no/such/folder/p.pb.gz", "y = 2\n")
+    assert not mprofile_ipy.is_tracing()
+
+
+def test_a_statement_named_like_a_command(ip):
+    _, result, _ = run(ip, "%mprofile -v none -- start = 3\n")
+    assert result.success and ip.user_ns["start"] == 3
+
+
+def test_too_few_samples_says_so_and_suggests_a_rate(ip):
+    _, result, out = run(ip, "%%mprofile -v text\nsmall = [1, 2, 3]\n")
+    assert result.success
+    assert "No allocation was sampled" in out.stdout and "--rate" in out.stdout
+
+
+def test_views_and_pprof_output(ip, tmp_path):
+    path = tmp_path / "cell.pb.gz"
+    run(ip, f"%%mprofile -v chart --pprof {path} -o res\nblock = bytearray(3 * 2**20)\n")
+    assert path.exists()
+    loaded = load_pprof(str(path))
+    assert loaded.statistics("lineno")[0].traceback[-1].filename.startswith("In [")
+    _, _, out = run(ip, "%%mprofile -v chart\nblock2 = bytearray(3 * 2**20)\n")
+    summary, figure = out.outputs
+    assert "still alive" in summary.data["text/html"] and "3.0 MiB" in summary.data["text/plain"]
+    assert figure.data["image/png"].startswith(b"\x89PNG")
+    assert "block2 = bytearray(3 * 2**20)" in figure.data["text/plain"]
+    _, _, out = run(ip, "%%mprofile -v widget\nblock3 = bytearray(3 * 2**20)\n")
+    data = out.outputs[0].data
+    assert "application/vnd.jupyter.widget-view+json" in data and "text/html" in data
+    _, _, out = run(ip, "%%mprofile -v none\nblock4 = bytearray(3 * 2**20)\n")
+    assert out.outputs == [] and out.stdout == ""
+    _, _, out = run(ip, "%%mprofile -v flame\nblock5 = bytearray(3 * 2**20)\n")
+    assert "image/png" in out.outputs[1].data
+
+
+def test_include_and_all_frames_options(ip):
+    run(ip, "%%mprofile -v none -o res -i '*json*' -r 4KiB\nimport json\n"
+            "payload = json.dumps(list(range(100_000)))\nother = bytearray(2**20)\n")
+    res = ip.user_ns["res"]
+    assert res.include == ("*json*",)
+    assert all("json" in s.frame.filename or s.frame.is_cell for s in res.sites("line"))
+    assert res.filtered_out > 0
+
+
+def test_session_finds_memory_kept_alive_across_cells(ip, tmp_path):
+    run(ip, "%mprofile start -r 16KiB --seed 5 -v text")
+    assert mprofile_ipy.is_tracing()
+    run(ip, "_kept = []\ndef remember(n):\n    _kept.append(bytearray(n))\n")
+    run(ip, "%mprofile snapshot before")
+    number, _, _ = run(ip, "for _ in range(4):\n    remember(2**20)\n")
+    run(ip, "%mprofile snapshot after")
+    _, _, out = run(ip, "%mprofile compare before after -o growth -v none")
+    growth = ip.user_ns["growth"]
+    assert isinstance(growth, DiffResult)
+    top = growth.diffs("line")[0]
+    assert top.frame.line == 3 and top.frame.source == "_kept.append(bytearray(n))"
+    assert top.size_diff == pytest.approx(4 * MiB, rel=0.02)
+    by_cell = growth.diffs("cell")[0]
+    assert by_cell.frame.file.startswith("In [")
+    # the timeline has a point after each cell, and the named snapshots
+    _, _, out = run(ip, "%mprofile timeline -v text -o points")
+    labels = [p.label for p in ip.user_ns["points"]]
+    assert "before" in labels and "after" in labels and f"In [{number}]" in labels
+    after_cell = next(p for p in ip.user_ns["points"] if p.label == f"In [{number}]")
+    assert after_cell.current >= 4 * MiB
+    # show, export, status, stop
+    _, _, out = run(ip, "%mprofile show after -n 3")  # text: the session's default view
+    assert "mprofile after:" in out.stdout and "_kept.append(bytearray(n))" in out.stdout
+    _, _, out = run(ip, "%mprofile show after -v table")
+    assert "<table" in out.outputs[0].data["text/html"]
+    target = tmp_path / "session.pb.gz"
+    run(ip, f"%mprofile export after {target}")
+    assert target.exists()
+    _, _, out = run(ip, "%mprofile status")
+    assert "running" in out.stdout and "before, after" in out.stdout
+    _, _, out = run(ip, "%mprofile stop")
+    assert "stopped" in out.stdout and not mprofile_ipy.is_tracing()
+    _, _, out = run(ip, "%mprofile show -v text")  # the final snapshot after stop
+    assert "mprofile final:" in out.stdout
+
+
+def test_session_errors(ip):
+    run(ip, "%mprofile start -r 64KiB")
+    try:
+        with pytest.raises(UsageError, match="already running"):
+            ip.run_line_magic("mprofile", "start")
+        with pytest.raises(UsageError, match="not 'now'"):
+            ip.run_line_magic("mprofile", "snapshot now")
+        with pytest.raises(UsageError, match="no snapshot named 'nope'"):
+            ip.run_line_magic("mprofile", "show nope")
+        with pytest.raises(UsageError, match="sampler is already running"):
+            ip.run_cell_magic("mprofile", "", "x = 1\n")
+    finally:
+        ip.run_line_magic("mprofile", "stop")
+    assert not mprofile_ipy.is_tracing()
+
+
+def test_help_is_generated_from_the_parsers(ip):
+    doc = ip.find_cell_magic("mprofile").__doc__
+    for text in ("--rate", "--group-by", "--top", "--output", "--pprof", "--view",
+                 "--include", "--exclude", "--all-frames", "%mprofile start",
+                 "%mprofile compare", "-- start = 3"):
+        assert text in doc
+
+
+def test_options_expand_user_variables(ip, tmp_path):
+    ip.user_ns["target_dir"] = str(tmp_path)
+    run(ip, "%%mprofile -v none --pprof {target_dir}/expanded.pb.gz\nb = bytearray(2**20)\n")
+    assert (tmp_path / "expanded.pb.gz").exists()
+
+
+def test_unload_stops_the_session_and_removes_the_magics():
+    shell = get_ipython()
+    shell.run_line_magic("mprofile", "start")
+    assert mprofile_ipy.is_tracing()
+    shell.run_line_magic("unload_ext", "mprofile_ipy")
+    try:
+        assert not mprofile_ipy.is_tracing()
+        assert shell.find_line_magic("mprofile") is None
+        assert shell.find_cell_magic("mprofile") is None
+    finally:
+        shell.run_line_magic("load_ext", "mprofile_ipy")
+    assert shell.find_line_magic("mprofile") is not None
+    assert os.path.exists(mprofile_ipy.__file__)

@@ -1,0 +1,99 @@
+"""The quickstart notebook runs headlessly in a real kernel (nbclient), without errors, and
+shows what it promises: cells named In [N] with the right lines, the leak found by a diff."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "notebooks" / "quickstart.ipynb"
+
+
+def text_of(cell) -> str:
+    """Everything a cell printed or displayed, as plain text."""
+    parts = []
+    for output in cell.outputs:
+        if output.output_type == "stream":
+            parts.append(output.text)
+        elif output.output_type in ("display_data", "execute_result"):
+            parts.append(output.data.get("text/plain", ""))
+    return "\n".join(parts)
+
+
+def cell_starting(nb, prefix: str):
+    return next(c for c in nb.cells if c.cell_type == "code" and c.source.startswith(prefix))
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory):
+    work = tmp_path_factory.mktemp("notebook")
+    env_path = os.environ.get("PYTHONPATH", "")
+    os.environ["PYTHONPATH"] = str(ROOT) + (os.pathsep + env_path if env_path else "")
+    try:
+        nb = nbformat.read(QUICKSTART, as_version=4)
+        client = NotebookClient(nb, timeout=120, startup_timeout=60, kernel_name="python3",
+                                resources={"metadata": {"path": str(work)}})
+        client.execute()  # raises CellExecutionError if any cell fails
+    finally:
+        if env_path:
+            os.environ["PYTHONPATH"] = env_path
+        else:
+            del os.environ["PYTHONPATH"]
+    return nb
+
+
+def test_every_cell_ran_without_error(executed):
+    code = [c for c in executed.cells if c.cell_type == "code"]
+    assert all(c.execution_count for c in code)
+    assert not [o for c in code for o in c.outputs if o.output_type == "error"]
+
+
+def test_cells_are_named_with_their_lines(executed):
+    cell = cell_starting(executed, "%%mprofile -o np_res")
+    number = cell.execution_count
+    report = text_of(cell)
+    assert f"mprofile In [{number}]:" in report
+    assert f'In [{number}], line 4: labels = [f"point-{{i}}"' in report
+    assert "ipykernel_" not in report and "<ipython-input" not in report
+    html = cell.outputs[0].data["text/html"]
+    assert f"In [{number}], line 4" in html
+
+
+def test_chart_view_is_an_image(executed):
+    cell = cell_starting(executed, "%%mprofile -o pd_res")
+    assert "peak" in cell.outputs[0].data["text/html"]
+    assert "image/png" in cell.outputs[1].data
+    flame = cell_starting(executed, 'pd_res.plot("flame")')
+    assert "image/png" in flame.outputs[0].data
+
+
+def test_statement_magic_returns_its_value(executed):
+    cell = cell_starting(executed, "def make_table")
+    assert cell.outputs[-1].data["text/plain"] == "50000"
+    assert f"In [{cell.execution_count}], line 2" in text_of(cell)
+
+
+def test_the_leak_is_found_by_comparing_snapshots(executed):
+    leak_cell = cell_starting(executed, "_cache = {}")
+    compare = text_of(cell_starting(executed, "%mprofile compare before after"))
+    first_change = next(line for line in compare.splitlines() if line.strip().startswith("+"))
+    assert f"In [{leak_cell.execution_count}], line 6: _cache[key] = [key] * 1_000" \
+        in first_change
+    assert "temporary" not in compare  # allocated and freed: not a leak
+
+
+def test_export_reloads(executed):
+    printed = text_of(cell_starting(executed, "reloaded = load_pprof"))
+    leak_cell = cell_starting(executed, "_cache = {}")
+    assert printed.splitlines()[0].startswith(f"In [{leak_cell.execution_count}]:6:")
+
+
+def test_widget_has_a_static_fallback(executed):
+    data = cell_starting(executed, "pd_res.widget()").outputs[0].data
+    assert "application/vnd.jupyter.widget-view+json" in data
+    assert data["text/html"].startswith("<div class='mprofile-report'")
