@@ -101,7 +101,8 @@ static inline int mp_maybe_tracked(const void *ptr) {
     size_t i = mp_filter_index(ptr);
     return (int)((__atomic_load_n(&g_filter_bits[i >> 6], __ATOMIC_RELAXED) >> (i & 63)) & 1);
 }
-int mp_table_insert_locked(const mp_live_t *rec);
+/* 0: inserted, 1: replaced a stale record (copied to *replaced), -1: out of memory */
+int mp_table_insert_locked(const mp_live_t *rec, mp_live_t *replaced);
 int mp_table_take_locked(uintptr_t ptr, mp_live_t *out); /* remove; 1 if it was there */
 const mp_live_t *mp_table_find_locked(uintptr_t ptr);
 void mp_table_clear_locked(void);

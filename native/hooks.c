@@ -40,7 +40,10 @@ void mp_record_alloc(void *ptr, size_t size, int allocator) {
     rec.allocator = (uint32_t)allocator;
     mp_lock();
     rec.tb = mp_capture_traceback_locked();
-    if (mp_table_insert_locked(&rec) == 0) {
+    mp_live_t stale;
+    int rc = mp_table_insert_locked(&rec, &stale);
+    if (rc == 1) g_counters.current_bytes -= stale.weight * (double)stale.size;
+    if (rc >= 0) {
         double est = rec.weight * (double)rec.size;
         g_counters.samples++;
         g_counters.current_bytes += est;
@@ -71,9 +74,11 @@ void mp_record_free(void *ptr) {
 }
 
 void mp_record_restore(const mp_live_t *saved) {
+    mp_live_t stale;
     mp_lock();
-    if (mp_table_insert_locked(saved) == 0)
-        g_counters.current_bytes += saved->weight * (double)saved->size;
+    int rc = mp_table_insert_locked(saved, &stale);
+    if (rc == 1) g_counters.current_bytes -= stale.weight * (double)stale.size;
+    if (rc >= 0) g_counters.current_bytes += saved->weight * (double)saved->size;
     mp_unlock();
 }
 

@@ -88,11 +88,14 @@ static size_t find_slot_locked(uintptr_t p) {
     return SIZE_MAX;
 }
 
-int mp_table_insert_locked(const mp_live_t *rec) {
+int mp_table_insert_locked(const mp_live_t *rec, mp_live_t *replaced) {
     size_t i = find_slot_locked(rec->ptr);
-    if (i != SIZE_MAX) {          /* the address was reused without a free we saw */
+    if (i != SIZE_MAX) {
+        /* The address came back without a free we saw (another tool unhooked us for a
+         * while): the old record is stale, the caller takes it off the counters. */
+        *replaced = g_slots[i];
         g_slots[i] = *rec;
-        return 0;
+        return 1;
     }
     if ((g_count + 1) * 4 > g_cap * 3 && grow_locked() != 0) return -1;   /* load <= 3/4 */
     i = slot_of(rec->ptr, g_cap);

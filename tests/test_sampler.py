@@ -7,6 +7,7 @@ needs nothing but the package itself.
 from __future__ import annotations
 
 import ctypes
+import math
 import gc
 import subprocess
 import sys
@@ -356,3 +357,24 @@ def test_profiler_memory_is_reported_and_released():
     assert mp.get_profiler_memory() < used
     del keep
     gc.collect()
+
+
+@pytest.mark.parametrize("size", [64, 4096, 65536, 262144])
+def test_sampling_probability_matches_the_exponential_model(size):
+    # N blocks of one size: each is sampled with p = 1 - exp(-size/rate), so the number of
+    # samples is Binomial(N, p) and the estimated count sum(1/p) is N on average.
+    malloc = _pymem("PyMem_RawMalloc", ctypes.c_void_p, ctypes.c_size_t)
+    free = _pymem("PyMem_RawFree", None, ctypes.c_void_p)
+    rate, n = 65536, 4000
+    mp.start(1, sample_rate=rate, seed=11)
+    blocks = [malloc(size) for _ in range(n)]
+    snap = mp.take_snapshot()
+    for block in blocks:
+        free(block)
+    sampled = [t for t in snap.traces if t.size == size]
+    p = -math.expm1(-size / rate)
+    expected, sd = n * p, math.sqrt(n * p * (1 - p))
+    assert abs(len(sampled) - expected) <= 5 * sd + 1
+    estimated_count = sum(t.weight for t in sampled)
+    assert abs(estimated_count - n) <= 5 * sd / p + 1
+    assert not [t for t in mp.take_snapshot().traces if t.size == size]
