@@ -7,8 +7,8 @@ needs nothing but the package itself.
 from __future__ import annotations
 
 import ctypes
-import math
 import gc
+import math
 import subprocess
 import sys
 import tracemalloc
