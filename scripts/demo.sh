@@ -4,15 +4,13 @@
 #
 #   bash scripts/demo.sh
 #
-# Writes notebooks/quickstart-executed.ipynb (with every output) and notebooks/heap.pb.gz.
+# Writes notebooks/quickstart-executed.ipynb, with every output (tables, charts, reports).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
-export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip setuptools wheel
-.venv/bin/python -m pip install -q -e ".[notebook,numpy]"
+source scripts/common.sh
+setup_venv "$PYTHON" .venv "[notebook,numpy]"
 
 echo "== running notebooks/quickstart.ipynb in a real kernel"
 .venv/bin/jupyter execute notebooks/quickstart.ipynb --output=quickstart-executed

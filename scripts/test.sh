@@ -16,17 +16,7 @@ PYTHON=${PYTHON:-python3}
 CORE_TESTS=(tests/test_sampler.py tests/test_vs_tracemalloc.py tests/test_robustness.py
             tests/test_model.py tests/test_estimate.py tests/test_units.py tests/test_storage.py
             tests/test_numpy_capture.py)
-export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
-
-setup_venv() {  # setup_venv PYTHON DIR EXTRAS...
-    local py=$1 dir=$2
-    shift 2
-    [ -x "$dir/bin/python" ] || "$py" -m venv "$dir"
-    "$dir/bin/python" -m pip install -q --upgrade pip setuptools wheel
-    "$dir/bin/python" -m pip install -q -e ".$1"
-    shift
-    if [ $# -gt 0 ]; then "$dir/bin/python" -m pip install -q "$@"; fi
-}
+source scripts/common.sh
 
 echo "== setting up .venv with $("$PYTHON" --version)"
 setup_venv "$PYTHON" .venv "[test,numpy]"
