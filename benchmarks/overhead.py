@@ -120,6 +120,10 @@ class Config:
     start: Callable[[], None]
     stop: Callable[[], None]
     problem: str | None = None                        # why it is unavailable
+    # Run in a worker process of its own: for a profiler that may crash the interpreter
+    # (mprofile 0.0.15 creates frame objects inside its allocator hook; on 3.11 that can run
+    # the GC in the middle of an allocation and segfault).
+    isolated: bool = False
 
 
 def _noop() -> None:
@@ -151,6 +155,7 @@ def _mprofile_0015() -> Config:
         name, description,
         lambda: mprofile.start(max_frames=MPROFILE_MAX_FRAMES, sample_rate=RATE_128K),
         mprofile.stop,
+        isolated=True,
     )
 
 
@@ -247,12 +252,73 @@ def measure_rss(config: Config, workload: Workload, scale: float) -> int | None:
     """Peak RSS (KiB) of a fresh process that runs ``workload`` once under ``config``."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--rss-child", config.name,
            workload.name, "--scale", repr(scale)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    if proc.returncode != 0:
-        print(f"  peak RSS child failed for {config.name}/{workload.name}: "
-              f"{proc.stderr.strip()[-300:]}", file=sys.stderr)
-        return None
-    return int(json.loads(proc.stdout.strip().splitlines()[-1])["peak_rss_kib"])
+    for _ in range(3):   # a crashing profiler gets three chances
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        if proc.returncode == 0:
+            return int(json.loads(proc.stdout.strip().splitlines()[-1])["peak_rss_kib"])
+        print(f"  peak RSS child for {config.name}/{workload.name} failed "
+              f"(exit {proc.returncode}): {proc.stderr.strip()[-200:]}", file=sys.stderr)
+    return None
+
+
+class Worker:
+    """A child process that runs one isolated configuration on request.
+
+    For each workload name sent on its stdin it times the workload without a profiler and
+    under the configuration (alternating which goes first) and answers one JSON line. If
+    the profiler crashes the child, the measurement is recorded as a crash and the next
+    request starts a new child.
+    """
+
+    def __init__(self, config: Config, scale: float) -> None:
+        self.config, self.scale = config, scale
+        self.proc: subprocess.Popen[str] | None = None
+
+    def measure(self, workload: Workload) -> tuple[Sample, Sample] | int:
+        """(sample under the configuration, baseline sample), or the crash's exit code."""
+        if self.proc is None:
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", self.config.name,
+                   "--scale", repr(self.scale)]
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         text=True)
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        try:
+            self.proc.stdin.write(workload.name + "\n")
+            self.proc.stdin.flush()
+            line = self.proc.stdout.readline()
+        except BrokenPipeError:
+            line = ""
+        if not line:
+            code = self.proc.wait()
+            self.proc = None
+            print(f"  {self.config.name} crashed on {workload.name} (exit {code})",
+                  file=sys.stderr, flush=True)
+            return code
+        answer = json.loads(line)
+        return Sample(*answer["config"]), Sample(*answer["none"])
+
+    def close(self) -> None:
+        if self.proc is not None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            self.proc.wait()
+            self.proc = None
+
+
+def worker_main(config_name: str, scale: float) -> None:
+    """Child mode of :class:`Worker`."""
+    configs = {c.name: c for c in all_configs()}
+    config, none = configs[config_name], configs["none"]
+    flip = False
+    for line in sys.stdin:
+        workload = WORKLOAD_BY_NAME[line.strip()]
+        flip = not flip
+        if flip:
+            base, sample = measure(none, workload, scale), measure(config, workload, scale)
+        else:
+            sample, base = measure(config, workload, scale), measure(none, workload, scale)
+        print(json.dumps({"config": [sample.wall, sample.cpu], "none": [base.wall, base.cpu]}),
+              flush=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,12 +332,17 @@ class Cell:
     samples: list[Sample] = field(default_factory=list)
     peak_rss_kib: int | None = None
     allocations: float | None = None
+    # Isolated configurations: the no-profiler baseline timed in the same worker process,
+    # and the exit codes of the runs that crashed.
+    base_samples: list[Sample] = field(default_factory=list)
+    crashes: list[int] = field(default_factory=list)
+    elapsed: float = 0.0   # seconds spent on this cell, setup and stop included
 
-    def median(self) -> float:
-        return statistics.median(s.wall for s in self.samples)
+    def median(self) -> float | None:
+        return statistics.median(s.wall for s in self.samples) if self.samples else None
 
-    def median_cpu(self) -> float:
-        return statistics.median(s.cpu for s in self.samples)
+    def median_cpu(self) -> float | None:
+        return statistics.median(s.cpu for s in self.samples) if self.samples else None
 
 
 def quartiles(values: list[float]) -> tuple[float, float]:
@@ -284,6 +355,7 @@ def quartiles(values: list[float]) -> tuple[float, float]:
 def run(configs: list[Config], workloads: list[Workload], rounds: int, warmup: int,
         scale: float, rss: bool) -> dict[tuple[str, str], Cell]:
     cells = {(w.name, c.name): Cell() for w in workloads for c in configs}
+    workers = {c.name: Worker(c, scale) for c in configs if c.isolated}
     for workload in workloads:
         count = count_allocations(workload, scale)
         for config in configs:
@@ -297,10 +369,23 @@ def run(configs: list[Config], workloads: list[Workload], rounds: int, warmup: i
         t0 = time.perf_counter()
         for workload in workloads:
             for config in order:
-                sample = measure(config, workload, scale)
-                if r >= warmup:
-                    cells[workload.name, config.name].samples.append(sample)
+                cell = cells[workload.name, config.name]
+                t1 = time.perf_counter()
+                if config.isolated:
+                    answer = workers[config.name].measure(workload)
+                    if isinstance(answer, int):
+                        cell.crashes.append(answer)
+                    elif r >= warmup:
+                        cell.samples.append(answer[0])
+                        cell.base_samples.append(answer[1])
+                else:
+                    sample = measure(config, workload, scale)
+                    if r >= warmup:
+                        cell.samples.append(sample)
+                cell.elapsed += time.perf_counter() - t1
         print(f"  {tag} done in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+    for worker in workers.values():
+        worker.close()
     if rss:
         for workload in workloads:
             for config in configs:
@@ -311,65 +396,88 @@ def run(configs: list[Config], workloads: list[Workload], rounds: int, warmup: i
 
 def summarize(cells: dict[tuple[str, str], Cell], configs: list[Config],
               workloads: list[Workload]) -> list[dict[str, Any]]:
-    """One row per (workload, configuration) with medians, ratios, cost and RSS."""
+    """One row per (workload, configuration) with medians, ratios, cost and RSS.
+
+    An isolated configuration is compared with the baseline timed in its own worker
+    process, every other one with the baseline of the main process.
+    """
     rows = []
     for w in workloads:
-        base = cells[w.name, "none"]
-        base_median = base.median()
-        allocations = base.allocations
+        main_base = cells[w.name, "none"]
+        allocations = main_base.allocations
+        base_rss = main_base.peak_rss_kib
         for c in configs:
             cell = cells[w.name, c.name]
+            base_samples = cell.base_samples if c.isolated else main_base.samples
             median = cell.median()
-            paired = [s.wall / b.wall for s, b in zip(cell.samples, base.samples, strict=True)]
-            q1, q3 = quartiles(paired)
-            added_ns = None
-            if allocations:
-                added_ns = (median - base_median) / allocations * 1e9
-            rss_mib = cell.peak_rss_kib / 1024 if cell.peak_rss_kib is not None else None
-            base_rss = base.peak_rss_kib / 1024 if base.peak_rss_kib is not None else None
+            base_median = statistics.median(b.wall for b in base_samples) if base_samples \
+                else None
+            ratio = q1 = q3 = added_ns = None
+            if median is not None and base_median:
+                ratio = median / base_median
+                paired = [s.wall / b.wall
+                          for s, b in zip(cell.samples, base_samples, strict=True)]
+                q1, q3 = quartiles(paired)
+                if allocations:
+                    added_ns = (median - base_median) / allocations * 1e9
+            rss = cell.peak_rss_kib
             rows.append({
                 "workload": w.name,
                 "config": c.name,
+                "isolated": c.isolated,
                 "median_s": median,
                 "median_cpu_s": cell.median_cpu(),
-                "ratio": median / base_median,
+                "baseline_median_s": base_median,
+                "ratio": ratio,
                 "paired_ratio_q1": q1,
                 "paired_ratio_q3": q3,
                 "allocations": allocations,
                 "added_ns_per_allocation": added_ns,
-                "peak_rss_mib": rss_mib,
-                "peak_rss_delta_mib": (rss_mib - base_rss
-                                       if rss_mib is not None and base_rss is not None
-                                       else None),
-                "walls": [s.wall for s in cell.samples],
-                "cpus": [s.cpu for s in cell.samples],
+                "peak_rss_mib": rss / 1024 if rss is not None else None,
+                "peak_rss_delta_mib": ((rss - base_rss) / 1024
+                                       if rss is not None and base_rss is not None else None),
+                "runs": len(cell.samples),
+                "crashes": cell.crashes,
+                "elapsed_s": cell.elapsed,
+                "walls": [x.wall for x in cell.samples],
+                "cpus": [x.cpu for x in cell.samples],
+                "baseline_walls": [x.wall for x in cell.base_samples],
             })
     return rows
 
 
-def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
-    return "n/a" if value is None else format(value, spec) + suffix
+def _fmt(value: float | None, spec: str, prefix: str = "") -> str:
+    return "n/a" if value is None else prefix + format(value, spec)
 
 
 def markdown(rows: list[dict[str, Any]], configs: list[Config], workloads: list[Workload],
              label: str) -> str:
     out = [f"### Overhead, {label}", ""]
+    by_key = {(r["workload"], r["config"]): r for r in rows}
+
+    def ratio(r: dict[str, Any]) -> str:
+        text = _fmt(r["ratio"], ".3f", "x")
+        if r["crashes"]:
+            text += f" ({len(r['crashes'])} crashed)"
+        return text
+
     # Compact matrix of ratios.
     out.append("| workload | " + " | ".join(c.name for c in configs) + " |")
     out.append("|---|" + "---:|" * len(configs))
-    by_key = {(r["workload"], r["config"]): r for r in rows}
     for w in workloads:
-        cells = [f"x{by_key[w.name, c.name]['ratio']:.3f}" for c in configs]
-        out.append(f"| {w.name} | " + " | ".join(cells) + " |")
+        out.append(f"| {w.name} | " + " | ".join(ratio(by_key[w.name, c.name])
+                                                for c in configs) + " |")
     out.append("")
     # Long table.
     out.append("| workload | config | median s | ratio | per-round ratio IQR | "
                "added ns/alloc | peak RSS MiB | RSS vs none MiB |")
     out.append("|---|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        iqr = f"{r['paired_ratio_q1']:.3f}-{r['paired_ratio_q3']:.3f}"
+        iqr = "n/a"
+        if r["paired_ratio_q1"] is not None:
+            iqr = f"{r['paired_ratio_q1']:.3f}-{r['paired_ratio_q3']:.3f}"
         out.append(
-            f"| {r['workload']} | {r['config']} | {r['median_s']:.4f} | x{r['ratio']:.3f} | "
+            f"| {r['workload']} | {r['config']} | {_fmt(r['median_s'], '.4f')} | {ratio(r)} | "
             f"{iqr} | {_fmt(r['added_ns_per_allocation'], '.1f')} | "
             f"{_fmt(r['peak_rss_mib'], '.1f')} | {_fmt(r['peak_rss_delta_mib'], '+.1f')} |"
         )
@@ -386,15 +494,26 @@ def markdown(rows: list[dict[str, Any]], configs: list[Config], workloads: list[
             growth = f"x{b / a:.2f}" if a and b is not None and a > 0 else "n/a"
             out.append(f"| {c.name} | {_fmt(a, '.1f')} | {_fmt(b, '.1f')} | {growth} |")
     out.append("")
-    out.append("Workloads: " + "; ".join(f"{w.name} = {w.description}" for w in workloads))
-    out.append("Configurations: " + "; ".join(f"{c.name} = {c.description}" for c in configs))
+    out.append("Workloads: " + "; ".join(f"{w.name} = {w.description}" for w in workloads)
+               + ".")
+    out.append("Configurations: " + "; ".join(f"{c.name} = {c.description}" for c in configs)
+               + ".")
+    isolated = [c.name for c in configs if c.isolated]
+    if isolated:
+        out.append(f"{', '.join(isolated)} ran in a worker process of its own (it can crash "
+                   "the interpreter); its ratios are to a no-profiler baseline timed in that "
+                   "worker, alternating with it.")
+    crashed = [r for r in rows if r["crashes"]]
+    for r in crashed:
+        out.append(f"- {r['config']} crashed {len(r['crashes'])} time(s) on {r['workload']} "
+                   f"(exit codes {sorted(set(r['crashes']))}; -11 is SIGSEGV)")
     return "\n".join(out)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=None,
-                        help="timed rounds per configuration (default 9; 2 with --quick)")
+                        help="timed rounds per configuration (default 7; 2 with --quick)")
     parser.add_argument("--warmup", type=int, default=None,
                         help="untimed warm-up rounds (default 1; 0 with --quick)")
     parser.add_argument("--quick", action="store_true",
@@ -417,9 +536,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "overhead-<label>-<time>.json)")
     parser.add_argument("--rss-child", nargs=2, metavar=("CONFIG", "WORKLOAD"),
                         help=argparse.SUPPRESS)
+    parser.add_argument("--worker", metavar="CONFIG", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rounds is None:
-        args.rounds = 2 if args.quick else 9
+        args.rounds = 2 if args.quick else 7
     if args.warmup is None:
         args.warmup = 0 if args.quick else 1
     if args.scale is None:
@@ -433,6 +553,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.rss_child:
         rss_child(args.rss_child[0], args.rss_child[1], args.scale)
+        return 0
+    if args.worker:
+        worker_main(args.worker, args.scale)
         return 0
     names = [n.strip() for n in args.workloads.split(",") if n.strip()]
     unknown = [n for n in names if n not in WORKLOAD_BY_NAME]

@@ -30,10 +30,8 @@ __all__ = [
     "Location",
     "Attributor",
     "cell_label",
-    "is_cell_filename",
     "is_internal",
     "is_profiler_file",
-    "is_profiler_work",
     "is_stdlib",
     "register_code",
     "short_path",
@@ -43,23 +41,11 @@ __all__ = [
 _IPYTHON_INPUT_RE = re.compile(r"^<ipython-input-(\d+)-([0-9a-fA-F]+)>$")
 # ipykernel >= 6 (XCachingCompiler): "<tmp>/ipykernel_<pid>/<murmur2 hash>.py".
 _IPYKERNEL_RE = re.compile(r"[\\/]ipykernel_(\d+)[\\/](\d+)\.py$")
-# Code this package compiles itself when no cell number is known.
-_MPROFILE_INPUT_RE = re.compile(r"^<mprofile-input-(\d+)>$")
 
 
 def cell_label(number: int | None, fallback: str = "?") -> str:
     """The label a cell has in the notebook's prompt: ``In [12]`` (``In [?]`` if unknown)."""
     return f"In [{number if number is not None else fallback}]"
-
-
-def is_cell_filename(filename: str) -> bool:
-    """True for file names that IPython or ipykernel give to code typed in a cell."""
-    return bool(
-        _IPYTHON_INPUT_RE.match(filename)
-        or _IPYKERNEL_RE.search(filename)
-        or _MPROFILE_INPUT_RE.match(filename)
-        or filename in _registered
-    )
 
 
 @dataclass(frozen=True)
@@ -163,8 +149,13 @@ def _module_roots(names: Iterable[str]) -> list[str]:
     return roots
 
 
-def _stdlib_dir() -> str:
-    return os.path.abspath(sysconfig.get_paths().get("stdlib", os.path.dirname(os.__file__)))
+#: Directories of the standard library (each ends with a separator).
+_STDLIB_DIRS: tuple[str, ...] = tuple(sorted({
+    os.path.abspath(p) + os.sep
+    for p in (sysconfig.get_paths().get("stdlib"), sysconfig.get_paths().get("platstdlib"),
+              os.path.dirname(os.__file__))
+    if p
+}))
 
 
 class _InternalClassifier:
@@ -179,12 +170,12 @@ class _InternalClassifier:
         self._cache: dict[str, bool] = {}
         self._roots: tuple[str, ...] = ()
         self._seen_modules = -1
-        stdlib = re.escape(_stdlib_dir().rstrip("/\\"))
+        stdlib = "|".join(re.escape(d) for d in _STDLIB_DIRS)
         pkgs = "|".join(re.escape(p) for p in INTERNAL_PACKAGES)
         std = "|".join(re.escape(p) for p in INTERNAL_STDLIB)
         self._pattern = re.compile(
             rf"(?:[\\/](?:site|dist)-packages[\\/](?:{pkgs})(?:[\\/]|\.py[co]?$))"
-            rf"|(?:^{stdlib}[\\/](?:{std})(?:[\\/]|\.py[co]?$))"
+            rf"|(?:^(?:{stdlib})(?:{std})(?:[\\/]|\.py[co]?$))"
             rf"|(?:[\\/]lib[\\/]python3\.\d+[\\/](?:{std})(?:[\\/]|\.py[co]?$))"
         )
         self._lock = threading.Lock()
@@ -223,22 +214,6 @@ class _InternalClassifier:
             )):
                 return True
         return bool(self._pattern.search(path))
-
-
-#: Functions (qualified names) of this package's magics whose allocations are the profiler's
-#: own bookkeeping: stored snapshots, reports, exports. Hidden even though a cell calls them.
-PROFILER_WORK = frozenset({
-    "MProfileMagics._command",
-    "MProfileMagics.pre_run_cell",
-    "MProfileMagics.post_run_cell",
-})
-
-
-_STDLIB_DIRS = tuple(
-    {os.path.abspath(p) + os.sep for p in (sysconfig.get_paths().get("stdlib"),
-                                           sysconfig.get_paths().get("platstdlib"),
-                                           os.path.dirname(os.__file__)) if p}
-)
 
 
 def is_stdlib(filename: str) -> bool:
@@ -280,11 +255,6 @@ def short_path(filename: str) -> str:
     if home not in ("", "/", "~") and path.startswith(home + os.sep):
         return "~" + path[len(home):]
     return filename
-
-
-def is_profiler_work(filename: str, name: str | None) -> bool:
-    """True for a frame of the profiler's own bookkeeping (see :data:`PROFILER_WORK`)."""
-    return name in PROFILER_WORK and filename.startswith(_PACKAGE_DIR)
 
 
 def is_profiler_file(filename: str) -> bool:
@@ -408,11 +378,6 @@ class Attributor:
         elif lineno > 0:
             source = linecache.getline(filename, lineno).strip()
         return Location(filename, lineno, info.label, line, source, info.number, False, True)
-
-    def display_name(self, filename: str) -> str:
-        """What to show for a file: the cell label for cell code, else the path."""
-        info = self.cell(filename)
-        return info.label if info is not None else filename
 
     def caller_cell(self, depth: int = 1) -> tuple[str, int, int] | None:
         """The innermost frame of the calling stack that is cell code: (filename, lineno,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import io
 import itertools
 import linecache
 import os
@@ -22,9 +23,9 @@ import re
 import shlex
 import sys
 import time
+import tokenize
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from html import escape
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -43,16 +44,10 @@ from IPython.core.magic_arguments import (
 )
 
 from . import sampler
-from .attribution import Attributor, CellInfo, register_code
+from .attribution import Attributor, CellInfo, cell_label, register_code
 from .renderers import fmt_rate, fmt_size
 from .result import GROUP_BY, DiffResult, ProfileResult, TimelinePoint, normalize_group_by
 from .units import parse_size
-
-try:  # IPython >= 8.9: a trailing ';' in the cell silences the magic's value
-    from IPython.core.magic import output_can_be_silenced
-except ImportError:  # pragma: no cover - older IPython
-    def output_can_be_silenced(func: Any) -> Any:
-        return func
 
 __all__ = ["MProfileMagics", "load_ipython_extension", "unload_ipython_extension"]
 
@@ -204,8 +199,8 @@ _PARSERS: dict[str, MagicArgumentParser] = {
         positionals=[("old", {"metavar": "A"}),
                      ("new", {"metavar": "B", "nargs": "?", "default": None})]),
     "timeline": _build_parser(
-        "mprofile timeline", "Memory still alive after each cell of the session, and each "
-        "cell's peak."),
+        "mprofile timeline", "Memory still alive after each cell of the session (and at each "
+        "named snapshot), and each cell's peak."),
     "export": _build_parser(
         "mprofile export", "Write snapshot NAME ('now' for a new one) as a gzipped pprof "
         "profile at PATH.", positionals=[("name", {"metavar": "NAME"}),
@@ -260,18 +255,21 @@ class Options:
         return dict(self.__dict__)
 
 
+#: Every option of the statement form -> whether it takes a value.
+_TAKES_VALUE: dict[str, bool] = {
+    opt: deco.kwds.get("action") not in ("store_true", "store_false")
+    for deco in _SAMPLING + _VIEWING + [_OUTPUT, _PPROF]
+    for opt in deco.args
+}
+
+
 def _split_options(line: str) -> tuple[list[str], str, bool]:
     """Leading options of ``%mprofile [options] [--] statement``, and the statement verbatim.
 
     Options are read as a shell would (quotes allowed); the statement is everything after
     them, untouched. Returns (option tokens, statement, whether ``--`` was given).
     """
-    takes_value = {}
-    for deco in _SAMPLING + _VIEWING + [_OUTPUT, _PPROF]:
-        kwargs = deco.kwds
-        flag_only = kwargs.get("action") in ("store_true", "store_false")
-        for opt in deco.args:
-            takes_value[opt] = not flag_only
+    takes_value = _TAKES_VALUE
     tokens: list[str] = []
     pos = 0
     n = len(line)
@@ -394,6 +392,23 @@ def _compile(shell: Any, source: str, first_line: int, number: int | None,
     return _Compiled(code, last_code, filename)
 
 
+def _ends_with_semicolon(source: str) -> bool:
+    """True when the code's last token is ';': as without the magic, its value is not shown.
+
+    (IPython's ``output_can_be_silenced`` would check this after the magic returns, under a
+    running session's sampler, for every session command too.)
+    """
+    tokens = []
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
+    except (tokenize.TokenError, SyntaxError):
+        pass
+    skip = (tokenize.ENDMARKER, tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT,
+            tokenize.DEDENT, tokenize.INDENT)
+    last = next((tok for tok in reversed(tokens) if tok.type not in skip), None)
+    return last is not None and last.type == tokenize.OP and last.string == ";"
+
+
 def _check_idle() -> None:
     if sampler.is_tracing():
         raise UsageError(
@@ -414,15 +429,50 @@ def _start_sampler(opts: Options) -> None:
         raise UsageError(f"cannot start the profiler: {exc}") from None
 
 
+def _make_result(shell: Any, opts: Options, label: str, elapsed: float,
+                 **extra: Any) -> ProfileResult:
+    """A result for what is alive now, with the sampler's counters. ``extra`` overrides
+    some (a session's peak) or adds fields (its timeline, the code's error). Call it with
+    sampling paused: the result is the profiler's bookkeeping."""
+    stats = sampler.get_stats()
+    snapshot = sampler.take_snapshot()
+    settings: dict[str, Any] = {
+        "current": stats.current_bytes,
+        "peak": stats.peak_bytes,
+        "allocated": stats.allocated_bytes,
+        "allocated_count": stats.allocated_count,
+        "samples": stats.samples,
+        "sample_rate": stats.sample_rate,
+        **extra,
+    }
+    return ProfileResult(
+        snapshot,
+        label=label,
+        elapsed=elapsed,
+        group_by=opts.group_by,
+        top=opts.top,
+        show_all=opts.all_frames,
+        include=opts.include,
+        exclude=opts.exclude,
+        options=opts.as_dict(),
+        attributor=Attributor(shell),
+        **settings,
+    )
+
+
 def _run_profiled(shell: Any, compiled: _Compiled, opts: Options, local_ns: Any,
-                  label: str | None) -> tuple[Any, ProfileResult, BaseException | None]:
-    """Run the code under the sampler; always stops it. Returns (value, result, error)."""
+                  label: str) -> tuple[Any, ProfileResult | None, BaseException | None]:
+    """Run the code under the sampler; always stops it. Returns (value, result, error).
+
+    The result is None when the code itself stopped the sampler (nothing to report).
+    """
     __tracebackhide__ = True  # noqa: F841 - IPython hides this frame from tracebacks
     _check_idle()
     glob = shell.user_global_ns
     loc = local_ns if local_ns is not None else shell.user_ns
     value = None
     error: BaseException | None = None
+    result = None
     _start_sampler(opts)
     try:
         start = time.perf_counter()
@@ -433,29 +483,13 @@ def _run_profiled(shell: Any, compiled: _Compiled, opts: Options, local_ns: Any,
         except BaseException as exc:  # noqa: BLE001 - re-raised by the caller after the report
             error = exc
         elapsed = time.perf_counter() - start
-        stats = sampler.get_stats()
-        snapshot = sampler.take_snapshot()
+        if sampler.is_tracing():
+            with sampler.paused():
+                result = _make_result(shell, opts, label, elapsed, error=error)
     finally:
         sampler.stop()
-    result = ProfileResult(
-        snapshot,
-        label=label,
-        elapsed=elapsed,
-        current=stats.current_bytes,
-        peak=stats.peak_bytes,
-        allocated=stats.allocated_bytes,
-        allocated_count=stats.allocated_count,
-        samples=stats.samples,
-        sample_rate=stats.sample_rate,
-        group_by=opts.group_by,
-        top=opts.top,
-        show_all=opts.all_frames,
-        include=opts.include,
-        exclude=opts.exclude,
-        options=opts.as_dict(),
-        error=error,
-        attributor=Attributor(shell),
-    )
+    if result is None:
+        print("mprofile: the profiled code stopped the profiler; no report.", file=sys.stderr)
     return value, result, error
 
 
@@ -463,19 +497,22 @@ def _run_profiled(shell: Any, compiled: _Compiled, opts: Options, local_ns: Any,
 # Showing results
 
 
-class _FigureView:
-    """A chart as PNG for notebooks, with the text report for terminals."""
+class _Bundle:
+    """Something to display: HTML or a matplotlib figure (as PNG) with a text form for
+    terminals and frontends that show only text."""
 
-    def __init__(self, figure: Any, text: str) -> None:
-        self.figure = figure
-        self.text = text
+    def __init__(self, text: str, *, html: str | None = None, figure: Any = None) -> None:
+        self.text, self.html, self.figure = text, html, figure
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        import io
+        bundle: dict[str, Any] = {"text/plain": self.text}
+        if self.html is not None:
+            bundle["text/html"] = self.html
+        if self.figure is not None:
+            from .renderers.chart import to_png
 
-        buffer = io.BytesIO()
-        self.figure.savefig(buffer, format="png", dpi=100)
-        return {"image/png": buffer.getvalue(), "text/plain": self.text}
+            bundle["image/png"] = to_png(self.figure)
+        return bundle
 
 
 def _display(obj: Any) -> None:
@@ -484,48 +521,52 @@ def _display(obj: Any) -> None:
     display(obj)
 
 
+def _show_chart(result: ProfileResult | DiffResult, view: str) -> None:
+    """The summary (figures and notes) as HTML/text, then the chart, whose text form is the
+    rest of the text report (so a terminal shows the whole report once)."""
+    from .renderers import html, text
+
+    if isinstance(result, DiffResult):
+        figure = result.plot()
+        summary = _Bundle("\n".join(text.diff_summary(result)),
+                          html=html.diff_summary_html(result))
+        rest = text.render_diff(result, summary=False)
+    else:
+        figure = result.plot("flame" if view == "flame" else "bar")
+        summary = _Bundle("\n".join(text.result_summary(result)),
+                          html=html.summary_html(result))
+        rest = text.render_result(result, summary=False)
+    _display(summary)
+    _display(_Bundle(rest, figure=figure))
+
+
 def show_result(result: ProfileResult | DiffResult, view: str) -> None:
     """Display a result in one of :data:`VIEWS`."""
     if view == "none":
         return
     if view == "text":
         print(result.to_text())
-        return
-    if view == "widget":
+    elif view == "widget":
         _display(result.widget())
-        return
-    if view in ("chart", "flame"):
-        # The figures and notes as a line of text/HTML, then the chart (its text form, for
-        # terminals, is the rest of the text report).
-        lines = result.to_text().splitlines()
-        if isinstance(result, DiffResult):
-            figure = result.plot()
-            head, rest = lines[:1], lines[1:]
-            summary = f"<div>{escape(head[0])}</div>"
-        else:
-            from .renderers.html import summary_html
-            from .renderers.text import headline
-
-            figure = result.plot("bar" if view == "chart" else "flame")
-            notes = ["Note: " + n for n in result.warnings()]
-            head = headline(result) + notes
-            rest = [line for line in lines[2:] if line not in notes]
-            summary = summary_html(result)
-        _display(_HTMLText(summary, "\n".join(head)))
-        _display(_FigureView(figure, "\n".join(rest)))
-        return
-    _display(result)
+    elif view in ("chart", "flame"):
+        _show_chart(result, view)
+    else:
+        _display(result)
 
 
 def _finish(shell: Any, result: ProfileResult | DiffResult, opts: Options) -> None:
     """Store, show and export a result as the options say.
 
-    Never raises for the export (the code has run; its value or exception matters more):
-    a failed export is reported on stderr.
+    Never raises (the code has run; its value or exception matter more): a report that
+    cannot be shown or exported is explained on stderr.
     """
     if opts.output:
         shell.user_ns[opts.output] = result
-    show_result(result, opts.view)
+    try:
+        show_result(result, opts.view)
+    except Exception as exc:  # noqa: BLE001 - the user's value or exception comes first
+        print(f"mprofile: cannot show the report ({type(exc).__name__}: {exc})",
+              file=sys.stderr)
     if opts.pprof and isinstance(result, ProfileResult):
         try:
             _write_pprof(result, opts.pprof)
@@ -537,7 +578,8 @@ def _check_pprof_path(path: str | None) -> None:
     """Reject an unusable --pprof path before anything runs."""
     if not path:
         return
-    folder = os.path.dirname(os.path.abspath(os.path.expanduser(path)))
+    path = os.path.expanduser(path)
+    folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise UsageError(f"--pprof: the folder {folder!r} does not exist")
     if os.path.isdir(path):
@@ -563,7 +605,11 @@ def _write_pprof(result: ProfileResult, path: str) -> None:
 
 
 class _Session:
-    """A profiling session that spans cells: named snapshots and a per-cell timeline."""
+    """A profiling session that spans cells: named snapshots and a per-cell timeline.
+
+    Its methods run with sampling paused (the magics see to it): what a session stores is
+    the profiler's bookkeeping, not the user's memory.
+    """
 
     def __init__(self, shell: Any, opts: Options) -> None:
         self.shell = shell
@@ -582,30 +628,10 @@ class _Session:
                                            stats.peak_bytes, stats.allocated_bytes))
 
     def take(self, label: str, opts: Options | None = None) -> ProfileResult:
-        """A result for what is alive now."""
-        opts = opts or self.opts
-        stats = sampler.get_stats()
-        snapshot = sampler.take_snapshot()
-        self.max_peak = max(self.max_peak, stats.peak_bytes)
-        return ProfileResult(
-            snapshot,
-            label=label,
-            elapsed=time.time() - self.started,
-            current=stats.current_bytes,
-            peak=self.max_peak,
-            allocated=stats.allocated_bytes,
-            allocated_count=stats.allocated_count,
-            samples=stats.samples,
-            sample_rate=stats.sample_rate,
-            group_by=opts.group_by,
-            top=opts.top,
-            show_all=opts.all_frames,
-            include=opts.include,
-            exclude=opts.exclude,
-            options=opts.as_dict(),
-            timeline=list(self.timeline),
-            attributor=Attributor(self.shell),
-        )
+        """A result for what is alive now; its peak is the session's highest so far."""
+        self.max_peak = max(self.max_peak, sampler.get_stats().peak_bytes)
+        return _make_result(self.shell, opts or self.opts, label, time.time() - self.started,
+                            peak=self.max_peak, timeline=list(self.timeline))
 
 
 @magics_class
@@ -616,28 +642,37 @@ class MProfileMagics(Magics):
         super().__init__(shell)
         self.session: _Session | None = None
 
-    # -- events -------------------------------------------------------------------------------
+    # -- events (sampling paused: their work is the profiler's bookkeeping) ---------------------
+    def _live_session(self) -> _Session | None:
+        session = self.session
+        if session is not None and session.running and sampler.is_tracing():
+            return session
+        return None
+
     def pre_run_cell(self, info: Any = None) -> None:
         """Per-cell peaks: the peak restarts with each cell of a running session."""
-        if self.session is not None and self.session.running and sampler.is_tracing():
+        with sampler.paused():
+            session = self._live_session()
+            if session is None:
+                return
             try:
-                self.session.max_peak = max(self.session.max_peak,
-                                            sampler.get_stats().peak_bytes)
+                session.max_peak = max(session.max_peak, sampler.get_stats().peak_bytes)
                 sampler.reset_peak()
             except Exception:  # noqa: BLE001 - an event must never break the user's cell
                 pass
 
     def post_run_cell(self, result: Any = None) -> None:
         """Record the memory alive after each cell of a running session."""
-        session = self.session
-        if session is None or not session.running or not sampler.is_tracing():
-            return
-        try:
-            number = getattr(result, "execution_count", None)
-            label = f"In [{number}]" if number is not None else f"#{len(session.timeline)}"
-            session.record(label, number)
-        except Exception:  # noqa: BLE001 - an event must never break the user's cell
-            pass
+        with sampler.paused():
+            session = self._live_session()
+            if session is None:
+                return
+            try:
+                number = getattr(result, "execution_count", None)
+                label = cell_label(number) if number is not None else f"#{len(session.timeline)}"
+                session.record(label, number)
+            except Exception:  # noqa: BLE001 - an event must never break the user's cell
+                pass
 
     # -- the magic ----------------------------------------------------------------------------
     @magic_arguments()
@@ -648,7 +683,6 @@ class MProfileMagics(Magics):
     @_apply(_VIEWING + [_OUTPUT, _PPROF])
     @no_var_expand
     @needs_local_scope
-    @output_can_be_silenced
     @line_cell_magic
     def mprofile(self, line: str = "", cell: str | None = None, local_ns: Any = None) -> Any:
         """Profile the memory of a cell, a statement or a session of cells, by sampling.
@@ -691,11 +725,10 @@ class MProfileMagics(Magics):
         __tracebackhide__ = True  # noqa: F841 - read by IPython's traceback formatter
         if cell is not None:
             return self._cell(line, cell)
-        stripped = line.strip()
-        first = stripped.split(None, 1)[0] if stripped else ""
-        if first in COMMANDS:
-            rest = stripped[len(first):]
-            return self._command(first, rest)
+        with sampler.paused():  # a session's bookkeeping is not the user's memory
+            command, rest = (line.split(None, 1) + ["", ""])[:2]
+            if command in COMMANDS:
+                return self._command(command, rest)
         tokens, statement, dashed = _split_options(line)
         args = self.mprofile.parser.parse_args(tokens)
         if not statement:
@@ -731,8 +764,6 @@ class MProfileMagics(Magics):
                 + " ".join(args.statement)
             )
         opts = Options().update(args)
-        _check_idle()
-        _check_pprof_path(opts.pprof)
         number, call_line, info = self._where()
         first_line = call_line + 1  # the body starts below the magic line
         raw_lines = info.raw if info is not None else None
@@ -743,28 +774,31 @@ class MProfileMagics(Magics):
                 first_line = magic_lines[0] + 2  # the body is padded to the raw cell's lines
             else:
                 raw_lines = None
-        compiled = _compile(self.shell, cell, first_line, number, raw_lines, 0)
-        label = f"In [{number}]" if number is not None else "%%mprofile"
-        value, result, error = _run_profiled(self.shell, compiled, opts, None, label)
-        _finish(self.shell, result, opts)
-        if error is not None:
-            raise error
-        return value
+        return self._profile(cell, opts, None, number, first_line, raw_lines, 0)
 
     def _statement(self, statement: str, opts: Options, local_ns: Any) -> Any:
         __tracebackhide__ = True  # noqa: F841 - read by IPython's traceback formatter
-        _check_idle()
-        _check_pprof_path(opts.pprof)
         number, call_line, info = self._where()
         raw_lines = info.lines if info is not None else None
         offset = info.line_offset if info is not None else 0
-        compiled = _compile(self.shell, statement, call_line, number, raw_lines, offset)
-        label = f"In [{number}]" if number is not None else "%mprofile"
+        return self._profile(statement, opts, local_ns, number, call_line, raw_lines, offset)
+
+    def _profile(self, source: str, opts: Options, local_ns: Any, number: int | None,
+                 first_line: int, raw_lines: tuple[str, ...] | None, line_offset: int) -> Any:
+        """Compile ``source`` as lines ``first_line...`` of cell ``number``, run it under the
+        sampler, report, and give back its value or raise its exception."""
+        __tracebackhide__ = True  # noqa: F841 - read by IPython's traceback formatter
+        _check_idle()
+        _check_pprof_path(opts.pprof)
+        compiled = _compile(self.shell, source, first_line, number, raw_lines, line_offset)
+        silent = _ends_with_semicolon(source)
+        label = cell_label(number) if number is not None else "mprofile"
         value, result, error = _run_profiled(self.shell, compiled, opts, local_ns, label)
-        _finish(self.shell, result, opts)
+        if result is not None:
+            _finish(self.shell, result, opts)
         if error is not None:
             raise error
-        return value
+        return None if silent else value
 
     # -- session commands -------------------------------------------------------------------------
     def _command(self, command: str, rest: str) -> Any:
@@ -772,9 +806,14 @@ class MProfileMagics(Magics):
         return getattr(self, f"_cmd_{command}")(args)
 
     def _need_session(self, running: bool = False) -> _Session:
+        """The session (``running``: a running one), or a UsageError saying what to do."""
         session = self.session
         if session is None:
             raise UsageError("no session: start one with `%mprofile start [options]`")
+        if session.running and not sampler.is_tracing():
+            session.running = False  # mprofile_ipy.stop() was called behind its back
+            raise UsageError("the profiler was stopped outside the session (by "
+                             "mprofile_ipy.stop()?); start a new one with `%mprofile start`")
         if running and not session.running:
             raise UsageError("the session is stopped: start a new one with `%mprofile start`")
         return session
@@ -833,22 +872,18 @@ class MProfileMagics(Magics):
                              + (", ".join(session.snapshots) or "none yet"))
         return found
 
-    def _view_opts(self, session: _Session, args: Any) -> Options:
-        return session.opts.update(args)
-
-    def _cmd_show(self, args: Any) -> ProfileResult | None:
+    def _cmd_show(self, args: Any) -> None:
         session = self._need_session()
-        opts = self._view_opts(session, args)
-        result = self._get(session, args.name, opts)
-        if result.label != NOW:
-            result = _with_view(result, opts)
+        opts = session.opts.update(args)
         _check_pprof_path(opts.pprof)
+        result = self._get(session, args.name, opts)
+        if result.label != NOW:  # a stored snapshot: apply this command's view options
+            result = _with_view(result, opts)
         _finish(self.shell, result, opts)
-        return None
 
     def _cmd_compare(self, args: Any) -> None:
         session = self._need_session()
-        opts = self._view_opts(session, args)
+        opts = session.opts.update(args)
         old = _with_view(self._get(session, args.old, opts), opts)
         new = _with_view(self._get(session, args.new, opts), opts)
         diff = DiffResult(new, old, group_by=opts.group_by, top=opts.top)
@@ -869,11 +904,11 @@ class MProfileMagics(Magics):
         elif args.view == "table":
             from .renderers.html import timeline_html
 
-            _display(_HTMLText(timeline_html(points), text))
+            _display(_Bundle(text, html=timeline_html(points)))
         else:
             from .renderers.chart import timeline
 
-            _display(_FigureView(timeline(points), text))
+            _display(_Bundle(text, figure=timeline(points)))
 
     def _cmd_export(self, args: Any) -> None:
         session = self._need_session()
@@ -906,20 +941,10 @@ class MProfileMagics(Magics):
                 sampler.stop()
 
 
-class _HTMLText:
-    def __init__(self, html: str, text: str) -> None:
-        self.html, self.text = html, text
-
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
-        return {"text/html": self.html, "text/plain": self.text}
-
-
 def _with_view(result: ProfileResult, opts: Options) -> ProfileResult:
     """The result with the view options of this command (grouping, hiding, patterns)."""
-    out = result.filtered(show_all=opts.all_frames, include=opts.include, exclude=opts.exclude)
-    out.group_by = opts.group_by
-    out.top = opts.top
-    return out
+    return result.filtered(show_all=opts.all_frames, include=opts.include,
+                           exclude=opts.exclude, group_by=opts.group_by, top=opts.top)
 
 
 def _session_help() -> str:

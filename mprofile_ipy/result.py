@@ -23,13 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .attribution import (
-    PROFILER_RUNNER,
-    Attributor,
-    Location,
-    is_profiler_file,
-    is_profiler_work,
-)
+from .attribution import PROFILER_RUNNER, Attributor, Location, is_profiler_file
 from .estimate import weight
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -63,8 +57,8 @@ _GROUP_ALIASES = {
 #: Relative standard errors above which a result is called rough (top site, total).
 ROUGH_SITE = 0.25
 ROUGH_TOTAL = 0.15
-#: A z-score for the ~95% intervals shown as "±".
-Z95 = 1.96
+#: Groupings whose representative frame is one line, so the line's source text names it.
+_LINE_GROUPS = ("cell", "line", "traceback")
 
 
 def normalize_group_by(group_by: str) -> str:
@@ -204,8 +198,34 @@ class TracebackStat:
         return [frame.format() for frame in frames]
 
 
+class _Named:
+    """How a site (or a change of a site) is named, from its frame and its grouping."""
+
+    frame: FrameInfo
+    group_by: str
+
+    @property
+    def label(self) -> str:
+        """How the site is named in tables: ``In [3], line 2``, a path, a function."""
+        frame = self.frame
+        if self.group_by == "file":
+            return frame.file
+        if self.group_by == "function":
+            return f"{frame.name or '?'} ({frame.file})"
+        if self.group_by == "traceback" and frame.name:
+            return f"{frame.where} in {frame.name}"
+        return frame.where
+
+    @property
+    def title(self) -> str:
+        """The label with the line's source text when the site is one line."""
+        if self.frame.source and self.group_by in _LINE_GROUPS:
+            return f"{self.label}: {self.frame.source}"
+        return self.label
+
+
 @dataclass
-class Site:
+class Site(_Named):
     """An allocation site (a group of sampled allocations) with its estimates.
 
     ``size``/``count`` are unbiased estimates of the bytes and allocations still alive;
@@ -244,26 +264,13 @@ class Site:
         return self.allocated_std_error / self.allocated
 
     @property
-    def label(self) -> str:
-        """How the site is named in tables: depends on the grouping."""
-        frame = self.frame
-        if self.group_by == "file":
-            return frame.file
-        if self.group_by == "function":
-            name = frame.name or "?"
-            return f"{name} ({frame.file})"
-        if self.group_by == "traceback":
-            return frame.where + (f" in {frame.name}" if frame.name else "")
-        return frame.where
-
-    @property
     def traceback(self) -> tuple[FrameInfo, ...]:
         """The heaviest traceback of the site (oldest frame first)."""
         return self.tracebacks[0].frames if self.tracebacks else (self.frame,)
 
 
 @dataclass
-class SiteDiff:
+class SiteDiff(_Named):
     """A site compared between two results: ``size``/``count`` are the new values."""
 
     key: Any
@@ -276,11 +283,6 @@ class SiteDiff:
     samples: int
     old_samples: int
     std_error: float
-
-    @property
-    def label(self) -> str:
-        """Same naming as :attr:`Site.label`."""
-        return Site(self.key, self.group_by, self.frame, 0, 0, 0, 0, 0).label
 
 
 @dataclass(frozen=True)
@@ -354,33 +356,31 @@ class _View:
         self._target_of[traceback] = target
         return target
 
+    def visible(self, frames: tuple, total_nframe: int) -> tuple[FrameInfo, ...]:
+        """The visible frames of raw ``frames`` (most recent first); ``()`` when hidden."""
+        from .model import Traceback
+
+        traceback = Traceback(frames, total_nframe)
+        if traceback not in self.visible_of:
+            self._target(traceback)
+        return self.visible_of[traceback]
+
     def iter_traces(self, snapshot: Snapshot) -> Iterator[tuple[tuple, tuple[FrameInfo, ...]]]:
         """Each raw trace of ``snapshot`` with its visible frames (``()`` when hidden).
 
         Works on the raw tuples (docs/architecture.md) and resolves each distinct frames
         object once: fast enough for the millions of traces of an exact snapshot.
         """
-        from .model import Traceback
-
-        raw = getattr(snapshot.traces, "_traces", None)
-        if raw is None:  # another Sequence of Trace: rebuild the raw tuples
-            raw = [(t.domain, t.size, tuple(reversed([
-                (f.filename, f.lineno) for f in t.traceback])), t.total_nframe,
-                int(t.allocator), t.thread_id) for t in snapshot.traces]
         seen: dict[int, tuple[FrameInfo, ...]] = {}
-        for trace in raw:
+        for trace in snapshot.raw_traces:
             frames = trace[2]
             visible = seen.get(id(frames))
             if visible is None:
-                tb = Traceback(frames, trace[3])
-                visible = self.visible_of.get(tb)
-                if visible is None:
-                    self._target(tb)
-                    visible = self.visible_of[tb]
-                seen[id(frames)] = visible
+                visible = seen[id(frames)] = self.visible(frames, trace[3])
             yield trace, visible
 
     def resolve(self, traceback: Iterable[Frame]) -> tuple[FrameInfo, ...]:
+        """Each frame (oldest first) resolved for display."""
         out = []
         for frame in traceback:
             loc = self.attributor.locate(frame.filename, frame.lineno)
@@ -389,6 +389,7 @@ class _View:
         return tuple(out)
 
     def shown(self) -> _Agg:
+        """The sums of every visible traceback."""
         agg = _Agg()
         for tb_agg in self.tracebacks.values():
             agg.merge(tb_agg)
@@ -400,17 +401,16 @@ def _visible(frames: tuple[FrameInfo, ...]) -> tuple[FrameInfo, ...]:
 
     User code is a cell, or a file that is neither internal (IPython, the kernel, the
     profiler, ...) nor of the standard library. Frames before the first user frame are the
-    machinery that called it (and, under a magic, the cell line that called the magic); after
-    it, internal frames are dropped. Hidden entirely: allocations with no user frame, those
-    whose innermost non-machinery frame is the profiler's (its own objects), and those made
-    by the profiler's bookkeeping commands.
+    machinery that called it; under a magic, frames up to the magic's runner are the cell line
+    that called the magic. After the first user frame, internal frames are dropped. Hidden
+    entirely: allocations with no user frame, and those whose innermost frame outside the
+    machinery is the profiler's (objects of the profiler's API called from user code). The
+    magics' own bookkeeping is never sampled at all (``sampler.paused()``).
     """
     start = 0
     for index, frame in enumerate(frames):
         if frame.name == PROFILER_RUNNER and is_profiler_file(frame.filename):
             start = index + 1
-        elif is_profiler_work(frame.filename, frame.name):
-            return ()
     for frame in reversed(frames[start:]):
         if is_profiler_file(frame.filename):
             return ()  # made by the profiler, called from user code
@@ -503,15 +503,35 @@ def _num(value: float) -> float:
 # The result
 
 
-class ProfileResult:
+class _Displayable:
+    """The display protocol shared by results: text for terminals, static HTML for notebooks."""
+
+    def to_text(self) -> str:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def to_html(self) -> str:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(repr(self) if cycle else self.to_text())
+
+    def _repr_html_(self) -> str:
+        return self.to_html()
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
+        return {"text/plain": self.to_text(), "text/html": self.to_html()}
+
+
+class ProfileResult(_Displayable):
     """What one profiled cell, statement or session snapshot produced.
 
-    Build it with :meth:`from_snapshot` (figures read from the snapshot's metadata) or give
-    the figures measured around the run. Attributes: ``snapshot``, ``label`` (``In [12]``),
-    ``elapsed`` (seconds), ``current`` (estimated bytes still alive), ``peak``,
-    ``allocated`` (estimated bytes allocated, freed ones included), ``samples`` (all sampled
-    allocations, freed ones included), ``live_samples``, ``sample_rate``, ``options``,
-    ``error`` (``"ZeroDivisionError: division by zero"`` when the code raised, else None).
+    Build it from any snapshot (the figures are then read from the snapshot's metadata, as
+    the sampler writes them) or give the figures measured around the run. Attributes:
+    ``snapshot``, ``label`` (``In [12]``), ``elapsed`` (seconds), ``current`` (estimated
+    bytes still alive), ``peak``, ``allocated`` (estimated bytes allocated, freed ones
+    included), ``samples`` (all sampled allocations, freed ones included), ``live_samples``,
+    ``sample_rate``, ``options``, ``error`` (``"ZeroDivisionError: division by zero"`` when
+    the code raised, else None), ``timeline`` (a session's points, else None).
     """
 
     def __init__(
@@ -579,11 +599,6 @@ class ProfileResult:
                                                                         self.live_samples))
         self._sites: dict[str, list[Site]] = {}
 
-    @classmethod
-    def from_snapshot(cls, snapshot: Snapshot, **kwargs: Any) -> ProfileResult:
-        """A result for any snapshot (for example one loaded from a file)."""
-        return cls(snapshot, **kwargs)
-
     # -- numbers ----------------------------------------------------------------------------
     @property
     def is_exact(self) -> bool:
@@ -649,7 +664,7 @@ class ProfileResult:
         notes: list[str] = []
         if self.is_exact:
             return notes
-        from .renderers import fmt_rate, fmt_size
+        from .renderers import Z95, fmt_rate, fmt_size
 
         rate = fmt_rate(self.sample_rate)
         better = suggest_rate(self.allocated, self.sample_rate)
@@ -687,6 +702,11 @@ class ProfileResult:
 
         return sites_dataframe(self, group_by=group_by, top=top)
 
+    def iter_traces(self) -> Iterator[tuple[tuple, tuple[FrameInfo, ...]]]:
+        """Each raw trace of the snapshot (``docs/architecture.md``) with its visible frames,
+        oldest first; ``()`` for the allocations the views hide or filter out."""
+        return self._view.iter_traces(self.snapshot)
+
     def to_traces_dataframe(self) -> pd.DataFrame:
         """One row per sampled allocation still alive (the ones the views show)."""
         from .renderers.dataframe import traces_dataframe
@@ -699,8 +719,6 @@ class ProfileResult:
             old = ProfileResult(old, attributor=self.attributor, show_all=self.show_all,
                                 include=self.include, exclude=self.exclude)
         return DiffResult(self, old, group_by=group_by or self.group_by, top=self.top)
-
-    diff = compare_to
 
     # -- charts, widgets, files --------------------------------------------------------------
     def plot(self, kind: str = "bar", *, group_by: str | None = None, top: int | None = None,
@@ -740,37 +758,24 @@ class ProfileResult:
     def view_snapshot(self) -> Snapshot:
         """A snapshot of what the views show: hidden frames and allocations removed,
         include/exclude applied. Same sample rate and weights as :attr:`snapshot`."""
-        from .model import Snapshot, Traceback
+        from .model import Snapshot
 
         view = self._view
+        converted: dict[tuple[FrameInfo, ...], tuple] = {}
 
         def raw_frames(visible: tuple[FrameInfo, ...]) -> tuple:
-            return tuple((f.filename, f.lineno, f.name, f.firstlineno) for f in reversed(visible))
-
-        converted: dict[Any, tuple] = {}
-
-        def convert(traceback: Any) -> tuple | None:
-            visible = view.visible_of.get(traceback)
-            if not visible:
-                return None
             frames = converted.get(visible)
             if frames is None:
-                frames = converted[visible] = raw_frames(visible)
+                frames = converted[visible] = tuple(
+                    (f.filename, f.lineno, f.name, f.firstlineno) for f in reversed(visible))
             return frames
 
-        traces = []
-        for trace in self.snapshot.traces:
-            frames = convert(trace.traceback)
-            if frames is not None:
-                traces.append((trace.domain, trace.size, frames, trace.total_nframe,
-                               int(trace.allocator), trace.thread_id))
+        traces = [(trace[0], trace[1], raw_frames(visible), *trace[3:])
+                  for trace, visible in view.iter_traces(self.snapshot) if visible]
         allocated = None
         if self.snapshot.allocated is not None:
-            allocated = []
-            for entry in self.snapshot.allocated:
-                frames = convert(Traceback(entry[0], entry[1]))
-                if frames is not None:
-                    allocated.append((frames, *entry[1:]))
+            allocated = [(raw_frames(visible), *entry[1:]) for entry in self.snapshot.allocated
+                         if (visible := view.visible(entry[0], entry[1]))]
         meta = dict(self.snapshot.meta)
         meta.update(view={"show_all": self.show_all, "include": list(self.include),
                           "exclude": list(self.exclude)})
@@ -788,8 +793,10 @@ class ProfileResult:
                     comments=comments)
 
     def filtered(self, *, show_all: bool | None = None, include: Sequence[str] | None = None,
-                 exclude: Sequence[str] | None = None) -> ProfileResult:
-        """The same result with other frame hiding or include/exclude patterns."""
+                 exclude: Sequence[str] | None = None, group_by: str | None = None,
+                 top: int | None = None) -> ProfileResult:
+        """The same result with other frame hiding, include/exclude patterns or defaults
+        for grouping and top N (``None`` keeps this result's)."""
         return ProfileResult(
             self.snapshot,
             label=self.label,
@@ -800,8 +807,8 @@ class ProfileResult:
             allocated_count=self.allocated_count,
             samples=self.samples,
             sample_rate=self.sample_rate,
-            group_by=self.group_by,
-            top=self.top,
+            group_by=self.group_by if group_by is None else group_by,
+            top=self.top if top is None else top,
             show_all=self.show_all if show_all is None else show_all,
             include=self.include if include is None else include,
             exclude=self.exclude if exclude is None else exclude,
@@ -832,17 +839,8 @@ class ProfileResult:
 
         return render_result(self, top=top, group_by=group_by)
 
-    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
-        printer.text(repr(self) if cycle else self.to_text())
 
-    def _repr_html_(self) -> str:
-        return self.to_html()
-
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
-        return {"text/plain": self.to_text(), "text/html": self.to_html()}
-
-
-class DiffResult:
+class DiffResult(_Displayable):
     """Two results compared site by site: what ``new`` has that ``old`` had not.
 
     ``std_error`` of a change counts only the sampled allocations found in one snapshot and
@@ -867,6 +865,11 @@ class DiffResult:
     def size_diff(self) -> float:
         """Change of the estimated total."""
         return self.new.total - self.old.total
+
+    @property
+    def is_exact(self) -> bool:
+        """True when both results traced every allocation."""
+        return self.new.is_exact and self.old.is_exact
 
     def diffs(self, group_by: str | None = None, top: int | None = None) -> list[SiteDiff]:
         """Sites sorted by the absolute size change, largest first."""
@@ -910,7 +913,7 @@ class DiffResult:
             """(domain, size, visible frames) -> [number of samples, weight]."""
             bag: dict[tuple, list] = {}
             rate = result.sample_rate
-            for trace, visible in result._view.iter_traces(result.snapshot):
+            for trace, visible in result.iter_traces():
                 if not visible:
                     continue
                 key = (trace[0], trace[1], visible)
@@ -967,15 +970,6 @@ class DiffResult:
         from .renderers import fmt_size
 
         return f"<DiffResult {self.label}: {fmt_size(self.size_diff, signed=True)}>"
-
-    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
-        printer.text(repr(self) if cycle else self.to_text())
-
-    def _repr_html_(self) -> str:
-        return self.to_html()
-
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
-        return {"text/plain": self.to_text(), "text/html": self.to_html()}
 
 
 def _describe(error: BaseException) -> str:

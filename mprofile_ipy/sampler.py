@@ -1,6 +1,7 @@
 """The Python face of the native sampler: start, stop, counters and snapshots.
 
-This is the only module that touches ``mprofile_ipy._native``. It validates arguments,
+With :mod:`mprofile_ipy.native_capture` (which it drives) this is the only module that
+touches ``mprofile_ipy._native``. It validates arguments,
 turns the C tables into the raw traces of ``docs/architecture.md`` and hands them to
 :class:`mprofile_ipy.model.Snapshot`. Its functions mirror :mod:`tracemalloc`'s so that
 code written for tracemalloc runs unchanged; the differences are listed in the README.
@@ -16,6 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from . import native_capture
 from ._native import ffi, lib
 from .model import NATIVE_DOMAIN, NUMPY_DOMAIN, Allocator, Snapshot, Traceback
 from .units import parse_size
@@ -46,6 +48,7 @@ _settings: dict[str, Any] = {
     "max_frames": DEFAULT_MAX_FRAMES,
     "seed": None,
     "started_at": None,
+    "native": False,
 }
 _lock = threading.RLock()
 
@@ -83,6 +86,7 @@ def start(
     sample_rate: int | str = DEFAULT_SAMPLE_RATE,
     *,
     seed: int | None = None,
+    native: bool = False,
 ) -> None:
     """Start sampling allocations.
 
@@ -90,7 +94,12 @@ def start(
     ``start(25)`` works as it does for tracemalloc). ``sample_rate`` is the mean number of
     bytes between samples (an int or a size such as ``"64KiB"``); 0 or 1 traces every
     allocation, exactly as tracemalloc does. ``seed`` makes the sampling reproducible.
-    Calling ``start`` while tracing only changes ``max_frames``.
+
+    NumPy array data is always captured (domain ``NUMPY_DOMAIN``). ``native=True`` also
+    samples ``malloc``/``mmap`` calls made by native extension libraries (Arrow, PyTorch,
+    ...; domain ``NATIVE_DOMAIN``); it needs Linux with glibc and raises ``RuntimeError``
+    elsewhere. :mod:`mprofile_ipy.native_capture` says what each mode sees and misses.
+    Calling ``start`` while tracing only changes ``max_frames`` and the native mode.
     """
     max_frames = _check_int("max_frames", max_frames)
     if not 1 <= max_frames <= MAX_FRAMES_LIMIT:
@@ -104,8 +113,10 @@ def start(
         raise ValueError(f"sample_rate is too large: {rate} bytes")
     if seed is not None:
         seed = _check_int("seed", seed) % 2**64
+    if not isinstance(native, bool):
+        raise TypeError(f"native must be True or False, not {native!r}")
     settings = {"sample_rate": rate, "max_frames": max_frames, "seed": seed,
-                "started_at": time.time()}
+                "started_at": time.time(), "native": native}
     with _lock:
         was_tracing = is_tracing()
         if lib.mp_start(rate, max_frames, seed or 0, seed is not None) != 0:
@@ -115,6 +126,13 @@ def start(
                 _settings["max_frames"] = max_frames
             else:
                 _settings.update(settings)
+        try:
+            native_capture.install(native)
+        except RuntimeError:
+            if not was_tracing:
+                stop()
+            raise
+        _settings["native"] = native
 
 
 class _Paused:
@@ -146,6 +164,9 @@ def paused() -> _Paused:
 def stop() -> None:
     """Stop sampling, restore the allocators and drop every trace (as tracemalloc does)."""
     with _lock:
+        # Put NumPy's handler and the native slots back first: once the sampler's tables
+        # are gone, the blocks they recorded could not be matched with their frees.
+        native_capture.uninstall()
         lib.mp_stop()
 
 
@@ -287,6 +308,7 @@ def _meta() -> dict[str, Any]:
         "sample_rate": get_sample_rate(),
         "max_frames": get_traceback_limit(),
         "seed": _settings["seed"],
+        "native": _settings["native"],
         "started_at": _settings["started_at"],
         "taken_at": time.time(),
         "threads": threads,

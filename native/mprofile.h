@@ -63,3 +63,35 @@ int mp_snapshot_frame_info(mp_snapshot *snap, size_t frame_id, mp_frame_info_t *
 void *mp_test_raw_malloc_nogil(size_t size);
 void mp_test_raw_free_nogil(void *ptr);
 void *mp_test_raw_realloc_nogil(void *ptr, size_t size);
+
+/* ==== native capture: NumPy array data and native mode ===================================
+ * (native/capture_common.c, numpy_handler.c, native_hooks.c; Python side:
+ * mprofile_ipy/native_capture.py, which documents what each mode sees and misses.) */
+
+typedef struct {
+    int numpy_installed;            /* 1 while NumPy's default data handler is wrapped */
+    unsigned int numpy_feature_version;  /* NumPy's C-API feature version (0 if unknown) */
+    char numpy_handler[128];        /* the wrapped handler's name ("default_allocator") */
+    int native_supported;           /* 1 on Linux/glibc x86-64 and aarch64 */
+    int native_installed;           /* 1 while native mode's slots are patched */
+    uint64_t native_objects;        /* extension libraries with patched import slots */
+    uint64_t native_python_objects; /* interpreter objects with patched free/dlopen slots */
+    uint64_t native_slots;          /* import slots pointing at our wrappers */
+    uint64_t native_failures;       /* slots that could not be written */
+    uint64_t native_scans;          /* scans of the loaded objects so far */
+    uint64_t deferred;              /* samples recorded when the main thread got back */
+    uint64_t deferred_nostack;      /* deferred samples that had to go without a stack */
+    uint64_t pending;               /* deferred samples waiting right now */
+} mp_capture_status_t;
+
+/* The thread whose samples made without the GIL wait for its stack (main thread). */
+void mp_capture_set_main_thread(uint64_t thread_ident);
+void mp_capture_status(mp_capture_status_t *out);
+/* 0: NumPy's default handler wrapped; 1: NumPy is not imported; -1: error. */
+int mp_numpy_install(void);
+int mp_numpy_uninstall(void);
+/* Native mode: patch (install), patch newly loaded objects (rescan), restore (uninstall). */
+int mp_native_install(void);
+int mp_native_rescan(void);
+int mp_native_uninstall(void);
+void *mp_native_hook_address(const char *name);

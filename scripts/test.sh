@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 CORE_TESTS=(tests/test_sampler.py tests/test_vs_tracemalloc.py tests/test_robustness.py
             tests/test_model.py tests/test_estimate.py tests/test_units.py tests/test_storage.py
-            tests/test_numpy_capture.py)
+            tests/test_numpy_capture.py tests/test_native_mode.py)
 source scripts/common.sh
 
 echo "== setting up .venv with $("$PYTHON" --version)"

@@ -22,7 +22,6 @@ from mprofile_ipy import attribution
 from mprofile_ipy.attribution import (
     Attributor,
     cell_label,
-    is_cell_filename,
     is_internal,
     is_stdlib,
     register_code,
@@ -69,14 +68,15 @@ def test_terminal_cell_gets_label_line_and_raw_source(ip):
 
 def test_label_is_frozen_per_attributor(ip):
     frame, number = _frame_of_cell(ip, "import sys\nfr = sys._getframe()\n")
+    filename = frame.f_code.co_filename
     attributor = Attributor(ip)
-    assert attributor.display_name(frame.f_code.co_filename) == f"In [{number}]"
+    assert attributor.locate(filename, 1).file == f"In [{number}]"
     # A later change of IPython's map (ipykernel reuses names for identical cells) does
     # not relabel what an attributor has already resolved.
-    ip.compile._filename_map[frame.f_code.co_filename] = number + 100
+    ip.compile._filename_map[filename] = number + 100
     try:
-        assert attributor.display_name(frame.f_code.co_filename) == f"In [{number}]"
-        assert Attributor(ip).display_name(frame.f_code.co_filename) == f"In [{number + 100}]"
+        assert attributor.locate(filename, 2).file == f"In [{number}]"
+        assert Attributor(ip).locate(filename, 2).file == f"In [{number + 100}]"
     finally:
         ip.compile._filename_map[frame.f_code.co_filename] = number
 
@@ -95,10 +95,10 @@ def test_ipykernel_file_names_map_to_cells():
     code = "x = 1\ny = [x] * 10\n"
     filename = shell.compile.cache(code, 7, raw_code=code)
     assert f"ipykernel_{os.getpid()}" in filename and filename.endswith(".py")
-    assert is_cell_filename(filename)
     # WHEN resolved THEN it is In [7] with the source from linecache, lines unchanged
     loc = Attributor(shell).locate(filename, 2)
     assert (loc.file, loc.line, loc.source, loc.cell) == ("In [7]", 2, "y = [x] * 10", 7)
+    assert loc.is_cell and not loc.internal
 
 
 def test_cell_names_without_a_shell():
@@ -118,7 +118,7 @@ def test_registered_code_uses_its_raw_lines():
     register_code(filename, 42, ["%%mprofile -r 1", "", "z = 3   # typed"], 0)
     loc = Attributor(shell=None).locate(filename, 3)
     assert (loc.file, loc.line, loc.source, loc.cell) == ("In [42]", 3, "z = 3   # typed", 42)
-    assert is_cell_filename(filename)
+    assert loc.is_cell
 
 
 def test_cell_label_format():

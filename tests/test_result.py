@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 
 import mprofile_ipy.magics as magics_module
-from mprofile_ipy.attribution import PROFILER_RUNNER, PROFILER_WORK, Attributor
+import mprofile_ipy.result as result_module
+from mprofile_ipy.attribution import PROFILER_RUNNER, Attributor
 from mprofile_ipy.export.pprof import load_pprof
 from mprofile_ipy.model import Snapshot
 from mprofile_ipy.result import DiffResult, ProfileResult, normalize_group_by, suggest_rate
@@ -29,6 +30,7 @@ linecache.cache[CELL] = (1, None, CELL_SOURCE, CELL)
 LIB = "/venv/lib/python3.11/site-packages/somelib/core.py"
 IPY = IPython.core.interactiveshell.__file__
 MAGICS = magics_module.__file__
+RESULT = result_module.__file__
 JSON = __import__("json").encoder.__file__
 
 
@@ -42,8 +44,8 @@ BUILD = (f(CELL, 3, "build.<locals>.<listcomp>", 3), f(CELL, 3, "build", 2), f(C
 DUMPS = (f(JSON, 258, "JSONEncoder.iterencode"), f(CELL, 5)) + KERNEL
 LIBCALL = (f(LIB, 10, "helper", 9), f(CELL, 4)) + KERNEL
 ONLY_IPYTHON = KERNEL
-PROFILER_OWN = (f(MAGICS, 100, "_Session.take"), f(MAGICS, 90, "MProfileMagics._command"),
-                f(CELL, 4)) + KERNEL
+# The profiler's own objects, made by its API called from a cell.
+PROFILER_OWN = (f(RESULT, 100, "ProfileResult.__init__"), f(CELL, 4)) + KERNEL
 
 
 def trace(size, frames, domain=0):
@@ -56,7 +58,7 @@ def exact_snapshot(**kwargs):
         + [trace(5000, DUMPS)]  # 5000 B in json, called from line 5
         + [trace(300, LIBCALL)] * 2  # 600 B in a library, called from line 4
         + [trace(7000, ONLY_IPYTHON)]  # IPython's own
-        + [trace(4000, PROFILER_OWN)]  # the profiler's own bookkeeping
+        + [trace(4000, PROFILER_OWN)]  # the profiler's own objects
     )
     return Snapshot(traces, 128, sample_rate=1, **kwargs)
 
@@ -279,9 +281,6 @@ def test_bad_arguments_say_what_is_allowed(result):
         result.plot("pie")
 
 
-def test_profiler_names_used_for_hiding_exist():
-    # attribution hides by qualified name: these must stay the magics' real names.
-    for qualname in PROFILER_WORK:
-        cls, method = qualname.split(".")
-        assert callable(getattr(getattr(magics_module, cls), method))
+def test_runner_name_used_to_cut_the_magics_caller_exists():
+    # attribution cuts the frames older than the runner by its name: it must stay real.
     assert callable(getattr(magics_module, PROFILER_RUNNER))

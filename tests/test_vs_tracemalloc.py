@@ -98,7 +98,9 @@ def assert_same(ours: dict, theirs: dict) -> None:
     assert ours.keys() == theirs.keys()
     for key, (size, count) in theirs.items():
         ours_size, ours_count = ours[key]
-        assert abs(ours_count - count) <= 3 and abs(ours_size - size) <= 0.01 * size + 1024
+        # A few blocks per line; the whole-file total adds up every line's few.
+        slack = 3 if key != "file" else max(3, count // 200)
+        assert abs(ours_count - count) <= slack and abs(ours_size - size) <= 0.01 * size + 1024
 
 
 def run(path, mode):

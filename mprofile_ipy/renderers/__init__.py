@@ -2,7 +2,7 @@
 
 ``text``, ``html``, ``dataframe``, ``chart`` and ``widget`` each import their heavy library
 (pandas, matplotlib, ipywidgets) themselves, only when used. This package holds the number
-formats they share, so that a size reads the same in every view.
+formats and words they share, so that a size or an interval reads the same in every view.
 """
 
 from __future__ import annotations
@@ -11,7 +11,24 @@ import math
 
 from ..units import format_size
 
-__all__ = ["fmt_size", "fmt_rate", "fmt_count", "fmt_error", "fmt_time", "fmt_percent"]
+__all__ = ["GROUP_WORDS", "Z95", "clip", "fmt_count", "fmt_error", "fmt_percent", "fmt_rate",
+           "fmt_size", "fmt_time"]
+
+#: The z-score of the ~95% intervals every view shows as ``±``.
+Z95 = 1.96
+#: How each grouping is named in sentences ("grouped by cell line").
+GROUP_WORDS = {
+    "cell": "cell line",
+    "line": "line",
+    "function": "function",
+    "file": "file",
+    "traceback": "traceback",
+}
+
+
+def clip(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters, with an ellipsis when cut."""
+    return text if len(text) <= width else text[: max(0, width - 1)] + "…"
 
 
 def fmt_size(n: float | None, signed: bool = False) -> str:
@@ -31,7 +48,7 @@ def fmt_rate(rate: int) -> str:
     return str(rate)
 
 
-def fmt_count(n: float, signed: bool = False) -> str:
+def fmt_count(n: float | None, signed: bool = False) -> str:
     """A count with thousands separators (estimates are rounded)."""
     if n is None or (isinstance(n, float) and math.isnan(n)):
         return "-"
@@ -39,11 +56,11 @@ def fmt_count(n: float, signed: bool = False) -> str:
     return f"{value:+,}" if signed and value else f"{value:,}"
 
 
-def fmt_error(rel_error: float, exact: bool = False, z: float = 1.96) -> str:
+def fmt_error(rel_error: float, exact: bool = False) -> str:
     """The ~95% interval of an estimate, relative: ``±12%``; ``exact`` or ``±0%``."""
     if exact:
         return "exact"
-    half = z * rel_error
+    half = Z95 * rel_error
     if half < 0.005:
         return "±0%"
     if half >= 10:

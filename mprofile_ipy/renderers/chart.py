@@ -7,7 +7,9 @@ registered with a GUI backend, nothing leaks when the figure is dropped, and it 
 
 from __future__ import annotations
 
+import colorsys
 import hashlib
+import io
 import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -15,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter
 
-from . import fmt_size
-from .text import _clip
+from . import Z95, fmt_size
+from . import clip as _clip
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..result import DiffResult, FrameInfo, ProfileResult, TimelinePoint
@@ -48,6 +50,13 @@ def _size_axis(axis: Any, vmax: float | None = None, vmin: float = 0.0) -> None:
 
 def _new_figure(width: float, height: float) -> Figure:
     return Figure(figsize=(width, height), layout="constrained")
+
+
+def to_png(figure: Figure, dpi: float = 100) -> bytes:
+    """The figure as PNG bytes, cropped to its content (what notebooks display)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    return buffer.getvalue()
 
 
 def plot_result(result: ProfileResult, kind: str = "bar", *, group_by: str | None = None,
@@ -83,7 +92,7 @@ def bar(result: ProfileResult, *, group_by: str | None = None, top: int | None =
             label += ": " + site.frame.source
         labels.append(_text(_clip(label, 60)))
     sizes = [s.size for s in sites]
-    errors = [1.96 * s.std_error for s in sites]
+    errors = [Z95 * s.std_error for s in sites]
     ys = list(range(len(sites)))[::-1]
     colors = ["#4285f4" if s.frame.is_cell else "#9aa0a6" for s in sites]
     ax.barh(ys, sizes, xerr=errors if not result.is_exact else None, color=colors,
@@ -107,8 +116,6 @@ def _color(frame: FrameInfo) -> str:
         return "#8ab4f8"
     digest = hashlib.md5(frame.file.encode("utf-8", "replace"), usedforsecurity=False).digest()
     hue = digest[0] / 255
-    import colorsys
-
     r, g, b = colorsys.hls_to_rgb(0.02 + 0.12 * hue, 0.72, 0.75)  # warm tones for libraries
     return f"#{int(r * 255):02x}{int(g * 255):02x}{int(b * 255):02x}"
 
@@ -130,15 +137,16 @@ def flame(result: ProfileResult, *, max_depth: int = 24, min_fraction: float = 0
     """
     # A tree of nodes keyed by (filename, lineno) along each visible traceback.
     root: dict[str, Any] = {"size": 0.0, "children": {}, "frame": None}
-    for frames, agg in result._view.tracebacks.items():
+    tracebacks = [tb for site in result.sites("traceback") for tb in site.tracebacks]
+    for tb in tracebacks:
         node = root
-        node["size"] += agg.size
-        for frame in frames[:max_depth]:
+        node["size"] += tb.size
+        for frame in tb.frames[:max_depth]:
             key = (frame.filename, frame.lineno)
             child = node["children"].get(key)
             if child is None:
                 child = node["children"][key] = {"size": 0.0, "children": {}, "frame": frame}
-            child["size"] += agg.size
+            child["size"] += tb.size
             node = child
     total = root["size"]
 
@@ -227,13 +235,13 @@ def diff_bar(diff: DiffResult, *, group_by: str | None = None, top: int | None =
     colors = ["#ea4335" if v > 0 else "#34a853" for v in values]
     exact = diff.new.is_exact and diff.old.is_exact
     ax.barh(ys, values, color=colors,
-            xerr=None if exact else [1.96 * r.std_error for r in rows],
+            xerr=None if exact else [Z95 * r.std_error for r in rows],
             error_kw={"ecolor": "#333333", "capsize": 3, "lw": 1})
     labels = [_text(_clip(r.label + (": " + r.frame.source if r.frame.source else ""), 60))
               for r in rows]
     ax.set_yticks(ys, labels, fontsize=8)
     ax.axvline(0, color="#5f6368", lw=0.8)
-    errs = [0.0 if exact else 1.96 * r.std_error for r in rows]
+    errs = [0.0 if exact else Z95 * r.std_error for r in rows]
     low = min(0.0, min(v - e for v, e in zip(values, errs, strict=True)))
     high = max(0.0, max(v + e for v, e in zip(values, errs, strict=True)))
     pad = 0.08 * (high - low or 1.0)

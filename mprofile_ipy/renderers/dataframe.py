@@ -18,7 +18,7 @@ import pandas as pd
 from ..estimate import weight
 from ..model import Allocator
 from ..result import normalize_group_by
-from . import fmt_count, fmt_error, fmt_size
+from . import fmt_count, fmt_error, fmt_percent, fmt_size
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..result import DiffResult, FrameInfo, ProfileResult
@@ -60,19 +60,21 @@ def _frame_columns(frame: FrameInfo, group_by: str) -> dict[str, object]:
     }
 
 
-def _typed(df: pd.DataFrame) -> pd.DataFrame:
-    for name in ("line", "cell", "lineno"):
-        if name in df:
-            df[name] = df[name].astype("Int64")
-    for name in ("samples", "old_samples", "thread_id", "domain"):
-        if name in df:
-            df[name] = df[name].astype("int64")
-    for name in ("size", "count", "percent", "size_stderr", "rel_error", "size_diff",
-                 "count_diff", "size_diff_stderr", "weight", "estimated_size",
-                 "estimated_count", "allocated", "allocated_count"):
-        if name in df and not (name == "size" and "weight" in df):
-            df[name] = df[name].astype("float64")
-    return df
+#: dtypes of the numeric columns; the others are strings (object). ``size`` is an int in the
+#: traces table (a real block size) and a float estimate elsewhere.
+_DTYPES = {
+    **dict.fromkeys(("line", "cell", "lineno"), "Int64"),
+    **dict.fromkeys(("samples", "old_samples", "thread_id", "domain"), "int64"),
+    **dict.fromkeys(("size", "count", "percent", "size_stderr", "rel_error", "size_diff",
+                     "count_diff", "size_diff_stderr", "weight", "estimated_size",
+                     "estimated_count", "allocated", "allocated_count"), "float64"),
+}
+
+
+def _typed(df: pd.DataFrame, **overrides: str) -> pd.DataFrame:
+    """``df`` with the dtypes of :data:`_DTYPES` (and ``overrides``) on its columns."""
+    dtypes = {**_DTYPES, **overrides}
+    return df.astype({name: dtypes[name] for name in df.columns if name in dtypes})
 
 
 def sites_dataframe(result: ProfileResult, group_by: str | None = None,
@@ -107,7 +109,7 @@ def traces_dataframe(result: ProfileResult) -> pd.DataFrame:
     index_of: dict[tuple, int] = {}
     fixed_rows: list[dict[str, object]] = []
     which, sizes, domains, codes, threads = [], [], [], [], []
-    for trace, frames in result._view.iter_traces(result.snapshot):
+    for trace, frames in result.iter_traces():
         if not frames:
             continue
         index = index_of.get(frames)
@@ -135,7 +137,7 @@ def traces_dataframe(result: ProfileResult) -> pd.DataFrame:
     df["domain"] = np.asarray(domains, dtype=np.int64)
     df["allocator"] = [names.get(c, str(c)) for c in codes]
     df["thread_id"] = np.asarray(threads, dtype=np.uint64).astype(np.int64)
-    return _typed(df[TRACE_COLUMNS])
+    return _typed(df[TRACE_COLUMNS], size="int64")
 
 
 def diff_dataframe(diff: DiffResult, group_by: str | None = None,
@@ -172,5 +174,5 @@ def readable(df: pd.DataFrame, exact: bool = False) -> pd.DataFrame:
     if "rel_error" in out:
         out["rel_error"] = out["rel_error"].map(lambda v: fmt_error(v, exact))
     if "percent" in out:
-        out["percent"] = out["percent"].map(lambda v: f"{v:.1f}%")
+        out["percent"] = out["percent"].map(fmt_percent)
     return out

@@ -1,31 +1,35 @@
 """Plain-text reports for terminals and ``text/plain`` outputs.
 
-``render_result`` prints the headline figures (alive, peak, allocated, time, samples), the
-top sites with their uncertainty, what was hidden and any warnings; ``render_diff`` does the
-same for two results compared. Pure Python: no heavy import.
+``render_result`` prints a summary (the figures alive, peak, allocated, time, samples, then
+the notes on how far to trust them) and a body (the top sites with their uncertainty, the
+sites that allocated most, what was hidden); ``render_diff`` does the same for two results
+compared. Each part is available alone, for views that show the summary next to a chart.
+Pure Python: no heavy import.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import fmt_count, fmt_error, fmt_percent, fmt_rate, fmt_size, fmt_time
+from . import (
+    GROUP_WORDS,
+    Z95,
+    clip,
+    fmt_count,
+    fmt_error,
+    fmt_percent,
+    fmt_rate,
+    fmt_size,
+    fmt_time,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..result import DiffResult, ProfileResult, Site, TimelinePoint
 
+__all__ = ["WIDTH", "churn_sites", "diff_summary", "headline", "render_diff", "render_result",
+           "render_timeline", "result_summary", "site_rows"]
+
 WIDTH = 110
-_GROUP_WORDS = {
-    "cell": "cell line",
-    "line": "line",
-    "function": "function",
-    "file": "file",
-    "traceback": "traceback",
-}
-
-
-def _clip(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: max(0, width - 1)] + "…"
 
 
 def headline(result: ProfileResult) -> list[str]:
@@ -45,11 +49,13 @@ def headline(result: ProfileResult) -> list[str]:
     return [first, " " * (len(name) + 2) + second]
 
 
-def site_text(site: Site) -> str:
-    """The site's name, with its source line when it names a line."""
-    if site.frame.source and site.group_by in ("cell", "line", "traceback"):
-        return f"{site.label}: {site.frame.source}"
-    return site.label
+def result_summary(result: ProfileResult) -> list[str]:
+    """The headline, whether the code raised, and the notes on the estimates."""
+    lines = headline(result)
+    if result.error is not None:
+        lines.append(f"The code raised {result.error}; figures are up to the exception.")
+    lines.extend("Note: " + note for note in result.warnings())
+    return lines
 
 
 def site_rows(sites: list[Site], exact: bool, allocated: bool = False) -> list[str]:
@@ -57,16 +63,15 @@ def site_rows(sites: list[Site], exact: bool, allocated: bool = False) -> list[s
     extra = f" {'allocated':>10}" if allocated else ""
     lines = [f"{'size':>10} {'±95%':>6} {'count':>10} {'share':>6} {'samples':>7}{extra}  site"]
     for site in sites:
-        text = site_text(site)
         extra = f" {fmt_size(site.allocated):>10}" if allocated else ""
         prefix = (f"{fmt_size(site.size):>10} {fmt_error(site.rel_error, exact):>6} "
                   f"{fmt_count(site.count):>10} {fmt_percent(site.percent):>6} "
                   f"{site.samples:>7}{extra}  ")
-        lines.append(prefix + _clip(text, WIDTH - len(prefix)))
+        lines.append(prefix + clip(site.title, WIDTH - len(prefix)))
         if site.group_by == "traceback":
             for frame in site.traceback[:-1][::-1][:8]:
-                lines.append(" " * len(prefix) + _clip("  called from " + frame.format(),
-                                                        WIDTH - len(prefix)))
+                lines.append(" " * len(prefix) + clip("  called from " + frame.format(),
+                                                       WIDTH - len(prefix)))
     return lines
 
 
@@ -77,20 +82,13 @@ def churn_sites(result: ProfileResult, group_by: str | None, top: int) -> list[S
     return result.sites(group_by, min(5, top), by="allocated")
 
 
-def render_result(result: ProfileResult, top: int | None = None,
-                  group_by: str | None = None) -> str:
-    """The whole report as text."""
-    top = top or result.top
+def _result_body(result: ProfileResult, top: int, group_by: str | None) -> list[str]:
     sites = result.sites(group_by)
-    lines = headline(result)
-    if result.error is not None:
-        lines.append(f"(the code raised {result.error}; "
-                     f"figures are up to the exception)")
+    lines = []
     if sites:
-        how = _GROUP_WORDS[sites[0].group_by]
         shown = sites[:top]
         lines.append(f"Top {len(shown)} of {len(sites)} sites by memory still alive, "
-                     f"grouped by {how}:")
+                     f"grouped by {GROUP_WORDS[sites[0].group_by]}:")
         lines.extend(site_rows(shown, result.is_exact, result.has_allocated))
         rest = sites[top:]
         if rest:
@@ -106,41 +104,48 @@ def render_result(result: ProfileResult, top: int | None = None,
         for site in churn:
             err = fmt_error(site.allocated_rel_error, result.is_exact)
             prefix = f"{fmt_size(site.allocated):>10} {err:>6} {fmt_size(site.size):>10}  "
-            lines.append(prefix + _clip(site_text(site), WIDTH - len(prefix)))
+            lines.append(prefix + clip(site.title, WIDTH - len(prefix)))
     if result.hidden > 0:
-        lines.append(f"Hidden: {fmt_size(result.hidden)} allocated only by IPython, kernel or "
-                     f"profiler frames (--all-frames shows them).")
+        lines.append(f"Hidden: {fmt_size(result.hidden)} alive that only IPython, kernel or "
+                     f"profiler frames allocated (--all-frames shows it).")
     if result.filtered_out > 0:
         lines.append(f"Filtered out by --include/--exclude: {fmt_size(result.filtered_out)}.")
-    for note in result.warnings():
-        lines.append("Note: " + note)
-    return "\n".join(lines)
+    return lines
 
 
-def render_diff(diff: DiffResult, top: int | None = None, group_by: str | None = None) -> str:
-    """A comparison of two results as text."""
+def render_result(result: ProfileResult, top: int | None = None, group_by: str | None = None,
+                  *, summary: bool = True) -> str:
+    """The whole report as text; without its summary when ``summary`` is false."""
+    body = _result_body(result, top or result.top, group_by)
+    return "\n".join((result_summary(result) if summary else []) + body)
+
+
+def diff_summary(diff: DiffResult) -> list[str]:
+    """The change of the total, and the notes on the newer result's estimates."""
+    lines = [f"mprofile {diff.label}: {fmt_size(diff.size_diff, signed=True)} "
+             f"({fmt_size(diff.old.total)} -> {fmt_size(diff.new.total)})"]
+    lines.extend("Note: " + note for note in diff.new.warnings())
+    return lines
+
+
+def render_diff(diff: DiffResult, top: int | None = None, group_by: str | None = None,
+                *, summary: bool = True) -> str:
+    """A comparison of two results as text; without its summary when ``summary`` is false."""
     top = top or diff.top
     rows = diff.diffs(group_by)
-    new, old = diff.new, diff.old
-    lines = [
-        f"mprofile {diff.label}: {fmt_size(diff.size_diff, signed=True)} "
-        f"({fmt_size(old.total)} -> {fmt_size(new.total)})"
-    ]
-    if rows:
-        lines.append(f"Top {min(top, len(rows))} of {len(rows)} changes, grouped by "
-                     f"{_GROUP_WORDS[rows[0].group_by]}:")
-        lines.append(f"{'change':>11} {'±95%':>10} {'size':>10} {'count':>9}  site")
-        exact = new.is_exact and old.is_exact
-        for row in rows[:top]:
-            err = "exact" if exact else "±" + fmt_size(1.96 * row.std_error)
-            text = row.label + (f": {row.frame.source}" if row.frame.source else "")
-            prefix = (f"{fmt_size(row.size_diff, signed=True):>11} {err:>10} "
-                      f"{fmt_size(row.size):>10} {fmt_count(row.count_diff, signed=True):>9}  ")
-            lines.append(prefix + _clip(text, WIDTH - len(prefix)))
-    else:
+    lines = diff_summary(diff) if summary else []
+    if not rows:
         lines.append("No allocation site in either snapshot.")
-    for note in new.warnings():
-        lines.append("Note: " + note)
+        return "\n".join(lines)
+    lines.append(f"Top {min(top, len(rows))} of {len(rows)} changes, grouped by "
+                 f"{GROUP_WORDS[rows[0].group_by]}:")
+    lines.append(f"{'change':>11} {'±95%':>10} {'size':>10} {'count':>9}  site")
+    exact = diff.is_exact
+    for row in rows[:top]:
+        err = "exact" if exact else "±" + fmt_size(Z95 * row.std_error)
+        prefix = (f"{fmt_size(row.size_diff, signed=True):>11} {err:>10} "
+                  f"{fmt_size(row.size):>10} {fmt_count(row.count_diff, signed=True):>9}  ")
+        lines.append(prefix + clip(row.title, WIDTH - len(prefix)))
     return "\n".join(lines)
 
 

@@ -9,31 +9,34 @@ terminal) shows the static report instead of an error.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from html import escape
 from typing import TYPE_CHECKING, Any
 
 from . import fmt_size
-from .html import _BOX, _frame_html, render_diff, sites_table_html, summary_html
+from .html import render_diff, sites_table_html, summary_html, tracebacks_html
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..result import DiffResult, ProfileResult, Site
+    from ..result import DiffResult, FrameInfo, ProfileResult, Site, SiteDiff
 
 _SORTS = {"size": lambda s: -s.size, "count": lambda s: -s.count,
           "samples": lambda s: -s.samples, "error": lambda s: -s.rel_error}
+_DIRECTIONS = {"all": lambda d: True, "grew": lambda d: d > 0, "shrank": lambda d: d < 0}
 _GROUP_OPTIONS = [("cell line", "cell"), ("line", "line"), ("function", "function"),
                   ("file", "file"), ("traceback", "traceback")]
 
 
-def _matches(site: Site, needle: str) -> bool:
-    if not needle:
-        return True
-    needle = needle.lower()
-    frames = [site.frame] + [f for tb in site.tracebacks for f in tb.frames]
-    return any(
+def _matches(frames: Iterable[FrameInfo], needle: str) -> bool:
+    """True when ``needle`` (lower case) is in a file, function or source text of a frame."""
+    return not needle or any(
         needle in text.lower()
         for f in frames
         for text in (f.file, f.filename, f.name, f.source, f.where)
     )
+
+
+def _site_frames(site: Site) -> list[FrameInfo]:
+    return [site.frame] + [f for tb in site.tracebacks for f in tb.frames]
 
 
 class _Fallback:
@@ -98,8 +101,9 @@ class Explorer(_Fallback):
 
     def shown_sites(self) -> list[Site]:
         """The sites the table shows: grouped, filtered, sorted and cut to top N."""
+        needle = self.filter.value.strip().lower()
         sites = [s for s in self.result.sites(self.group_by.value)
-                 if _matches(s, self.filter.value.strip())]
+                 if _matches(_site_frames(s), needle)]
         sites.sort(key=_SORTS[self.sort.value])
         return sites[: self.top.value]
 
@@ -125,7 +129,8 @@ class Explorer(_Fallback):
         if index is None or index >= len(self._sites):
             self.detail.value = ""
             return
-        self.detail.value = _tracebacks_html(self._sites[index])
+        site = self._sites[index]
+        self.detail.value = tracebacks_html(site, limit=10) or escape(site.title)
 
     def static_html(self) -> str:
         """The report shown where widgets cannot render."""
@@ -134,17 +139,6 @@ class Explorer(_Fallback):
     def static_text(self) -> str:
         """The report for plain-text frontends."""
         return self.result.to_text(top=self.top.value, group_by=self.group_by.value)
-
-
-def _tracebacks_html(site: Site) -> str:
-    parts = []
-    for tb in site.tracebacks[:10]:
-        frames = "".join(_frame_html(f) for f in tb.frames)
-        parts.append(f"<div style='margin: 4px 0 8px 0'><b>{fmt_size(tb.size)}</b> · "
-                     f"{tb.samples} samples · oldest frame first{frames}</div>")
-    if len(site.tracebacks) > 10:
-        parts.append(f"<div>… {len(site.tracebacks) - 10} more tracebacks</div>")
-    return f"<div style=\"{_BOX}\">{''.join(parts) or escape(site.label)}</div>"
 
 
 class DiffExplorer(_Fallback):
@@ -169,20 +163,12 @@ class DiffExplorer(_Fallback):
             control.observe(self._refresh, names="value")
         self._refresh()
 
-    def shown_rows(self) -> list[Any]:
-        """The changes the table shows."""
+    def shown_rows(self) -> list[SiteDiff]:
+        """The changes the table shows: grouped, filtered and cut to top N."""
         needle = self.filter.value.strip().lower()
-        rows = []
-        for row in self.diff.diffs(self.group_by.value):
-            if self.only.value == "grew" and row.size_diff <= 0:
-                continue
-            if self.only.value == "shrank" and row.size_diff >= 0:
-                continue
-            f = row.frame
-            if needle and not any(needle in t.lower()
-                                  for t in (f.file, f.filename, f.name, f.source, f.where)):
-                continue
-            rows.append(row)
+        keep = _DIRECTIONS[self.only.value]
+        rows = [row for row in self.diff.diffs(self.group_by.value)
+                if keep(row.size_diff) and _matches([row.frame], needle)]
         return rows[: self.top.value]
 
     def _refresh(self, _change: Any = None) -> None:

@@ -1,0 +1,392 @@
+/* capture_common.c: what the NumPy handler and native mode share.
+ *
+ * Deferred samples. Native libraries release the GIL around long work (Arrow's compute
+ * functions, ctypes calls, many NumPy paths), and a thread without the GIL must not read
+ * or reference Python objects: INCREF'ing a code object then would race with the thread
+ * that holds the GIL. Yet the Python stack of such a thread cannot change while it runs
+ * native code: only that thread pops its frames, and it needs the GIL to do so. So when
+ * the *main* thread samples a block without the GIL, the block goes to a short list, and a
+ * pending call (Py_AddPendingCall, which needs no GIL and allocates nothing) records it
+ * when the main thread is back in the interpreter. CPython runs pending calls at its
+ * eval-breaker checks, the first of which follows the return of the call into native
+ * code, so the stack read then is the stack that called into the library. Other threads
+ * record such blocks at once, without a stack (CPython only runs pending calls on the
+ * main thread). A block freed before its sample is recorded is dropped from the list.
+ */
+#include "native_capture.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+uint64_t g_nc_main_thread = 0;           /* written with the GIL held, read relaxed */
+
+/* ---- deferred samples ------------------------------------------------------------------ */
+
+#define NC_PENDING_MAX 4096       /* beyond that, samples are recorded without a stack */
+#define NC_INDEX_CAP 8192         /* open addressing over g_pending; load <= 1/2 */
+#define NC_FILTER_BITS 14
+
+typedef struct {
+    void *ptr;
+    size_t size;
+    int allocator;
+    uint32_t generation;   /* g_generation when sampled: a restart drops older samples */
+} nc_pending_t;
+
+/* The deferred samples: a dense array (drained in order), an index on the pointer, and a
+ * filter in front of both, so that the frees of other threads while a long native call
+ * keeps samples waiting cost one relaxed load each, as in table.c. All but the filter's
+ * bits are protected by g_pending_lock. */
+static pthread_mutex_t g_pending_lock = PTHREAD_MUTEX_INITIALIZER;
+static nc_pending_t g_pending[NC_PENDING_MAX];
+static uint16_t g_index[NC_INDEX_CAP];                   /* position + 1; 0 = empty */
+static uint16_t g_fcount[1u << NC_FILTER_BITS];           /* pending pointers per bucket */
+static uint64_t g_fbits[(1u << NC_FILTER_BITS) / 64];     /* lock-free reads */
+static int g_pending_scheduled = 0;                       /* a pending call is queued */
+int g_nc_pending_count = 0;                               /* written under the lock */
+uint64_t g_nc_deferred = 0;                               /* atomic counters (status only) */
+uint64_t g_nc_deferred_nostack = 0;
+
+/* The calling thread holds the GIL (the same test stacks.c makes before reading frames). */
+static int holds_gil(void) {
+#if PY_VERSION_HEX >= 0x030C0000
+    return _PyThreadState_UncheckedGet() != NULL;
+#else
+    PyThreadState *ts = _PyThreadState_UncheckedGet();
+    return ts != NULL && ts == PyGILState_GetThisThreadState();
+#endif
+}
+
+static inline uint64_t mix(const void *p) {
+    return ((uint64_t)(uintptr_t)p >> 3) * 0x9E3779B97F4A7C15ull;
+}
+static inline size_t index_home(const void *p) {
+    return (size_t)(mix(p) >> 40) & (NC_INDEX_CAP - 1);
+}
+static inline size_t filter_slot(const void *p) {
+    return (size_t)(mix(p) >> (64 - NC_FILTER_BITS));
+}
+
+static void filter_add_locked(const void *p) {
+    size_t i = filter_slot(p);
+    if (g_fcount[i]++ == 0)
+        __atomic_store_n(&g_fbits[i >> 6], g_fbits[i >> 6] | (1ull << (i & 63)),
+                         __ATOMIC_RELAXED);
+}
+
+static void filter_remove_locked(const void *p) {
+    size_t i = filter_slot(p);
+    if (g_fcount[i] > 0 && --g_fcount[i] == 0)
+        __atomic_store_n(&g_fbits[i >> 6], g_fbits[i >> 6] & ~(1ull << (i & 63)),
+                         __ATOMIC_RELAXED);
+}
+
+static size_t find_slot_locked(const void *p) {
+    size_t i = index_home(p);
+    while (g_index[i] != 0) {
+        if (g_pending[g_index[i] - 1].ptr == p) return i;
+        i = (i + 1) & (NC_INDEX_CAP - 1);
+    }
+    return SIZE_MAX;
+}
+
+static void set_count_locked(int n) {
+    __atomic_store_n(&g_nc_pending_count, n, __ATOMIC_RELAXED);
+}
+
+/* Returns 0, or -1 when the list is full. */
+static int pending_add_locked(const nc_pending_t *e) {
+    size_t slot = find_slot_locked(e->ptr);
+    if (slot != SIZE_MAX) {              /* the address came back without a free we saw */
+        g_pending[g_index[slot] - 1] = *e;
+        return 0;
+    }
+    int n = g_nc_pending_count;
+    if (n == NC_PENDING_MAX) return -1;
+    g_pending[n] = *e;
+    size_t i = index_home(e->ptr);
+    while (g_index[i] != 0) i = (i + 1) & (NC_INDEX_CAP - 1);
+    g_index[i] = (uint16_t)(n + 1);
+    filter_add_locked(e->ptr);
+    set_count_locked(n + 1);
+    return 0;
+}
+
+/* Remove the entry at index slot `slot`; the last entry moves into its place. */
+static void pending_remove_locked(size_t slot) {
+    int pos = g_index[slot] - 1;
+    filter_remove_locked(g_pending[pos].ptr);
+    /* Backward-shift deletion (no tombstones): pull later entries of the run into the hole
+     * unless their home lies cyclically in (hole, j]. */
+    size_t hole = slot, j = slot;
+    for (;;) {
+        j = (j + 1) & (NC_INDEX_CAP - 1);
+        if (g_index[j] == 0) break;
+        size_t home = index_home(g_pending[g_index[j] - 1].ptr);
+        int stays = hole <= j ? (hole < home && home <= j) : (hole < home || home <= j);
+        if (!stays) {
+            g_index[hole] = g_index[j];
+            hole = j;
+        }
+    }
+    g_index[hole] = 0;
+    int last = g_nc_pending_count - 1;
+    if (pos != last) {
+        size_t moved = find_slot_locked(g_pending[last].ptr);
+        g_pending[pos] = g_pending[last];
+        g_index[moved] = (uint16_t)(pos + 1);
+    }
+    set_count_locked(last);
+}
+
+static void pending_clear_locked(void) {
+    memset(g_index, 0, sizeof(g_index));
+    memset(g_fcount, 0, sizeof(g_fcount));
+    for (size_t i = 0; i < sizeof(g_fbits) / sizeof(g_fbits[0]); i++)
+        __atomic_store_n(&g_fbits[i], (uint64_t)0, __ATOMIC_RELAXED);
+    set_count_locked(0);
+}
+
+/* Record every waiting sample now. `with_stack`: we are the main thread, GIL held, back in
+ * the interpreter; otherwise the samples go without a stack. Recording happens under
+ * g_pending_lock: a free that finds the lock taken waits, then finds the block in the
+ * table (nc_forget asks the list first, the table second). */
+static void record_all_locked(int with_stack) {
+    uint32_t gen = __atomic_load_n(&g_generation, __ATOMIC_RELAXED);
+    int on = __atomic_load_n(&g_enabled, __ATOMIC_RELAXED);
+    for (int i = 0; i < g_nc_pending_count; i++) {
+        if (!on || g_pending[i].generation != gen) continue;
+        mp_record_alloc(g_pending[i].ptr, g_pending[i].size, g_pending[i].allocator);
+        __atomic_add_fetch(with_stack ? &g_nc_deferred : &g_nc_deferred_nostack, 1,
+                           __ATOMIC_RELAXED);
+    }
+    pending_clear_locked();
+}
+
+/* The pending call: the main thread, GIL held, back in the interpreter. */
+static int drain_pending(void *arg) {
+    (void)arg;
+    pthread_mutex_lock(&g_pending_lock);
+    g_pending_scheduled = 0;
+    record_all_locked(1);
+    pthread_mutex_unlock(&g_pending_lock);
+    return 0;
+}
+
+void nc_record(void *ptr, size_t size, int allocator) {
+    uint64_t main_thread = __atomic_load_n(&g_nc_main_thread, __ATOMIC_RELAXED);
+    if (holds_gil() || main_thread == 0 || mp_thread_ident() != main_thread ||
+        PyGILState_GetThisThreadState() == NULL) {
+        mp_record_alloc(ptr, size, allocator);   /* with a stack if the GIL is held */
+        return;
+    }
+    nc_pending_t e = {ptr, size, allocator, __atomic_load_n(&g_generation, __ATOMIC_RELAXED)};
+    int schedule = 0, full;
+    pthread_mutex_lock(&g_pending_lock);
+    full = pending_add_locked(&e) != 0;
+    if (!full && !g_pending_scheduled) g_pending_scheduled = schedule = 1;
+    pthread_mutex_unlock(&g_pending_lock);
+    if (full) {
+        mp_record_alloc(ptr, size, allocator);
+        __atomic_add_fetch(&g_nc_deferred_nostack, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    if (schedule && Py_AddPendingCall(drain_pending, NULL) != 0) {
+        /* The interpreter's queue is full or it is finalizing: record everything waiting
+         * now, without a stack, rather than let it wait for a call that will not come. */
+        pthread_mutex_lock(&g_pending_lock);
+        g_pending_scheduled = 0;
+        record_all_locked(0);
+        pthread_mutex_unlock(&g_pending_lock);
+    }
+}
+
+int nc_pending_forget_slow(void *ptr) {
+    size_t f = filter_slot(ptr);
+    if (!((__atomic_load_n(&g_fbits[f >> 6], __ATOMIC_RELAXED) >> (f & 63)) & 1)) return 0;
+    int found = 0;
+    pthread_mutex_lock(&g_pending_lock);
+    size_t slot = find_slot_locked(ptr);
+    if (slot != SIZE_MAX) {
+        pending_remove_locked(slot);
+        found = 1;
+    }
+    pthread_mutex_unlock(&g_pending_lock);
+    return found;
+}
+
+/* fork(): the child must not inherit g_pending_lock held by a thread that is gone, nor
+ * samples whose pending call was queued in the parent. */
+static void atfork_prepare(void) { pthread_mutex_lock(&g_pending_lock); }
+static void atfork_parent(void) { pthread_mutex_unlock(&g_pending_lock); }
+static void atfork_child(void) {
+    g_pending_scheduled = 0;
+    pending_clear_locked();
+    pthread_mutex_unlock(&g_pending_lock);
+}
+
+__attribute__((constructor)) static void register_capture_atfork(void) {
+    pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
+}
+
+/* ---- writing pointers into possibly read-only pages --------------------------------------- */
+
+void nc_maps_free(nc_maps_t *m) {
+    free(m->maps);
+    m->maps = NULL;
+    m->n = 0;
+}
+
+/* Reads /proc/self/maps with plain read(2): no stdio, nothing that could call back into
+ * a hooked allocator. */
+int nc_maps_load(nc_maps_t *out) {
+    out->maps = NULL;
+    out->n = 0;
+    int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    size_t cap = 1 << 16, len = 0;
+    char *buf = malloc(cap + 1);
+    if (buf == NULL) {
+        close(fd);
+        return -1;
+    }
+    for (;;) {
+        if (len == cap) {
+            char *nb = realloc(buf, cap * 2 + 1);
+            if (nb == NULL) break;
+            buf = nb;
+            cap *= 2;
+        }
+        ssize_t r = read(fd, buf + len, cap - len);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) break;
+        len += (size_t)r;
+    }
+    close(fd);
+    buf[len] = '\0';
+    size_t lines = 0;
+    for (size_t i = 0; i < len; i++) lines += buf[i] == '\n';
+    out->maps = malloc((lines + 1) * sizeof(nc_map_t));
+    if (out->maps == NULL) {
+        free(buf);
+        return -1;
+    }
+    char *p = buf;
+    while (*p) {
+        char *end;
+        unsigned long long a = strtoull(p, &end, 16);
+        if (*end != '-') break;
+        unsigned long long b = strtoull(end + 1, &end, 16);
+        if (*end != ' ') break;
+        int prot = 0;
+        if (end[1] == 'r') prot |= PROT_READ;
+        if (end[2] == 'w') prot |= PROT_WRITE;
+        if (end[3] == 'x') prot |= PROT_EXEC;
+        out->maps[out->n++] = (nc_map_t){(uintptr_t)a, (uintptr_t)b, prot};
+        char *nl = strchr(end, '\n');
+        if (nl == NULL) break;
+        p = nl + 1;
+    }
+    free(buf);
+    return 0;
+}
+
+static const nc_map_t *find_map(const nc_maps_t *m, uintptr_t addr) {
+    size_t lo = 0, hi = m->n;          /* the kernel lists mappings in address order */
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (addr < m->maps[mid].start) hi = mid;
+        else if (addr >= m->maps[mid].end) lo = mid + 1;
+        else return &m->maps[mid];
+    }
+    return NULL;
+}
+
+int nc_write_pointer(const nc_maps_t *maps, void **slot, void *value) {
+    nc_maps_t local = {NULL, 0};
+    if (maps == NULL) {
+        if (nc_maps_load(&local) != 0) return -1;
+        maps = &local;
+    }
+    int rc = -1;
+    const nc_map_t *m = find_map(maps, (uintptr_t)slot);
+    if (m != NULL && (m->prot & PROT_READ)) {
+        if (m->prot & PROT_WRITE) {
+            __atomic_store_n(slot, value, __ATOMIC_RELEASE);
+            rc = 0;
+        } else {
+            /* A RELRO page: writable for one store, then back to what it was. The page
+             * stays readable throughout, so other threads calling through it are fine. */
+            uintptr_t page = (uintptr_t)slot & ~((uintptr_t)sysconf(_SC_PAGESIZE) - 1);
+            size_t span = (uintptr_t)(slot + 1) - page;
+            if (mprotect((void *)page, span, m->prot | PROT_WRITE) == 0) {
+                __atomic_store_n(slot, value, __ATOMIC_RELEASE);
+                (void)mprotect((void *)page, span, m->prot);
+                rc = 0;
+            }
+        }
+    }
+    nc_maps_free(&local);
+    return rc;
+}
+
+/* ---- dropping one allocator's records ------------------------------------------------------ */
+
+void nc_purge_allocator(int allocator) {
+    mp_enter();
+    mp_lock();
+    size_t n = mp_table_count_locked();
+    mp_live_t *live = malloc((n ? n : 1) * sizeof(mp_live_t));
+    if (live != NULL) {
+        n = mp_table_copy_locked(live, n);
+        for (size_t i = 0; i < n; i++) {
+            mp_live_t gone;
+            if (live[i].allocator != (uint32_t)allocator) continue;
+            if (mp_table_take_locked(live[i].ptr, &gone)) {
+                /* the same adjustment as mp_record_take, under the lock we already hold */
+                g_counters.current_bytes -= gone.weight * (double)gone.size;
+                if (g_counters.current_bytes < 0.5) g_counters.current_bytes = 0.0;
+            }
+        }
+        free(live);
+    }
+    mp_unlock();
+    mp_leave();
+    pthread_mutex_lock(&g_pending_lock);
+    /* Downwards: the entry that moves into a removed place was already looked at. */
+    for (int i = g_nc_pending_count - 1; i >= 0; i--)
+        if (g_pending[i].allocator == allocator)
+            pending_remove_locked(find_slot_locked(g_pending[i].ptr));
+    pthread_mutex_unlock(&g_pending_lock);
+}
+
+/* ---- entry points (mprofile.h) ------------------------------------------------------------ */
+
+void mp_capture_set_main_thread(uint64_t thread_ident) {
+    __atomic_store_n(&g_nc_main_thread, thread_ident, __ATOMIC_RELAXED);
+}
+
+void mp_capture_status(mp_capture_status_t *out) {
+    memset(out, 0, sizeof(*out));
+    const char *name = "";
+    nc_numpy_status(&out->numpy_installed, &out->numpy_feature_version, &name);
+    snprintf(out->numpy_handler, sizeof(out->numpy_handler), "%s", name);
+    nc_native_status_t ns;
+    nc_native_status(&ns);
+    out->native_supported = ns.supported;
+    out->native_installed = ns.installed;
+    out->native_objects = ns.objects;
+    out->native_python_objects = ns.python_objects;
+    out->native_slots = ns.slots;
+    out->native_failures = ns.failures;
+    out->native_scans = ns.scans;
+    out->deferred = __atomic_load_n(&g_nc_deferred, __ATOMIC_RELAXED);
+    out->deferred_nostack = __atomic_load_n(&g_nc_deferred_nostack, __ATOMIC_RELAXED);
+    out->pending = (uint64_t)__atomic_load_n(&g_nc_pending_count, __ATOMIC_RELAXED);
+}

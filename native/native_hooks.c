@@ -1,0 +1,713 @@
+/* native_hooks.c: native mode, the malloc/mmap family called by extension libraries.
+ *
+ * How: every loaded shared object calls libc's allocator through its own import slots
+ * (the GOT entries that the dynamic linker filled for R_*_JUMP_SLOT and R_*_GLOB_DAT
+ * relocations). Native mode rewrites those slots, for the functions in g_hooks, to point
+ * at wrappers that call the real function and then ask the sampler (mp_should_sample, the
+ * same per-thread byte countdown as the PyMem hooks) whether the block is a sample.
+ * Nothing is rewritten in the code itself, and the process keeps running throughout.
+ *
+ * Which objects (classify()):
+ *  - extension libraries (everything below): all the hooks, so their malloc, calloc,
+ *    realloc, reallocarray, free, posix_memalign, aligned_alloc, memalign, valloc,
+ *    pvalloc, anonymous mmap, munmap, mremap, and dlopen are seen. C++'s operator new
+ *    lives in libstdc++, which is patched too, so `new` in a C++ extension is seen.
+ *  - the interpreter (the executable and libpython): only free/realloc (to forget a block
+ *    a library allocated and the interpreter frees) and dlopen (imports load extension
+ *    modules through it). Its allocations already go through PyMem and the PyMem hooks;
+ *    hooking its malloc would count them twice.
+ *  - never patched: libc and the dynamic loader (their internal calls do not go through
+ *    a GOT anyway), the vDSO, this module (its tables use libc directly), a malloc
+ *    replacement loaded with LD_PRELOAD (the object that defines the malloc everyone
+ *    gets), and references to a function an object defines itself.
+ *
+ * Libraries loaded later are patched when they are loaded: dlopen is hooked and, once it
+ * returns, objects the loader added since the last scan are patched (dl_iterate_phdr's
+ * add/sub counters say whether anything changed). Python's imports call dlopen from
+ * libpython, so every extension module and its dependencies are covered.
+ *
+ * dlopen and the caller's search path: glibc searches a bare library name in the calling
+ * object's RPATH/RUNPATH, and finds the caller from the return address. From inside our
+ * hook the caller would be this module, so for a bare name the hook first asks whether it
+ * is already loaded (RTLD_NOLOAD), then searches the original caller's own directories
+ * (dlinfo RTLD_DI_SERINFO on the caller's link map) and opens the file found by its path;
+ * the system directories and ld.so.cache are left to dlopen itself.
+ *
+ * Safety. Slots are written with one aligned pointer store; a read-only (RELRO) page is
+ * made writable for that store and put back (nc_write_pointer). Patching runs inside
+ * dl_iterate_phdr's callback, which holds the loader's lock, so no object can be unloaded
+ * under us. Uninstall puts back the value each slot had, where the slot still holds our
+ * hook. The wrappers stay valid forever (this module is never unloaded): a function
+ * pointer someone copied from a patched slot keeps working, and after uninstall it only
+ * passes through. Every wrapper calls the real function inside the reentrancy guard, so an
+ * allocator that calls mmap through its own patched slot is not counted twice, and NumPy's
+ * handler (which holds the guard) is not counted again here.
+ */
+#include "native_capture.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__linux__) && defined(__GLIBC__) && (defined(__x86_64__) || defined(__aarch64__))
+#  define NC_SUPPORTED 1
+#else
+#  define NC_SUPPORTED 0   /* elsewhere: entry points report "unsupported", nothing else */
+#endif
+
+static int g_native_on = 0;            /* wrappers sample; relaxed reads */
+
+#if NC_SUPPORTED
+
+#include <dlfcn.h>
+#include <elf.h>
+#include <link.h>
+#include <malloc.h>
+#include <stdarg.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#if defined(__x86_64__)
+#  define NC_R_JUMP_SLOT R_X86_64_JUMP_SLOT
+#  define NC_R_GLOB_DAT R_X86_64_GLOB_DAT
+#else
+#  define NC_R_JUMP_SLOT R_AARCH64_JUMP_SLOT
+#  define NC_R_GLOB_DAT R_AARCH64_GLOB_DAT
+#endif
+#define NC_R_TYPE(info) ELF64_R_TYPE(info)
+#define NC_R_SYM(info) ELF64_R_SYM(info)
+
+static inline int native_sampling(void) {
+    return __atomic_load_n(&g_native_on, __ATOMIC_RELAXED);
+}
+
+/* ---- the wrappers ------------------------------------------------------------------------- */
+
+static inline void sample(void *p, size_t size) {
+    if (native_sampling() && mp_should_sample(size)) nc_record(p, size, MP_ALLOC_NATIVE);
+}
+
+static void *h_malloc(size_t size) {
+    mp_enter();
+    void *p = malloc(size);
+    mp_leave();
+    if (p != NULL) sample(p, size);
+    return p;
+}
+
+static void *h_calloc(size_t nelem, size_t elsize) {
+    size_t size;
+    if (__builtin_mul_overflow(nelem, elsize, &size)) size = SIZE_MAX;
+    mp_enter();
+    void *p = calloc(nelem, elsize);
+    mp_leave();
+    if (p != NULL) sample(p, size);
+    return p;
+}
+
+/* A realloc is the free of the old block and an allocation of `size` bytes, as in the
+ * PyMem hooks: the old record goes before the call (after it, the address may already be
+ * another thread's), and comes back if the call fails. */
+static void *h_realloc(void *ptr, size_t size) {
+    mp_live_t saved;
+    int had = nc_take(ptr, &saved);
+    mp_enter();
+    void *p = realloc(ptr, size);
+    mp_leave();
+    if (p == NULL) {
+        /* realloc(p, 0) freed p; any other failure left it alive. */
+        if (had && size != 0) mp_record_restore(&saved);
+        return NULL;
+    }
+    sample(p, size);
+    return p;
+}
+
+static void *h_reallocarray(void *ptr, size_t nelem, size_t elsize) {
+    size_t size;
+    if (__builtin_mul_overflow(nelem, elsize, &size)) {
+        return reallocarray(ptr, nelem, elsize);   /* fails with ENOMEM, ptr untouched */
+    }
+    return h_realloc(ptr, size);
+}
+
+static void h_free(void *ptr) {
+    nc_forget(ptr);
+    free(ptr);
+}
+
+static int h_posix_memalign(void **out, size_t align, size_t size) {
+    mp_enter();
+    int rc = posix_memalign(out, align, size);
+    mp_leave();
+    if (rc == 0 && *out != NULL) sample(*out, size);
+    return rc;
+}
+
+static void *h_aligned_alloc(size_t align, size_t size) {
+    mp_enter();
+    void *p = aligned_alloc(align, size);
+    mp_leave();
+    if (p != NULL) sample(p, size);
+    return p;
+}
+
+static void *h_memalign(size_t align, size_t size) {
+    mp_enter();
+    void *p = memalign(align, size);
+    mp_leave();
+    if (p != NULL) sample(p, size);
+    return p;
+}
+
+static void *h_valloc(size_t size) {
+    mp_enter();
+    void *p = valloc(size);
+    mp_leave();
+    if (p != NULL) sample(p, size);
+    return p;
+}
+
+static void *h_pvalloc(size_t size) {
+    mp_enter();
+    void *p = pvalloc(size);
+    mp_leave();
+    if (p != NULL) sample(p, size);
+    return p;
+}
+
+static size_t page_round(size_t n) {
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    return n > SIZE_MAX - page ? SIZE_MAX : (n + page - 1) & ~(page - 1);
+}
+
+/* Anonymous memory that can be used (not PROT_NONE address space reserved for later, not
+ * MAP_NORESERVE arenas) is an allocation; file mappings are page cache, not counted. */
+static void *h_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off) {
+    mp_enter();
+    void *p = mmap(addr, len, prot, flags, fd, off);
+    mp_leave();
+    if (p == MAP_FAILED) return p;
+    if (flags & MAP_FIXED) nc_forget(p);        /* replaced whatever was mapped there */
+    if ((flags & MAP_ANONYMOUS) && prot != PROT_NONE && !(flags & MAP_NORESERVE)) sample(p, len);
+    return p;
+}
+
+/* munmap of a sampled region from its start: the record goes, or shrinks to the part
+ * still mapped. An unmap that starts inside a region is not seen (the region stays
+ * reported until its start is unmapped). */
+static int h_munmap(void *addr, size_t len) {
+    mp_live_t saved;
+    int had = nc_take(addr, &saved);
+    int rc = munmap(addr, len);
+    if (had) {
+        size_t gone = page_round(len);
+        if (rc != 0) {
+            mp_record_restore(&saved);
+        } else if (gone < page_round((size_t)saved.size)) {
+            saved.ptr += gone;
+            saved.size -= gone;
+            mp_record_restore(&saved);
+        }
+    }
+    return rc;
+}
+
+/* mremap: like realloc for a sampled region; a region we never sampled may be a file
+ * mapping, so its new size is not sampled either. */
+static void *h_mremap(void *old, size_t old_size, size_t new_size, int flags, ...) {
+    void *new_address = NULL;
+    if (flags & MREMAP_FIXED) {
+        va_list ap;
+        va_start(ap, flags);
+        new_address = va_arg(ap, void *);
+        va_end(ap);
+    }
+    mp_live_t saved;
+    int had = nc_take(old, &saved);
+    mp_enter();
+    void *p = (flags & MREMAP_FIXED) ? mremap(old, old_size, new_size, flags, new_address)
+                                     : mremap(old, old_size, new_size, flags);
+    mp_leave();
+    if (p == MAP_FAILED) {
+        if (had) mp_record_restore(&saved);
+        return p;
+    }
+    if (had) sample(p, new_size);
+    return p;
+}
+
+/* The interpreter's own free/realloc: only forget blocks a library allocated. */
+static void py_free(void *ptr) {
+    nc_forget(ptr);
+    free(ptr);
+}
+
+static void *py_realloc(void *ptr, size_t size) {
+    mp_live_t saved;
+    int had = nc_take(ptr, &saved);
+    void *p = realloc(ptr, size);
+    if (p == NULL && had && size != 0) mp_record_restore(&saved);
+    return p;
+}
+
+static void *h_dlopen(const char *file, int mode);
+
+/* The hooked functions, declared once for patching, restoring and the status report. */
+typedef struct {
+    const char *name;
+    void *library;   /* wrapper used in extension libraries */
+    void *python;    /* wrapper used in the interpreter's objects, NULL: left alone */
+    void *real;      /* put back when a slot's original value is unknown */
+} nc_hook_t;
+
+static const nc_hook_t g_hooks[] = {
+    {"malloc", (void *)h_malloc, NULL, (void *)malloc},
+    {"calloc", (void *)h_calloc, NULL, (void *)calloc},
+    {"realloc", (void *)h_realloc, (void *)py_realloc, (void *)realloc},
+    {"reallocarray", (void *)h_reallocarray, NULL, (void *)reallocarray},
+    {"free", (void *)h_free, (void *)py_free, (void *)free},
+    {"posix_memalign", (void *)h_posix_memalign, NULL, (void *)posix_memalign},
+    {"aligned_alloc", (void *)h_aligned_alloc, NULL, (void *)aligned_alloc},
+    {"memalign", (void *)h_memalign, NULL, (void *)memalign},
+    {"valloc", (void *)h_valloc, NULL, (void *)valloc},
+    {"pvalloc", (void *)h_pvalloc, NULL, (void *)pvalloc},
+    {"mmap", (void *)h_mmap, NULL, (void *)mmap},
+    {"mmap64", (void *)h_mmap, NULL, (void *)mmap},
+    {"munmap", (void *)h_munmap, NULL, (void *)munmap},
+    {"mremap", (void *)h_mremap, NULL, (void *)mremap},
+    {"dlopen", (void *)h_dlopen, (void *)h_dlopen, (void *)dlopen},
+};
+#define NC_NHOOKS (sizeof(g_hooks) / sizeof(g_hooks[0]))
+
+static const nc_hook_t *find_hook(const char *name) {
+    for (size_t i = 0; i < NC_NHOOKS; i++)
+        if (name[0] == g_hooks[i].name[0] && strcmp(name, g_hooks[i].name) == 0)
+            return &g_hooks[i];
+    return NULL;
+}
+
+static int is_our_wrapper(const nc_hook_t *h, void *value) {
+    return value != NULL && (value == h->library || value == h->python);
+}
+
+/* ---- patching ------------------------------------------------------------------------------ */
+
+static pthread_mutex_t g_patch_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* Everything below is protected by g_patch_lock. */
+static int g_installed = 0;
+static unsigned long long g_seen_adds = 0, g_seen_subs = 0;
+static uint64_t g_scans = 0, g_failures = 0;
+
+/* Original slot values: open addressing on the slot address. */
+typedef struct {
+    void **slot;
+    void *orig;
+} nc_saved_t;
+static nc_saved_t *g_saved = NULL;
+static size_t g_saved_cap = 0, g_saved_n = 0;
+
+/* Objects already patched, so a rescan only parses new ones. `witness` is one slot we
+ * wrote: if it no longer holds our wrapper, the object at that address was replaced. */
+typedef struct {
+    uintptr_t base;
+    const void *phdr;
+    uint64_t name_hash;
+    void **witness;
+    void *witness_value;
+    int python;
+    uint64_t slots;
+} nc_object_t;
+static nc_object_t *g_objects = NULL;
+static size_t g_objects_n = 0, g_objects_cap = 0;
+
+static size_t saved_index(void **slot, size_t cap) {
+    uint64_t h = ((uint64_t)(uintptr_t)slot >> 3) * 0x9E3779B97F4A7C15ull;
+    return (size_t)(h >> 20) & (cap - 1);
+}
+
+static int saved_put(void **slot, void *orig) {
+    if ((g_saved_n + 1) * 2 > g_saved_cap) {
+        size_t ncap = g_saved_cap ? g_saved_cap * 2 : 1024;
+        nc_saved_t *ns = calloc(ncap, sizeof(nc_saved_t));
+        if (ns == NULL) return -1;
+        for (size_t i = 0; i < g_saved_cap; i++) {
+            if (g_saved[i].slot == NULL) continue;
+            size_t j = saved_index(g_saved[i].slot, ncap);
+            while (ns[j].slot != NULL) j = (j + 1) & (ncap - 1);
+            ns[j] = g_saved[i];
+        }
+        free(g_saved);
+        g_saved = ns;
+        g_saved_cap = ncap;
+    }
+    size_t i = saved_index(slot, g_saved_cap);
+    while (g_saved[i].slot != NULL && g_saved[i].slot != slot) i = (i + 1) & (g_saved_cap - 1);
+    if (g_saved[i].slot == NULL) g_saved_n++;
+    g_saved[i].slot = slot;
+    g_saved[i].orig = orig;
+    return 0;
+}
+
+static void *saved_get(void **slot) {
+    if (g_saved_cap == 0) return NULL;
+    size_t i = saved_index(slot, g_saved_cap);
+    while (g_saved[i].slot != NULL) {
+        if (g_saved[i].slot == slot) return g_saved[i].orig;
+        i = (i + 1) & (g_saved_cap - 1);
+    }
+    return NULL;
+}
+
+static nc_object_t *find_object(uintptr_t base, const void *phdr) {
+    for (size_t i = 0; i < g_objects_n; i++)
+        if (g_objects[i].base == base && g_objects[i].phdr == phdr) return &g_objects[i];
+    return NULL;
+}
+
+enum { OBJ_SKIP = 0, OBJ_LIBRARY = 1, OBJ_PYTHON = 2 };
+
+static const char *base_name(const char *path) {
+    const char *slash = strrchr(path, '/');
+    return slash ? slash + 1 : path;
+}
+
+static int starts_with(const char *s, const char *prefix) {
+    return strncmp(s, prefix, strlen(prefix)) == 0;
+}
+
+static int classify(const char *name, const char *self, const char *allocator) {
+    if (self != NULL && strcmp(name, self) == 0) return OBJ_SKIP;
+    if (allocator != NULL && strcmp(name, allocator) == 0) return OBJ_SKIP;
+    if (name[0] == '\0') return OBJ_PYTHON;                 /* the executable */
+    const char *b = base_name(name);
+    if (starts_with(b, "linux-vdso") || starts_with(b, "linux-gate") ||
+        starts_with(b, "libc.so") || starts_with(b, "ld-linux") || starts_with(b, "ld-musl") ||
+        starts_with(b, "libc.musl"))
+        return OBJ_SKIP;
+    if (starts_with(b, "libpython")) return OBJ_PYTHON;
+    return OBJ_LIBRARY;
+}
+
+static uint64_t hash_name(const char *name) {
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (; *name; name++) h = (h ^ (unsigned char)*name) * 0x100000001b3ull;
+    return h;
+}
+
+/* Is `addr` inside one of the object's loaded segments? (An object unloaded and replaced
+ * by another at the same address must not make us read past the new one's end.) */
+static int in_object(const struct dl_phdr_info *info, uintptr_t addr) {
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        uintptr_t start = (uintptr_t)info->dlpi_addr + ph->p_vaddr;
+        if (ph->p_type == PT_LOAD && addr >= start && addr + sizeof(void *) <= start + ph->p_memsz)
+            return 1;
+    }
+    return 0;
+}
+
+typedef struct {
+    int restore;               /* 0: patch; 1: put the original values back */
+    const char *self;          /* this module's file name */
+    const char *allocator;     /* the object whose malloc everyone gets (LD_PRELOAD) */
+    nc_maps_t maps;
+    int maps_loaded;
+    unsigned long long adds, subs;
+} nc_scan_t;
+
+/* Patch (or restore) one object's relocations of one table. Returns slots touched. */
+static uint64_t process_relocs(nc_scan_t *s, uintptr_t base, const ElfW(Rela) *rel,
+                               size_t count, const ElfW(Sym) *symtab, const char *strtab,
+                               int kind, void ***witness, void **witness_value) {
+    uint64_t touched = 0;
+    for (size_t i = 0; i < count; i++) {
+        unsigned long type = NC_R_TYPE(rel[i].r_info);
+        if (type != NC_R_JUMP_SLOT && type != NC_R_GLOB_DAT) continue;
+        unsigned long symi = NC_R_SYM(rel[i].r_info);
+        if (symi == 0) continue;
+        const ElfW(Sym) *sym = &symtab[symi];
+        if (sym->st_shndx != SHN_UNDEF) continue;    /* the object's own definition */
+        const nc_hook_t *h = find_hook(strtab + sym->st_name);
+        if (h == NULL) continue;
+        void **slot = (void **)(base + rel[i].r_offset);
+        void *cur = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
+        if (!s->maps_loaded) {
+            if (nc_maps_load(&s->maps) != 0) {
+                g_failures++;
+                return touched;
+            }
+            s->maps_loaded = 1;
+        }
+        if (s->restore) {
+            if (!is_our_wrapper(h, cur)) continue;
+            void *orig = saved_get(slot);
+            if (orig == NULL || is_our_wrapper(h, orig)) orig = h->real;
+            if (nc_write_pointer(&s->maps, slot, orig) != 0) g_failures++;
+            else touched++;
+            continue;
+        }
+        void *want = kind == OBJ_PYTHON ? h->python : h->library;
+        if (want == NULL) continue;
+        if (cur != want) {
+            if (is_our_wrapper(h, cur) || saved_put(slot, cur) != 0 ||
+                nc_write_pointer(&s->maps, slot, want) != 0) {
+                g_failures++;
+                continue;
+            }
+        }
+        touched++;
+        if (*witness == NULL) {
+            *witness = slot;
+            *witness_value = want;
+        }
+    }
+    return touched;
+}
+
+static uintptr_t dyn_ptr(uintptr_t base, uintptr_t value) {
+    /* glibc stores the relocated address in most objects' dynamic sections; the vDSO and
+     * a few others keep the link-time one. */
+    return value < base ? value + base : value;
+}
+
+static int scan_object(struct dl_phdr_info *info, size_t size, void *arg) {
+    nc_scan_t *s = arg;
+    if (size >= offsetof(struct dl_phdr_info, dlpi_subs) + sizeof(info->dlpi_subs)) {
+        s->adds = info->dlpi_adds;
+        s->subs = info->dlpi_subs;
+    }
+    const char *name = info->dlpi_name ? info->dlpi_name : "";
+    int kind = classify(name, s->self, s->allocator);
+    if (kind == OBJ_SKIP) return 0;
+    uintptr_t base = (uintptr_t)info->dlpi_addr;
+    uint64_t name_hash = hash_name(name);
+    nc_object_t *known = find_object(base, info->dlpi_phdr);
+    if (!s->restore && known != NULL && known->name_hash == name_hash &&
+        (known->witness == NULL ||
+         (in_object(info, (uintptr_t)known->witness) &&
+          __atomic_load_n(known->witness, __ATOMIC_RELAXED) == known->witness_value)))
+        return 0;                                   /* patched already */
+    const ElfW(Dyn) *dyn = NULL;
+    for (int i = 0; i < info->dlpi_phnum; i++)
+        if (info->dlpi_phdr[i].p_type == PT_DYNAMIC)
+            dyn = (const ElfW(Dyn) *)(base + info->dlpi_phdr[i].p_vaddr);
+    if (dyn == NULL) return 0;
+    const ElfW(Sym) *symtab = NULL;
+    const char *strtab = NULL;
+    const ElfW(Rela) *jmprel = NULL, *rela = NULL;
+    size_t pltrelsz = 0, relasz = 0, relaent = sizeof(ElfW(Rela));
+    int pltrel_is_rela = 1;
+    for (; dyn->d_tag != DT_NULL; dyn++) {
+        switch (dyn->d_tag) {
+        case DT_SYMTAB: symtab = (const ElfW(Sym) *)dyn_ptr(base, dyn->d_un.d_ptr); break;
+        case DT_STRTAB: strtab = (const char *)dyn_ptr(base, dyn->d_un.d_ptr); break;
+        case DT_JMPREL: jmprel = (const ElfW(Rela) *)dyn_ptr(base, dyn->d_un.d_ptr); break;
+        case DT_PLTRELSZ: pltrelsz = dyn->d_un.d_val; break;
+        case DT_PLTREL: pltrel_is_rela = dyn->d_un.d_val == DT_RELA; break;
+        case DT_RELA: rela = (const ElfW(Rela) *)dyn_ptr(base, dyn->d_un.d_ptr); break;
+        case DT_RELASZ: relasz = dyn->d_un.d_val; break;
+        case DT_RELAENT: relaent = dyn->d_un.d_val; break;
+        default: break;
+        }
+    }
+    if (symtab == NULL || strtab == NULL || relaent != sizeof(ElfW(Rela)) || !pltrel_is_rela)
+        return 0;
+    void **witness = NULL;
+    void *witness_value = NULL;
+    uint64_t touched = 0;
+    if (jmprel != NULL)
+        touched += process_relocs(s, base, jmprel, pltrelsz / sizeof(ElfW(Rela)), symtab,
+                                  strtab, kind, &witness, &witness_value);
+    if (rela != NULL)
+        touched += process_relocs(s, base, rela, relasz / sizeof(ElfW(Rela)), symtab, strtab,
+                                  kind, &witness, &witness_value);
+    if (s->restore) return 0;
+    if (known == NULL) {
+        if (g_objects_n == g_objects_cap) {
+            size_t ncap = g_objects_cap ? g_objects_cap * 2 : 256;
+            nc_object_t *no = realloc(g_objects, ncap * sizeof(nc_object_t));
+            if (no == NULL) return 0;
+            g_objects = no;
+            g_objects_cap = ncap;
+        }
+        known = &g_objects[g_objects_n++];
+    }
+    *known = (nc_object_t){base, info->dlpi_phdr, name_hash, witness, witness_value,
+                           kind == OBJ_PYTHON, touched};
+    return 0;
+}
+
+static const char *object_of(const void *addr) {
+    Dl_info info;
+    if (dladdr(addr, &info) == 0 || info.dli_fname == NULL) return NULL;
+    return info.dli_fname;
+}
+
+/* g_patch_lock held. */
+static void scan_locked(int restore) {
+    nc_scan_t s;
+    memset(&s, 0, sizeof(s));
+    s.restore = restore;
+    s.self = object_of((const void *)h_malloc);
+    /* A malloc replacement loaded first (LD_PRELOAD jemalloc/tcmalloc/mimalloc) is an
+     * allocator, not a client: its own mmap calls carve arenas for blocks that are already
+     * counted where they were asked for. libc is skipped by name anyway. */
+    s.allocator = object_of((const void *)malloc);
+    dl_iterate_phdr(scan_object, &s);
+    if (s.maps_loaded) nc_maps_free(&s.maps);
+    g_seen_adds = s.adds;
+    g_seen_subs = s.subs;
+    g_scans++;
+}
+
+static int read_counters(struct dl_phdr_info *info, size_t size, void *arg) {
+    unsigned long long *c = arg;
+    if (size >= offsetof(struct dl_phdr_info, dlpi_subs) + sizeof(info->dlpi_subs)) {
+        c[0] = info->dlpi_adds;
+        c[1] = info->dlpi_subs;
+    } else {
+        c[0] = c[1] = ~0ull;    /* unknown: always rescan */
+    }
+    return 1;                   /* the first object is enough */
+}
+
+/* Patch objects loaded since the last scan. */
+static void rescan_if_changed(void) {
+    pthread_mutex_lock(&g_patch_lock);
+    if (g_installed) {
+        unsigned long long c[2] = {0, 0};
+        dl_iterate_phdr(read_counters, c);
+        if (c[0] != g_seen_adds || c[1] != g_seen_subs || c[0] == ~0ull) scan_locked(0);
+    }
+    pthread_mutex_unlock(&g_patch_lock);
+}
+
+/* dlopen of a bare name as the original caller would: see the file comment. */
+static void *dlopen_as(const char *file, int mode, const void *caller) {
+    void *h = dlopen(file, mode | RTLD_NOLOAD);       /* already loaded: no search at all */
+    if (h != NULL) return h;
+    Dl_info info;
+    struct link_map *lm = NULL;
+    if (dladdr1(caller, &info, (void **)&lm, RTLD_DL_LINKMAP) != 0 && lm != NULL) {
+        Dl_serinfo size;
+        if (dlinfo(lm, RTLD_DI_SERINFOSIZE, &size) == 0 && size.dls_size > 0) {
+            Dl_serinfo *si = malloc(size.dls_size);
+            if (si != NULL) {
+                si->dls_size = size.dls_size;
+                si->dls_cnt = size.dls_cnt;
+                if (dlinfo(lm, RTLD_DI_SERINFO, si) == 0) {
+                    size_t flen = strlen(file);
+                    for (unsigned int i = 0; i < si->dls_cnt && h == NULL; i++) {
+                        const Dl_serpath *sp = &si->dls_serpath[i];
+                        if (sp->dls_flags & LA_SER_DEFAULT) continue;   /* left to dlopen */
+                        size_t dlen = strlen(sp->dls_name);
+                        char *path = malloc(dlen + flen + 2);
+                        if (path == NULL) continue;
+                        memcpy(path, sp->dls_name, dlen);
+                        path[dlen] = '/';
+                        memcpy(path + dlen + 1, file, flen + 1);
+                        if (access(path, F_OK) == 0) h = dlopen(path, mode);
+                        free(path);
+                    }
+                }
+                free(si);
+            }
+        }
+    }
+    return h != NULL ? h : dlopen(file, mode);
+}
+
+/* fork(): a child must not inherit g_patch_lock held by a thread that is gone. */
+static void patch_atfork_prepare(void) { pthread_mutex_lock(&g_patch_lock); }
+static void patch_atfork_release(void) { pthread_mutex_unlock(&g_patch_lock); }
+
+__attribute__((constructor)) static void register_patch_atfork(void) {
+    pthread_atfork(patch_atfork_prepare, patch_atfork_release, patch_atfork_release);
+}
+
+static void *h_dlopen(const char *file, int mode) {
+    const void *caller = __builtin_return_address(0);
+    void *h = (file == NULL || strchr(file, '/') != NULL) ? dlopen(file, mode)
+                                                          : dlopen_as(file, mode, caller);
+    if (h != NULL) rescan_if_changed();
+    return h;
+}
+
+#endif  /* NC_SUPPORTED */
+
+/* ---- entry points ------------------------------------------------------------------------- */
+
+int mp_native_install(void) {
+#if NC_SUPPORTED
+    pthread_mutex_lock(&g_patch_lock);
+    __atomic_store_n(&g_native_on, 1, __ATOMIC_RELAXED);
+    g_installed = 1;
+    scan_locked(0);
+    pthread_mutex_unlock(&g_patch_lock);
+    return 0;
+#else
+    mp_set_error("native mode needs Linux with glibc on x86-64 or aarch64");
+    return -1;
+#endif
+}
+
+int mp_native_rescan(void) {
+#if NC_SUPPORTED
+    rescan_if_changed();
+#endif
+    return 0;
+}
+
+int mp_native_uninstall(void) {
+    __atomic_store_n(&g_native_on, 0, __ATOMIC_RELAXED);
+#if NC_SUPPORTED
+    pthread_mutex_lock(&g_patch_lock);
+    if (g_installed) {
+        scan_locked(1);
+        g_installed = 0;
+        free(g_saved);
+        g_saved = NULL;
+        g_saved_cap = g_saved_n = 0;
+        free(g_objects);
+        g_objects = NULL;
+        g_objects_n = g_objects_cap = 0;
+    }
+    pthread_mutex_unlock(&g_patch_lock);
+#endif
+    nc_purge_allocator(MP_ALLOC_NATIVE);
+    return 0;
+}
+
+void nc_native_status(nc_native_status_t *out) {
+    memset(out, 0, sizeof(*out));
+    out->supported = NC_SUPPORTED;
+#if NC_SUPPORTED
+    pthread_mutex_lock(&g_patch_lock);
+    out->installed = g_installed;
+    for (size_t i = 0; i < g_objects_n; i++) {
+        if (g_objects[i].slots == 0) continue;
+        if (g_objects[i].python) out->python_objects++;
+        else out->objects++;
+        out->slots += g_objects[i].slots;
+    }
+    out->failures = g_failures;
+    out->scans = g_scans;
+    pthread_mutex_unlock(&g_patch_lock);
+#endif
+}
+
+/* ---- test entry points ------------------------------------------------------------------- */
+
+/* The wrapper native mode would put in a slot for `name`, NULL if none: lets the tests
+ * check that a library's slot really points at it. */
+void *mp_native_hook_address(const char *name) {
+#if NC_SUPPORTED
+    const nc_hook_t *h = find_hook(name);
+    return h ? h->library : NULL;
+#else
+    (void)name;
+    return NULL;
+#endif
+}
