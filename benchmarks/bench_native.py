@@ -1,7 +1,7 @@
 """Overhead of native mode against the default mode and no profiler.
 
-Three configurations: ``none`` (no profiler), ``default`` (``mprofile_ipy.start()`` with the
-NumPy capture, ``native_capture.install(False)``) and ``native`` (``install(True)``: the
+Three configurations: ``none`` (no profiler), ``default`` (``mprofile_ipy.start()``, which
+includes the NumPy capture) and ``native`` (``start(native=True)``: the
 malloc/mmap family of every extension library sampled too). Workloads: two of the core
 benchmarks of ``overhead.py`` (small-object churn, mixed Python work) and NumPy, pandas and,
 when pyarrow is installed, Arrow-backed pandas work. Configurations alternate round by round
@@ -142,18 +142,15 @@ def missing(workload: Workload) -> list[str]:
 
 
 def start_default() -> None:
-    mp.start()
-    native_capture.install(False)
+    mp.start()  # the NumPy capture is part of the default mode
 
 
 def start_native() -> None:
-    mp.start()
-    native_capture.install(True)
+    mp.start(native=True)
 
 
 def stop_profiler() -> None:
-    native_capture.uninstall()
-    mp.stop()
+    mp.stop()  # uninstalls the captures too
 
 
 CONFIGS: dict[str, tuple[Callable[[], None], Callable[[], None]]] = {

@@ -90,6 +90,47 @@ def test_estimate_of_many_small_objects(ip):
     del ip.user_ns["keep"]
 
 
+def test_numpy_array_in_a_cell_is_found_at_its_line(ip):
+    pytest.importorskip("numpy")
+    # 40 MB of float64 made by the cell's line 3: NumPy's data, not a Python object
+    number, result, _ = run(ip, "%%mprofile -o res -v none\n"
+                                "import numpy as np\n"
+                                "arr = np.ones(5_000_000)\n")
+    assert result.success, result.error_in_exec
+    site = ip.user_ns["res"].sites()[0]
+    assert (site.frame.file, site.frame.line) == (f"In [{number}]", 3)
+    assert site.size == pytest.approx(40e6, rel=0.01)
+    del ip.user_ns["arr"]
+
+
+def test_native_option_sees_a_native_library(ip):
+    from mprofile_ipy import native_capture
+    from mprofile_ipy.model import NATIVE_DOMAIN, DomainFilter
+
+    if not native_capture.status()["native"]["supported"]:
+        pytest.skip("native mode needs Linux/glibc on x86-64 or aarch64")
+    # SQLite's page cache is malloc'ed by libsqlite3, which no PyMem hook sees: ~30 MB
+    cell = ("%%mprofile --native -o res -v none\n"
+            "import sqlite3\n"
+            "con = sqlite3.connect(':memory:')\n"
+            "con.execute('create table t(x)')\n"
+            "con.executemany('insert into t values (randomblob(10000))', [()] * 3000)\n")
+    number, result, _ = run(ip, cell)
+    assert result.success, result.error_in_exec
+    snapshot = ip.user_ns["res"].snapshot
+    native = snapshot.filter_traces([DomainFilter(True, NATIVE_DOMAIN)])
+    top = native.statistics("lineno")[0]
+    assert top.traceback[0].lineno == 5
+    assert 25e6 < top.size < 45e6
+    # native mode ends with the cell: every slot is back
+    assert not native_capture.status()["native"]["enabled"]
+    # without --native the same library is invisible
+    run(ip, cell.replace("--native ", ""))
+    plain = ip.user_ns["res"].snapshot.filter_traces([DomainFilter(True, NATIVE_DOMAIN)])
+    assert plain.statistics("lineno") == []
+    ip.user_ns["con"].close()
+
+
 def test_exception_propagates_after_the_report(ip):
     number, result, out = run(ip, "%%mprofile -v text\nkept = bytearray(2 * 2**20)\n1 / 0\n")
     assert isinstance(result.error_in_exec, ZeroDivisionError)
