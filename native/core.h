@@ -73,6 +73,30 @@ static inline int mp_should_sample_t(mp_tls_t *t, size_t size) {
 }
 
 static inline int mp_should_sample(size_t size) { return mp_should_sample_t(&t_state, size); }
+
+/* The PyMem hooks' fast path, decided *before* calling the wrapped allocator so that the
+ * hook can end in a tail call (no stack frame, no saved registers): true when this
+ * allocation certainly is not a sample, and then its bytes are already charged to the
+ * countdown. It skips the busy/enabled/exact checks of mp_should_sample_t on purpose:
+ *  - exact mode keeps the countdown at 0 (mp_sample_slow never draws a gap), and a
+ *    restart bumps g_generation, so neither can take this path by mistake;
+ *  - a busy thread (the profiler's own work) may charge its bytes to the countdown: the
+ *    gap is exponential, hence memoryless, so the user's bytes still see sample points
+ *    at the same rate, and a point that falls inside busy work is dropped by the slow
+ *    path, which draws a fresh gap;
+ *  - with sampling off, the only hooks still called are pass-through layers, whose slow
+ *    path checks their `active` flag.
+ * The countdown is never negative, so comparing it as unsigned with a size_t is exact for
+ * every size, 64-bit ones included. */
+static inline int mp_fast_skip(size_t size) {
+    mp_tls_t *t = &t_state;
+    if ((uint64_t)t->countdown > size &&
+        t->generation == __atomic_load_n(&g_generation, __ATOMIC_RELAXED)) {
+        t->countdown -= (int64_t)size;
+        return 1;
+    }
+    return 0;
+}
 uint64_t mp_thread_ident(void);
 double mp_weight(uint64_t size);                         /* 1 / P(sampled) */
 

@@ -55,7 +55,9 @@ static void reseed(mp_tls_t *t, uint64_t stream) {
     t->rng = splitmix64(g_seed ^ splitmix64(stream + 1));
     if (t->rng == 0) t->rng = 0x853c49e6748fea9bull;
     t->generation = __atomic_load_n(&g_generation, __ATOMIC_ACQUIRE);
-    t->countdown = draw_gap(t);
+    /* Exact mode: a countdown of 0 sends every allocation, 0 bytes included, past the
+     * hooks' fast path (mp_fast_skip) to the sampler. */
+    t->countdown = __atomic_load_n(&g_exact, __ATOMIC_RELAXED) ? 0 : draw_gap(t);
 }
 
 void mp_sampler_configure(int64_t rate, uint64_t seed) {
