@@ -94,3 +94,21 @@ def test_accuracy_quick(tmp_path: Path) -> None:
     first = data["rows"][0]
     assert first["shortcut_count"]["mean"] < 0.5 * first["exact_count"]
     assert "mprofile_ipy with sample_rate=1 vs tracemalloc" in text
+
+
+def test_bench_native_quick(tmp_path: Path) -> None:
+    pytest.importorskip("numpy")
+    pytest.importorskip("pandas")
+    from mprofile_ipy import native_capture
+
+    if not native_capture.status()["native"]["supported"]:
+        pytest.skip("native mode needs Linux/glibc on x86-64 or aarch64")
+    out = tmp_path / "native.json"
+    text = run_script("bench_native.py", "--quick", "--workloads", "churn,numpy,pandas",
+                      "--output", str(out))
+    rows = table_rows(text, "| workload | none s")
+    assert [row[0] for row in rows] == ["churn", "numpy", "pandas"]
+    for row in rows:
+        assert float(row[1]) > 0 and row[3].startswith("x") and row[5].startswith("x")
+    assert "native mode install:" in text and "import slots patched" in text
+    assert out.exists() and json.loads(out.read_text())
