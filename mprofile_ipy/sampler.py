@@ -108,7 +108,10 @@ def start(
             hint = f" (did you mean sample_rate={max_frames}?)"
         raise ValueError(f"max_frames must be between 1 and {MAX_FRAMES_LIMIT}, "
                          f"got {max_frames}{hint}")
-    rate = parse_size(sample_rate)
+    try:
+        rate = parse_size(sample_rate)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"sample_rate: {exc}") from None
     if rate > 2**62:
         raise ValueError(f"sample_rate is too large: {rate} bytes")
     if seed is not None:
