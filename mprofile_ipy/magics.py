@@ -14,7 +14,6 @@ Line numbers stay right: the code is compiled under a file name that IPython map
 from __future__ import annotations
 
 import ast
-import inspect
 import io
 import itertools
 import linecache
@@ -121,12 +120,10 @@ _SAMPLING = [
     argument("--seed", type=int, default=None,
              help="Seed of the sampler's random numbers, for reproducible runs."),
 ]
-# Native mode (malloc/mmap of extension libraries), when this build's sampler has it.
-NATIVE_SUPPORTED = "native" in inspect.signature(sampler.start).parameters
-if NATIVE_SUPPORTED:
-    _SAMPLING.append(argument(
-        "--native", action="store_true", default=False,
-        help="Also sample malloc/mmap made by native libraries (NumPy, Arrow, ...)."))
+_SAMPLING.append(argument(
+    "--native", action="store_true", default=False,
+    help="Also sample malloc/mmap made by native libraries (Arrow, SQLite, PyTorch, ...); "
+         "NumPy arrays are always seen. Linux/glibc only."))
 
 _VIEWING = [
     argument("-g", "--group-by", type=_group_by, default=None, metavar="KEY",
@@ -420,11 +417,8 @@ def _check_idle() -> None:
 
 def _start_sampler(opts: Options) -> None:
     """Start sampling with the options; a refusal becomes a UsageError."""
-    kwargs: dict[str, Any] = {"seed": opts.seed}
-    if opts.native:
-        kwargs["native"] = True
     try:
-        sampler.start(opts.max_frames, opts.rate, **kwargs)
+        sampler.start(opts.max_frames, opts.rate, seed=opts.seed, native=opts.native)
     except (ValueError, TypeError, RuntimeError, OSError) as exc:
         raise UsageError(f"cannot start the profiler: {exc}") from None
 

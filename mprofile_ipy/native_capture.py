@@ -160,7 +160,9 @@ def _unwire_arrow() -> None:
 def _needs_watch() -> bool:
     # "Loaded" is not enough: NumPy 2's core is in sys.modules while its init still runs
     # (and imports other modules), before its C-API table exists.
-    numpy_pending = _state["numpy_error"] is None and not _numpy_installed()
+    # (Checked at every import while watching: the cheap sys.modules test goes first.)
+    numpy_pending = _state["numpy_error"] is None and not (_numpy_loaded()
+                                                           and _numpy_installed())
     arrow_pending = _state["native"] and not _state["arrow_switched"]
     return numpy_pending or arrow_pending
 

@@ -149,11 +149,9 @@ def declare(lib):
 def native(libpaths):
     """Sampler started, native mode on, then the test library loaded (a later dlopen)."""
     gc.collect()
-    mp.start(seed=4242)
-    nc.install(True)
+    mp.start(seed=4242, native=True)
     lib = declare(ctypes.CDLL(libpaths))          # calls release the GIL
     yield lib
-    nc.uninstall()
     mp.stop()
 
 
@@ -230,10 +228,8 @@ def test_many_samples_waiting_for_the_stack(native, blocks):
     # Exact mode: every block is a sample, all made while the GIL is released, half of them
     # freed before the call returns. 3000 wait for the main thread's stack; of 5000, those
     # beyond the waiting list's 4096 places are recorded at once, without a stack.
-    nc.uninstall()
     mp.stop()
-    mp.start(sample_rate=1)
-    nc.install(True)
+    mp.start(sample_rate=1, native=True)
     st0 = nc.status()["deferred"]
     v, line = native.nt_many(blocks, 1000), here()
     snap = mp.take_snapshot()
@@ -401,8 +397,7 @@ def test_pyarrow_imported_after_start():
         import numpy as np
         import mprofile_ipy as mp
         from mprofile_ipy import native_capture as nc
-        mp.start(seed=3)
-        nc.install(True)
+        mp.start(seed=3, native=True)
         import pyarrow as pa, pyarrow.compute as pc
         x = pa.array(np.arange(12_500_000, dtype=np.int64))
         z, line = pc.multiply(x, 3), sys._getframe().f_lineno
@@ -411,7 +406,6 @@ def test_pyarrow_imported_after_start():
         size = sum(t.estimated_size for t in snap.traces
                    if t.domain == mp.NATIVE_DOMAIN and any(f.lineno == line for f in t.traceback))
         print(st["arrow"]["pool"], st["native"]["libraries"] > 5, round(size / 100e6, 2))
-        nc.uninstall()
         mp.stop()
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -65,12 +65,10 @@ def assert_close(value: float, expected: float, rel: float = 0.10) -> None:
 
 @pytest.fixture
 def profiler():
-    """The sampler at its default rate with the NumPy capture wired in, as start() does."""
+    """The sampler at its default rate; start() wires the NumPy capture in."""
     gc.collect()
     mp.start(seed=12345)
-    nc.install(False)
     yield
-    nc.uninstall()
     mp.stop()
 
 
@@ -248,7 +246,6 @@ def test_numpy_imported_after_start_is_covered():
         from mprofile_ipy import native_capture as nc
         assert "numpy" not in sys.modules
         mp.start(seed=1)
-        nc.install(False)
         assert nc.status()["numpy"]["waiting_for_import"]
         import numpy as np
         a, line = np.zeros(25_000_000), sys._getframe().f_lineno
@@ -257,7 +254,6 @@ def test_numpy_imported_after_start_is_covered():
         size = sum(t.estimated_size for t in snap.traces
                    if t.domain == mp.NUMPY_DOMAIN and t.traceback[-1].lineno == line)
         print(st["installed"], st["waiting_for_import"], round(size / a.nbytes, 2))
-        nc.uninstall()
         mp.stop()
     """)
     installed, waiting, ratio = out.split()
@@ -272,11 +268,9 @@ def test_everything_works_without_numpy():
         import mprofile_ipy as mp
         from mprofile_ipy import native_capture as nc
         mp.start(seed=1)
-        nc.install(False)
         data = [bytes(1000) for _ in range(20000)]
         st = nc.status()
         snap = mp.take_snapshot()
-        nc.uninstall()
         mp.stop()
         print(st["numpy"]["installed"], st["numpy"]["imported"], len(snap.traces) > 0)
     """)
