@@ -9,6 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from .errors import (
+    FileFormatError,
+    MemoryBudgetExceeded,
+    MprofileError,
+    PprofFormatError,
+    SnapshotFormatError,
+)
 from .model import (
     NATIVE_DOMAIN,
     NUMPY_DOMAIN,
@@ -53,10 +60,15 @@ __all__ = [
     "Allocator",
     "BaseFilter",
     "DomainFilter",
+    "FileFormatError",
     "Filter",
     "Frame",
+    "MemoryBudgetExceeded",
+    "MprofileError",
+    "PprofFormatError",
     "SamplerStats",
     "Snapshot",
+    "SnapshotFormatError",
     "Statistic",
     "StatisticDiff",
     "Trace",

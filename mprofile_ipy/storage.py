@@ -31,6 +31,7 @@ import zlib
 from operator import itemgetter
 from typing import IO, Any
 
+from .errors import SnapshotFormatError
 from .model import Snapshot
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "SnapshotFormatError", "load_snapshot",
@@ -40,10 +41,6 @@ FORMAT_NAME = "mprofile-ipy-snapshot"
 FORMAT_VERSION = 1
 
 _GZIP_MAGIC = b"\x1f\x8b"
-
-
-class SnapshotFormatError(ValueError):
-    """A file is not a snapshot this version of mprofile-ipy can read, and why."""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -53,6 +53,7 @@ from typing import IO, Any, Union
 from google.protobuf.message import DecodeError
 
 from .. import estimate
+from ..errors import PprofFormatError
 from ..model import Frame, Snapshot
 from . import profile_pb2
 
@@ -88,10 +89,6 @@ MAX_LOADED_TRACES = 20_000_000
 _MAPPING_ID = 1
 _MAPPING_NAME = "[python]"
 _DEFAULT_ALLOCATOR = 1  # MEM, as the model assumes for 4-tuple traces
-
-
-class PprofFormatError(ValueError):
-    """The input is not a readable pprof heap profile (corrupt, truncated, empty, foreign)."""
 
 
 # --------------------------------------------------------------------------- writing

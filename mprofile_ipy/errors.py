@@ -1,0 +1,38 @@
+"""The errors mprofile-ipy raises on bad input, bad files and exhausted budgets.
+
+Every error derives from :class:`MprofileError`, so ``except mprofile_ipy.MprofileError``
+catches all of them, and also from the built-in type it stands in for (``ValueError`` for
+bad files and options, ``MemoryError`` for a memory budget), so code written against the
+built-in types keeps working. This module imports nothing from the package: every layer
+may raise these.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "FileFormatError",
+    "MemoryBudgetExceeded",
+    "MprofileError",
+    "PprofFormatError",
+    "SnapshotFormatError",
+]
+
+
+class MprofileError(Exception):
+    """Base class of every error mprofile-ipy raises on purpose."""
+
+
+class FileFormatError(MprofileError, ValueError):
+    """A file cannot be read: corrupt, truncated, foreign, newer, or over a size cap."""
+
+
+class SnapshotFormatError(FileFormatError):
+    """A file is not a snapshot this version of mprofile-ipy can read, and why."""
+
+
+class PprofFormatError(FileFormatError):
+    """The input is not a readable pprof heap profile (corrupt, truncated, empty, foreign)."""
+
+
+class MemoryBudgetExceeded(MprofileError, MemoryError):
+    """The process crossed its memory budget; raised in the main thread to stop the code."""
