@@ -87,12 +87,14 @@ def scenario_nogil(seconds: float) -> str:
 
 
 def scenario_interrupt(seconds: float) -> str:
+    from mprofile_ipy._native import lib
+
     import mprofile_ipy as mp
     from mprofile_ipy import sampler
 
     # The handler raises only while `armed`, and disarms itself first: the interrupts land
     # inside the profiler's calls below, never in this loop's own bookkeeping.
-    state = {"armed": False, "interrupts": 0}
+    state = {"armed": False, "interrupts": 0, "leaks": 0}
 
     def raise_interrupt(signum: int, frame: object) -> None:
         if state["armed"]:
@@ -119,9 +121,18 @@ def scenario_interrupt(seconds: float) -> str:
             state["armed"] = False
         except KeyboardInterrupt:
             state["interrupts"] += 1
+            if lib.mp_thread_paused():   # outside every pause: nothing may be left on
+                state["leaks"] += 1
         n += 1
     signal.setitimer(signal.ITIMER_REAL, 0, 0)
     signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    if state["leaks"]:
+        raise AssertionError(f"{state['leaks']} interrupts left the thread paused")
+    if mp.is_tracing():   # still sampled without the help of a new start()
+        keep = [bytearray(100_000) for _ in range(20)]
+        if not any(b.size >= 100_000 for b in sampler.live_blocks()):
+            raise AssertionError("the thread is no longer sampled")
+        del keep
     mp.stop()
     if not _still_records(mp):
         raise AssertionError("an interrupt left the main thread silenced")

@@ -138,30 +138,16 @@ def start(
         _settings["native"] = native
 
 
-class _Paused:
-    """Context manager of :func:`paused`; one shared instance, so entering it allocates
-    nothing that a snapshot taken inside the block could see."""
-
-    __slots__ = ()
-
-    def __enter__(self) -> None:
-        lib.mp_thread_ignore(1)
-
-    def __exit__(self, *exc_info: object) -> None:
-        lib.mp_thread_ignore(0)
-
-
-_PAUSED = _Paused()
-
-
-def paused() -> _Paused:
+def paused() -> Any:
     """Don't sample the calling thread's allocations inside ``with paused():``.
 
     For tools built on the sampler: their own bookkeeping (reports, stored snapshots) is
     not the user's memory. Other threads go on being sampled; frees are still seen, so
-    nothing goes stale. Blocks nest.
+    nothing goes stale. Blocks nest. The pause begins and ends in C (it is a cffi object,
+    see ``native/sampler.c``), so an exception raised by a signal handler, such as a
+    ``KeyboardInterrupt``, cannot leave the thread paused; ``start()`` ends every pause.
     """
-    return _PAUSED
+    return native_capture.pause()
 
 
 def stop() -> None:
@@ -324,10 +310,7 @@ def take_snapshot() -> Snapshot:
     Building it is not itself sampled (the calling thread pauses sampling meanwhile), so
     the profiler's own work does not show up in later snapshots.
     """
-    # Not `with paused()`: the bound __exit__ it creates would be alive in this very
-    # snapshot. A plain call allocates nothing.
-    lib.mp_thread_ignore(1)
-    try:
+    with paused():
         if not is_tracing():
             raise RuntimeError(
                 "the profiler must be tracing to take a snapshot; call start() first"
@@ -355,8 +338,6 @@ def take_snapshot() -> Snapshot:
             allocated=allocated,
             meta=meta,
         )
-    finally:
-        lib.mp_thread_ignore(0)
 
 
 @dataclass(frozen=True)
@@ -384,8 +365,7 @@ def live_blocks() -> list[LiveBlock]:
     The profiler's own allocations while building the list are not sampled. Returns an
     empty list when the profiler is not tracing.
     """
-    lib.mp_thread_ignore(1)
-    try:
+    with paused():
         if not is_tracing():
             return []
         snap = lib.mp_snapshot_take()
@@ -401,8 +381,6 @@ def live_blocks() -> list[LiveBlock]:
                       frames=t[2])
             for addr, t in zip(addresses, traces, strict=True)
         ]
-    finally:
-        lib.mp_thread_ignore(0)
 
 
 def get_object_traceback(obj: object) -> Traceback | None:

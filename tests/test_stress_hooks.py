@@ -70,3 +70,54 @@ def test_a_layer_under_a_running_tracemalloc_stays_a_pass_through():
         print(current >= 100_000, ours >= 100_000, ours < 400_000)
         """)])
     assert out.split() == ["True", "True", "True"]
+
+
+def test_interrupts_never_leave_the_thread_paused():
+    # A SIGALRM handler raises KeyboardInterrupt every 0.2 ms around paused(),
+    # take_snapshot(), live_blocks() and start/stop (issue 15).
+    out = run([str(STRESS), "--seconds", "3", "--only", "interrupt"])
+    assert out.startswith("ok interrupt:"), out
+
+
+def test_start_ends_a_pause_that_was_never_released():
+    out = run(["-c", textwrap.dedent("""
+        import mprofile_ipy as mp
+        from mprofile_ipy import sampler
+        from mprofile_ipy._native import lib
+        mp.start(sample_rate=1)
+        held = sampler.paused()
+        held.__enter__()            # never exited (as if an exception skipped __exit__)
+        keep = [bytearray(1000) for _ in range(100)]
+        before = mp.get_traced_memory()[0]
+        depth = lib.mp_thread_paused()
+        mp.stop()
+        mp.start(sample_rate=1)
+        keep2 = [bytearray(1000) for _ in range(100)]
+        after = mp.get_traced_memory()[0]
+        print(depth, before < 50_000, after >= 100_000, lib.mp_thread_paused())
+        del held                     # an old pause, released late, changes nothing
+        print(lib.mp_thread_paused(), mp.get_traced_memory()[0] >= 100_000)
+        mp.stop()
+        """)])
+    assert out.split() == ["1", "True", "True", "0", "0", "True"]
+
+
+def test_a_pause_ends_when_its_object_is_garbage():
+    out = run(["-c", textwrap.dedent("""
+        import mprofile_ipy as mp
+        from mprofile_ipy import sampler
+        from mprofile_ipy._native import lib
+        mp.start(sample_rate=1)
+        def interrupted():
+            with sampler.paused():
+                with sampler.paused():
+                    print(lib.mp_thread_paused())
+                    raise KeyboardInterrupt
+        try:
+            interrupted()
+        except KeyboardInterrupt:
+            pass
+        print(lib.mp_thread_paused())
+        mp.stop()
+        """)])
+    assert out.split() == ["2", "0"]
