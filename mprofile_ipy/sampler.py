@@ -25,6 +25,13 @@ from .units import parse_size
 DEFAULT_SAMPLE_RATE = 128 * 1024
 DEFAULT_MAX_FRAMES = 128
 MAX_FRAMES_LIMIT: int = lib.mp_max_frames_limit()
+SUPPORTED_PYTHONS = ((3, 10), (3, 11), (3, 12), (3, 13))
+
+
+def _built_for_this_python() -> bool:
+    """The extension reads this interpreter's frame structs: built for this 3.x?"""
+    built = lib.mp_python_version_built()
+    return (built >> 24, (built >> 16) & 0xFF) == sys.version_info[:2]
 
 NO_STACK_FRAME = ("<unknown>", 0, "<no Python frame>", 0)
 
@@ -43,9 +50,8 @@ _DOMAIN_OF_ALLOCATOR = {
 }
 
 # Settings of the last start(), reported while stopped as tracemalloc does.
+# (The rate and the traceback limit are the C sampler's: see get_sample_rate().)
 _settings: dict[str, Any] = {
-    "sample_rate": DEFAULT_SAMPLE_RATE,
-    "max_frames": DEFAULT_MAX_FRAMES,
     "seed": None,
     "started_at": None,
     "native": False,
@@ -83,7 +89,7 @@ def _error() -> str:
 
 def start(
     max_frames: int = DEFAULT_MAX_FRAMES,
-    sample_rate: int | str = DEFAULT_SAMPLE_RATE,
+    sample_rate: int | str | None = None,
     *,
     seed: int | None = None,
     native: bool = False,
@@ -93,14 +99,24 @@ def start(
     ``max_frames`` limits each traceback (1..1024; tracemalloc's ``nframe``, so
     ``start(25)`` works as it does for tracemalloc). ``sample_rate`` is the mean number of
     bytes between samples (an int or a size such as ``"64KiB"``); 0 or 1 traces every
-    allocation, exactly as tracemalloc does. ``seed`` makes the sampling reproducible.
+    allocation, exactly as tracemalloc does; None means the default, 128 KiB (or, while
+    tracing, the current rate). ``seed`` makes the sampling reproducible; without it
+    every start draws fresh samples (the seed comes from the operating system).
 
     NumPy array data is always captured (domain ``NUMPY_DOMAIN``). ``native=True`` also
     samples ``malloc``/``mmap`` calls made by native extension libraries (Arrow, PyTorch,
     ...; domain ``NATIVE_DOMAIN``); it needs Linux with glibc and raises ``RuntimeError``
     elsewhere. :mod:`mprofile_ipy.native_capture` says what each mode sees and misses.
-    Calling ``start`` while tracing only changes ``max_frames`` and the native mode.
+    Calling ``start`` while tracing only changes ``max_frames`` and the native mode
+    (``start(5)`` works at any rate, as for tracemalloc; a different ``sample_rate``
+    raises ``RuntimeError``).
     """
+    if sys.version_info[:2] not in SUPPORTED_PYTHONS or not _built_for_this_python():
+        raise RuntimeError(
+            f"mprofile-ipy supports CPython 3.10 to 3.13; this is "
+            f"{sys.implementation.name} {sys.version.split()[0]}, whose frame layout its "
+            "stack walker does not know"
+        )
     max_frames = _check_int("max_frames", max_frames)
     if not 1 <= max_frames <= MAX_FRAMES_LIMIT:
         hint = ""
@@ -108,6 +124,8 @@ def start(
             hint = f" (did you mean sample_rate={max_frames}?)"
         raise ValueError(f"max_frames must be between 1 and {MAX_FRAMES_LIMIT}, "
                          f"got {max_frames}{hint}")
+    if sample_rate is None:
+        sample_rate = _stats().sample_rate if is_tracing() else DEFAULT_SAMPLE_RATE
     try:
         rate = parse_size(sample_rate)
     except (TypeError, ValueError) as exc:
@@ -118,16 +136,13 @@ def start(
         seed = _check_int("seed", seed) % 2**64
     if not isinstance(native, bool):
         raise TypeError(f"native must be True or False, not {native!r}")
-    settings = {"sample_rate": rate, "max_frames": max_frames, "seed": seed,
-                "started_at": time.time(), "native": native}
+    settings = {"seed": seed, "started_at": time.time(), "native": native}
     with _lock:
         was_tracing = is_tracing()
         if lib.mp_start(rate, max_frames, seed or 0, seed is not None) != 0:
             raise RuntimeError(_error())
-        with paused():  # the profiler's own bookkeeping is not the user's memory
-            if was_tracing:
-                _settings["max_frames"] = max_frames
-            else:
+        if not was_tracing:
+            with paused():  # the profiler's own bookkeeping is not the user's memory
                 _settings.update(settings)
         try:
             native_capture.install(native)
@@ -161,12 +176,13 @@ def stop() -> None:
 
 def is_tracing() -> bool:
     """True while the sampler is on."""
-    return bool(_stats().tracing)
+    with paused():
+        return bool(_stats().tracing)
 
 
 def clear_traces() -> None:
     """Forget the traces and counters collected so far; sampling goes on."""
-    with _lock:
+    with paused(), _lock:
         lib.mp_clear()
 
 
@@ -176,13 +192,17 @@ def reset_peak() -> None:
 
 
 def get_sample_rate() -> int:
-    """The sample rate of the current (or last) run, in bytes; 1 or 0 mean exact."""
-    return int(_settings["sample_rate"])
+    """The sample rate of the current (or last) run, in bytes; 1 or 0 mean exact.
+
+    Read from the C sampler, so it is right even if this module was reloaded."""
+    with paused():
+        return int(_stats().sample_rate)
 
 
 def get_traceback_limit() -> int:
     """The maximum number of frames stored per traceback."""
-    return int(_settings["max_frames"])
+    with paused():
+        return int(_stats().max_frames)
 
 
 def _stats() -> Any:
@@ -191,15 +211,21 @@ def _stats() -> Any:
     return out
 
 
+# The getters below run paused: the ints and tuples they build are the profiler's work,
+# not the user's memory (tracemalloc leaves its own out as well), so that after
+# clear_traces() or stop() get_traced_memory() is (0, 0).
+
 def get_traced_memory() -> tuple[int, int]:
     """Estimated (current, peak) bytes of the allocations traced since start."""
-    s = _stats()
-    return int(round(s.current_bytes)), int(round(s.peak_bytes))
+    with paused():
+        s = _stats()
+        return int(round(s.current_bytes)), int(round(s.peak_bytes))
 
 
 def get_profiler_memory() -> int:
     """Bytes used by the sampler's own tables (tracemalloc's get_tracemalloc_memory)."""
-    return int(_stats().profiler_memory)
+    with paused():
+        return int(_stats().profiler_memory)
 
 
 get_tracemalloc_memory = get_profiler_memory
@@ -207,7 +233,11 @@ get_tracemalloc_memory = get_profiler_memory
 
 def get_stats() -> SamplerStats:
     """All counters at once, consistent with each other."""
-    s = _stats()
+    with paused():
+        return _stats_of(_stats())
+
+
+def _stats_of(s: Any) -> SamplerStats:
     return SamplerStats(
         tracing=bool(s.tracing),
         exact=bool(s.exact),

@@ -40,6 +40,7 @@ void mp_reset_peak(void);
 void mp_get_stats(mp_stats_t *out);
 const char *mp_last_error(void);
 int mp_max_frames_limit(void);
+unsigned long mp_python_version_built(void);   /* PY_VERSION_HEX of the headers built against */
 /* Pauses of the calling thread's sampling, for the profiler's own Python code: used as
  * ffi.new_allocator(alloc=mp_pause_alloc, free=mp_pause_free), so that a pause is a cffi
  * object whose creation and release run in C (sampler.c says why). */
