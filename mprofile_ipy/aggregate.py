@@ -308,6 +308,24 @@ def zero(exact: bool) -> Totals:
     return _ZERO_EXACT if exact else _ZERO_SAMPLED
 
 
+def _acc(t: Totals) -> list:
+    """A mutable accumulator of ``Totals`` (building frozen values per addition is slow)."""
+    return [t.size, t.count, t.samples, t.size_var, t.count_var, t.exact]
+
+
+def _acc_add(acc: list, t: Totals) -> None:
+    acc[0] += t.size
+    acc[1] += t.count
+    acc[2] += t.samples
+    acc[3] += t.size_var
+    acc[4] += t.count_var
+    acc[5] = acc[5] and t.exact
+
+
+def _totals(acc: list) -> Totals:
+    return Totals(*acc)
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class Record:
     """The allocations of one traceback (from :func:`by_traceback`) or one group.
@@ -648,31 +666,26 @@ def group(records: Iterable[Record], key_type: str, cumulative: bool = False) ->
     order of first appearance.
     """
     check_key_type(key_type, cumulative)
-    acc: dict[Any, list] = {}  # dict key -> [key raw, live, allocated, members]
+    acc: dict[Any, list] = {}  # dict key -> [key raw, live acc, allocated acc, members]
     for record in records:
         if key_type == "traceback":
-            entry = acc.get(record.key)
-            if entry is None:
-                acc[record.key] = [record.key, record.live, record.allocated, [record]]
-            else:
-                entry[1] = entry[1] + record.live
-                entry[2] = entry[2] + record.allocated
-                entry[3].append(record)
-            continue
-        for dict_key, raw in _keys(record.traceback._frames, key_type, cumulative):
+            pairs: Iterable[tuple[Any, Any]] = ((record.key, record.key),)
+        else:
+            pairs = _keys(record.traceback._frames, key_type, cumulative)
+        for dict_key, raw in pairs:
             entry = acc.get(dict_key)
             if entry is None:
-                acc[dict_key] = [raw, record.live, record.allocated, [record]]
+                acc[dict_key] = [raw, _acc(record.live), _acc(record.allocated), [record]]
             else:
-                entry[1] = entry[1] + record.live
-                entry[2] = entry[2] + record.allocated
+                _acc_add(entry[1], record.live)
+                _acc_add(entry[2], record.allocated)
                 if entry[3][-1] is not record:
                     entry[3].append(record)
     out = []
     for raw, live, alloc, members in acc.values():
         key = raw if key_type == "traceback" else _key_value(key_type, raw)
-        out.append(Record(key, _heaviest(members, _record_weight).traceback, live, alloc,
-                          tuple(members)))
+        out.append(Record(key, _heaviest(members, _record_weight).traceback, _totals(live),
+                          _totals(alloc), tuple(members)))
     out.sort(key=_record_weight, reverse=True)
     return out
 
@@ -686,15 +699,19 @@ def _size_counts(snapshot: SnapshotLike) -> dict[tuple, Counter]:
     cached = getattr(snapshot, "_size_counts", None)
     if cached is not None:
         return cached
-    by_id: dict[int, Counter] = {}
+    raw = snapshot.raw_traces
     frames_of: dict[int, tuple] = {}
-    for trace in snapshot.raw_traces:
-        frames = trace[2]
-        bag = by_id.get(id(frames))
-        if bag is None:
-            bag = by_id[id(frames)] = Counter()
-            frames_of[id(frames)] = frames
-        bag[(trace[0], trace[1])] += 1
+    by_id: dict[int, Counter] = {}
+    if snapshot.sample_rate > 1:  # exact snapshots have no variance to compute
+        frames_col = list(map(_get_frames, raw))
+        ids = list(map(id, frames_col))
+        frames_of = dict(zip(ids, frames_col, strict=True))
+        triples = Counter(zip(ids, map(itemgetter(0), raw), map(_get_size, raw), strict=True))
+        for (fid, domain, size), n in triples.items():
+            bag = by_id.get(fid)
+            if bag is None:
+                bag = by_id[fid] = Counter()
+            bag[(domain, size)] = n
     out: dict[tuple, Counter] = {}
     for fid, bag in by_id.items():
         key = frames_key(frames_of[fid] or (_UNKNOWN_FRAME,))
@@ -710,8 +727,9 @@ def _size_counts(snapshot: SnapshotLike) -> dict[tuple, Counter]:
 
 
 def _change_variances(new: Counter | None, new_rate: int, old: Counter | None,
-                      old_rate: int) -> tuple[float, float]:
-    """Variance of one traceback's change: the samples found in only one snapshot."""
+                      old_rate: int, cache: dict) -> tuple[float, float]:
+    """Variance of one traceback's change: the samples found in only one snapshot.
+    ``cache`` maps (size, rate) to the variance terms of one sample."""
     size_var = count_var = 0.0
     for bag, other, rate in ((new, old, new_rate), (old, new, old_rate)):
         if not bag or rate <= 1:
@@ -719,30 +737,42 @@ def _change_variances(new: Counter | None, new_rate: int, old: Counter | None,
         for (domain, size), n in bag.items():
             extra = n - (other.get((domain, size), 0) if other else 0)
             if extra > 0:
-                size_var += extra * estimate.size_variance(size, rate)
-                count_var += extra * estimate.count_variance(size, rate)
+                terms = cache.get((size, rate))
+                if terms is None:
+                    terms = cache[(size, rate)] = (estimate.size_variance(size, rate),
+                                                   estimate.count_variance(size, rate))
+                size_var += extra * terms[0]
+                count_var += extra * terms[1]
     return size_var, count_var
 
 
 def diff(new: SnapshotLike, old: SnapshotLike, key_type: str,
-         cumulative: bool = False) -> list[DiffRecord]:
+         cumulative: bool = False, *, variances: bool = True) -> list[DiffRecord]:
     """Live allocations of ``new`` against ``old``, grouped by ``key_type``.
 
     Works across sample rates (both sides are unbiased estimates). Largest absolute size
-    change first, then largest new size. See :class:`DiffRecord` for the variances.
+    change first, then largest new size. See :class:`DiffRecord` for the variances;
+    ``variances=False`` skips them (left 0.0), which saves a pass over the samples of both
+    snapshots when only the estimates are wanted (``Snapshot.compare_to``).
     """
     check_key_type(key_type, cumulative)
     new_rate, old_rate = new.sample_rate, old.sample_rate
-    new_counts, old_counts = _size_counts(new), _size_counts(old)
+    new_counts: dict[tuple, Counter] = {}
+    old_counts: dict[tuple, Counter] = {}
+    if variances:
+        new_counts, old_counts = _size_counts(new), _size_counts(old)
+    cache: dict = {}
     new_by_key = {r.key: r for r in by_traceback(new) if r.live.samples}
     old_by_key = {r.key: r for r in by_traceback(old) if r.live.samples}
     new_zero, old_zero = zero(new_rate <= 1), zero(old_rate <= 1)
     per_tb: list[DiffRecord] = []
     for key in [*new_by_key, *(k for k in old_by_key if k not in new_by_key)]:
         a, b = new_by_key.get(key), old_by_key.get(key)
-        fkey = frames_key(key.raw_frames or (_UNKNOWN_FRAME,))
-        svar, cvar = _change_variances(new_counts.get(fkey), new_rate, old_counts.get(fkey),
-                                       old_rate)
+        svar = cvar = 0.0
+        if variances:
+            fkey = frames_key(key.raw_frames or (_UNKNOWN_FRAME,))
+            svar, cvar = _change_variances(new_counts.get(fkey), new_rate,
+                                           old_counts.get(fkey), old_rate, cache)
         per_tb.append(DiffRecord(key, (a or b).traceback,  # type: ignore[union-attr]
                                  a.live if a else new_zero, b.live if b else old_zero,
                                  svar, cvar))
@@ -754,10 +784,11 @@ def diff(new: SnapshotLike, old: SnapshotLike, key_type: str,
             for dict_key, raw in _keys(d.traceback._frames, key_type, cumulative):
                 entry = acc.get(dict_key)
                 if entry is None:
-                    acc[dict_key] = [raw, d.new, d.old, d.size_diff_var, d.count_diff_var, [d]]
+                    acc[dict_key] = [raw, _acc(d.new), _acc(d.old), d.size_diff_var,
+                                     d.count_diff_var, [d]]
                 else:
-                    entry[1] = entry[1] + d.new
-                    entry[2] = entry[2] + d.old
+                    _acc_add(entry[1], d.new)
+                    _acc_add(entry[2], d.old)
                     entry[3] += d.size_diff_var
                     entry[4] += d.count_diff_var
                     if entry[5][-1] is not d:
@@ -765,7 +796,7 @@ def diff(new: SnapshotLike, old: SnapshotLike, key_type: str,
         out = [
             DiffRecord(_key_value(key_type, raw),
                        _heaviest(members, lambda m: (m.new.size, m.old.size)).traceback,
-                       n, o, sv, cv, tuple(members))
+                       _totals(n), _totals(o), sv, cv, tuple(members))
             for raw, n, o, sv, cv, members in acc.values()
         ]
     out.sort(key=lambda d: (abs(d.size_diff), d.new.size), reverse=True)

@@ -780,7 +780,7 @@ class Snapshot:
         self._groups(key_type, cumulative)  # tracemalloc's errors for bad key types
         exact = self.is_exact and old_snapshot.is_exact
         diffs = []
-        for d in aggregate.diff(self, old_snapshot, key_type, cumulative):
+        for d in aggregate.diff(self, old_snapshot, key_type, cumulative, variances=False):
             new, old = d.new, d.old
             traceback = _statistic_traceback(d.key, key_type)
             if not new.samples:

@@ -134,6 +134,8 @@ def test_diff_cancels_shared_samples_and_keeps_the_others():
     assert c.old.empty and c.count_diff_var == pytest.approx(estimate.count_variance(50, RATE))
     order = [str(d.key) for d in aggregate.diff(new, old, "lineno")]
     assert order == sorted(order, key=lambda k: -abs(diffs[k].size_diff))
+    quick = {str(d.key): d for d in aggregate.diff(new, old, "lineno", variances=False)}
+    assert quick["a.py:3"].size_diff == a.size_diff and quick["a.py:3"].size_diff_var == 0.0
     same = aggregate.diff(new, new, "traceback")
     assert all(d.size_diff == 0 and d.size_diff_var == 0 for d in same)
 
