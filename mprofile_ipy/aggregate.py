@@ -38,6 +38,8 @@ from __future__ import annotations
 
 import linecache
 import math
+import os
+import stat
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -231,10 +233,31 @@ class Traceback(Sequence):
         for frame in frames:
             filename, lineno = frame[0], frame[1]
             lines.append(f'  File "{filename}", line {lineno}')
-            line = linecache.getline(filename, lineno).strip()
+            line = source_line(filename, lineno)
             if line:
                 lines.append(f"    {line}")
         return lines
+
+
+def source_line(filename: str, lineno: int) -> str:
+    """Line ``lineno`` of ``filename`` (stripped), or "" when unknown.
+
+    Reads :mod:`linecache` (which knows IPython cells) but never opens anything other than
+    a regular file: a snapshot from elsewhere may name ``/dev/zero`` or a FIFO, which
+    ``linecache`` would read forever or block on.
+    """
+    if filename not in linecache.cache:
+        try:
+            if not stat.S_ISREG(os.stat(filename).st_mode):
+                return ""
+        except ValueError:  # NUL in the name
+            return ""
+        except OSError:  # missing: linecache may still find it (module globals, sys.path)
+            pass
+    try:
+        return linecache.getline(filename, lineno).strip()
+    except (ValueError, OSError):
+        return ""
 
 
 # ---------------------------------------------------------------------------------------------

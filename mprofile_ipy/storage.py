@@ -389,7 +389,11 @@ def _decode(doc: Any, error: Any, max_traces: int) -> Snapshot:
         for row in rows:
             if not isinstance(row, list) or not 2 <= len(row) <= 4:
                 raise error(f"invalid frame {_short(row)}")
-            frame: tuple = (text(row[0], "a frame's file name", False),
+            filename = text(row[0], "a frame's file name", False)
+            if "\0" in filename:  # type: ignore[operator]
+                raise error(f"invalid content: a frame's file name holds a NUL character "
+                            f"({_short(filename)}), which no file name can")
+            frame: tuple = (filename,
                             check.int(row[1], "a frame's line number", 0, _INT32_MAX))
             if len(row) > 2:
                 frame += (text(row[2], "a frame's function name", True),)

@@ -533,9 +533,13 @@ class _Reader:
         self.table = table
         self.functions = {}
         for function in profile.function:
+            filename = self.string(function.filename)
+            if "\0" in filename:
+                raise self.error(f"function.filename {filename!r} holds a NUL character, "
+                                 "which no file name can")
             self.functions[function.id] = (
                 self.string(function.name),
-                self.string(function.filename),
+                filename,
                 self.line_number(function.start_line, "function.start_line"),
             )
         self.locations: dict[int, tuple] = {}
