@@ -17,7 +17,7 @@ import traitlets
 from ipykernel.compiler import XCachingCompiler
 from IPython.testing import globalipapp
 
-import mprofile_ipy.magics as magics_module
+import mprofile_ipy.ipython.magic as magic_module
 from mprofile_ipy import attribution
 from mprofile_ipy.attribution import (
     Attributor,
@@ -135,7 +135,7 @@ def test_cell_label_format():
         runpy.__file__,
         "<frozen importlib._bootstrap>",
         "<frozen runpy>",
-        magics_module.__file__,
+        magic_module.__file__,
         attribution.__file__,
         # not imported here, recognised by its place in site-packages
         "/somewhere/lib/python3.11/site-packages/tornado/ioloop.py",

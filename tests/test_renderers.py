@@ -14,7 +14,7 @@ from mprofile_ipy.attribution import Attributor
 from mprofile_ipy.model import Snapshot
 from mprofile_ipy.renderers import chart, fmt_count, fmt_error, fmt_rate, fmt_size, fmt_time
 from mprofile_ipy.renderers.dataframe import readable
-from mprofile_ipy.renderers.html import render_result, timeline_html
+from mprofile_ipy.renderers.html import render_report, timeline_html
 from mprofile_ipy.renderers.text import render_timeline
 from mprofile_ipy.renderers.widget import DiffExplorer, Explorer
 from mprofile_ipy.result import ProfileResult, TimelinePoint
@@ -82,7 +82,7 @@ def test_traceback_view_lists_callers():
 
 
 def test_html_is_static_escaped_and_drills_down():
-    html = render_result(make_result())
+    html = render_report(make_result().report)
     assert "<script" not in html
     assert html.count("<details>") == 3  # one per site, tracebacks inside
     assert "json/encoder.py:258" in html and "JSONEncoder.iterencode" in html

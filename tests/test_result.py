@@ -11,11 +11,12 @@ import IPython.core.interactiveshell
 import pandas as pd
 import pytest
 
-import mprofile_ipy.magics as magics_module
+import mprofile_ipy.ipython.runner as runner_module
 import mprofile_ipy.result as result_module
-from mprofile_ipy.attribution import PROFILER_RUNNER, Attributor
+from mprofile_ipy.attribution import Attributor
 from mprofile_ipy.export.pprof import load_pprof
 from mprofile_ipy.model import Snapshot
+from mprofile_ipy.report import CallerStack
 from mprofile_ipy.result import DiffResult, ProfileResult, normalize_group_by, suggest_rate
 
 CELL = "<ipython-input-3-0123456789ab>"
@@ -29,7 +30,7 @@ CELL_SOURCE = [
 linecache.cache[CELL] = (1, None, CELL_SOURCE, CELL)
 LIB = "/venv/lib/python3.11/site-packages/somelib/core.py"
 IPY = IPython.core.interactiveshell.__file__
-MAGICS = magics_module.__file__
+RUNNER = runner_module.__file__
 RESULT = result_module.__file__
 JSON = __import__("json").encoder.__file__
 
@@ -96,9 +97,10 @@ def test_group_by_function_file_and_traceback(result):
     tracebacks = result.sites("traceback")
     assert len(tracebacks) == 3
     listcomp = next(s for s in tracebacks if s.size == 1000)
-    # Oldest first, IPython's frames gone, the cell's frames kept.
-    assert [(fr.file, fr.line) for fr in listcomp.traceback] == [
-        ("In [3]", 4), ("In [3]", 3), ("In [3]", 3)]
+    # Oldest first, IPython's frames gone, the cell's frames kept; a comprehension and the
+    # line that runs it are one frame (Python <= 3.11 gives it two; issue 9).
+    assert [(fr.file, fr.line, fr.name) for fr in listcomp.traceback] == [
+        ("In [3]", 4, "<module>"), ("In [3]", 3, "build.<locals>.<listcomp>")]
 
 
 def test_machinery_and_profiler_allocations_are_hidden_unless_show_all(result):
@@ -110,14 +112,46 @@ def test_machinery_and_profiler_allocations_are_hidden_unless_show_all(result):
     assert ipython_site and ipython_site[0].size == 7000
 
 
-def test_profiled_code_starts_below_the_runner_frame():
-    # Under %%mprofile the magic's caller (the cell line holding the magic) is not part of
-    # the profiled stack: frames older than the runner are dropped.
-    stack = (f(CELL, 3, "build", 2), f(MAGICS, 380, PROFILER_RUNNER), f(IPY, 2500, "run"),
-             f(CELL, 1)) + KERNEL
-    res = ProfileResult(Snapshot([trace(64, stack)], 128), attributor=Attributor(None))
-    site = res.sites("traceback")[0]
+def test_profiled_code_starts_below_its_callers_by_position():
+    # GIVEN the stack a magic's runner recorded (outermost first, the runner's frame last)
+    callers = tuple((fr[0], fr[1]) for fr in reversed((f(RUNNER, 380, "run"),
+                                                        f(IPY, 2500, "run_cell_magic"),
+                                                        f(CELL, 1)) + KERNEL))
+    base = CallerStack(callers, strict=True)
+    inside = (f(CELL, 3, "build", 2), f(RUNNER, 381, "run"), f(IPY, 2500, "run_cell_magic"),
+              f(CELL, 1)) + KERNEL
+    # the runner's own float, made at another line of its frame, and IPython's own
+    # allocation made while the cell ran: neither is inside the profiled code
+    runner_own = (f(RUNNER, 390, "run"), f(IPY, 2500, "run_cell_magic"), f(CELL, 1)) + KERNEL
+    ipython_own = (f(IPY, 2600, "other"), f(CELL, 1)) + KERNEL
+    snap = Snapshot([trace(64, inside), trace(32, runner_own), trace(16, ipython_own)], 128)
+    # WHEN the report cuts by position THEN only the profiled code's frames are shown
+    res = ProfileResult(snap, attributor=Attributor(None), caller_stack=base)
+    [site] = res.sites("traceback")
     assert [(fr.file, fr.line) for fr in site.traceback] == [("In [3]", 3)]
+    assert res.shown == 64 and res.hidden == 48
+    # even when every frame is shown: the callers and the profiler never are
+    everything = res.filtered(show_all=True)
+    shown = [(fr.filename, fr.lineno) for s in everything.sites("traceback")
+             for fr in s.traceback]
+    assert shown == [(CELL, 3)]
+
+
+def test_a_session_hides_what_ran_its_cells_and_the_machinerys_own_work():
+    # GIVEN a session whose cells run from KERNEL (a terminal IPython: bin/ipython at the
+    # bottom, not a package IPython's file list knows)
+    launcher = f("/venv/bin/ipython", 8, "<module>")
+    runs_cells = KERNEL + (launcher,)
+    base = CallerStack(tuple((fr[0], fr[1]) for fr in reversed(runs_cells)), strict=False)
+    in_cell = (f(CELL, 5),) + runs_cells
+    compiling = (f(IPY.replace("interactiveshell", "compilerop"), 90, "compile"),
+                 f("/usr/lib/python3.11/contextlib.py", 137, "__enter__"),
+                 f(IPY, 3300, "InteractiveShell.run_cell")) + (launcher,)
+    snap = Snapshot([trace(1000, in_cell), trace(500, compiling), trace(70, (launcher,))], 128)
+    res = ProfileResult(snap, attributor=Attributor(None), caller_stack=base)
+    # THEN the cell's line is the only site; IPython's compile and bin/ipython are hidden
+    assert [s.label for s in res.sites("line")] == ["In [3], line 5"]
+    assert res.hidden == 570
 
 
 def test_include_and_exclude_patterns_match_paths_and_cell_labels():
@@ -279,8 +313,3 @@ def test_bad_arguments_say_what_is_allowed(result):
         result.sites(by="weight")
     with pytest.raises(ValueError, match="kind must be one of"):
         result.plot("pie")
-
-
-def test_runner_name_used_to_cut_the_magics_caller_exists():
-    # attribution cuts the frames older than the runner by its name: it must stay real.
-    assert callable(getattr(magics_module, PROFILER_RUNNER))
