@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -73,6 +74,8 @@ LINE_GROUPS = ("cell", "line", "traceback")
 CHURN_FACTOR = 1.5
 CHURN_TOP = 5
 _COMPREHENSIONS = ("<listcomp>", "<dictcomp>", "<setcomp>", "<genexpr>")
+#: A cell line that runs the profiler's magic (as typed).
+_MAGIC_LINE = re.compile(r"(?:^|[\s=(;])%%?mprofile\b")
 
 
 def normalize_group_by(group_by: str) -> str:
@@ -461,6 +464,18 @@ def _is_user(frame: FrameInfo) -> bool:
     return frame.is_cell or not (frame.internal or frame.stdlib)
 
 
+def _runs_the_magic(frames: tuple[FrameInfo, ...]) -> bool:
+    """True when the innermost user frame is a cell line that calls ``%mprofile`` and only
+    IPython's frames follow it: IPython running the profiler's own command."""
+    for index in range(len(frames) - 1, -1, -1):
+        frame = frames[index]
+        if frame.is_cell:
+            return bool(_MAGIC_LINE.search(frame.source))
+        if _is_user(frame):
+            return False
+    return False
+
+
 def visible_frames(frames: tuple[FrameInfo, ...], total_nframe: int | None = None, *,
                    show_all: bool = False, base: CallerStack | None = None
                    ) -> tuple[FrameInfo, ...]:
@@ -469,24 +484,25 @@ def visible_frames(frames: tuple[FrameInfo, ...], total_nframe: int | None = Non
     1. The callers of the user's code are cut by position (``base``); without it, frames
        older than the innermost frame of the profiler that called user code are cut.
     2. The profiler's own frames are never shown; an allocation the profiler made itself,
-       called from user code, is hidden (unless ``show_all``).
+       called from user code, is hidden (unless ``show_all``), and so is what IPython
+       allocates to run a ``%mprofile`` line of a session.
     3. Unless ``show_all``: the traceback starts at the first frame of user code (a cell, or
        a file that is neither of the machinery nor of the standard library), later frames of
        the machinery are dropped, and an allocation with no user frame is hidden.
     """
-    frames = _fold_comprehensions(frames)
     start = None
-    if base is not None:
+    if base is not None:  # positions count the frames as recorded: cut before folding
         start = _cut_callers(frames, total_nframe, base)
         if start == -1:
             return ()
+    frames = _fold_comprehensions(frames[start or 0:])
     if start is None:
         start = 0
         for index in range(len(frames) - 1):
             if is_profiler_file(frames[index].filename) and not is_profiler_file(
                     frames[index + 1].filename):
                 start = index + 1  # the profiler called this code: older frames called it
-    frames = frames[start:]
+        frames = frames[start:]
     if not show_all:
         for frame in reversed(frames):
             if is_profiler_file(frame.filename):
@@ -494,6 +510,8 @@ def visible_frames(frames: tuple[FrameInfo, ...], total_nframe: int | None = Non
             if _is_user(frame):
                 break
     frames = tuple(f for f in frames if not is_profiler_file(f.filename))
+    if (base is None or not base.strict) and _runs_the_magic(frames):
+        return ()
     if show_all:
         return frames
     for index, frame in enumerate(frames):

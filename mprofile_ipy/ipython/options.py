@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import textwrap
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -419,9 +420,10 @@ def help_text() -> str:
     parts = [_INTRO, options.strip("\n"), "", "Session commands:"]
     for usage, description, groups, _pos in _COMMANDS.values():
         parts.append(f"  %mprofile {usage}")
-        parts.append(f"      {description}")
         if groups:
-            names = ", ".join(GROUPS[g].lower() for g in groups)
-            parts.append(f"      Takes the {names} options above.")
+            names = " and ".join(GROUPS[g].lower() for g in groups)
+            description += f" Takes the {names} options above."
+        parts.append(textwrap.fill(description, 88, initial_indent=" " * 6,
+                                   subsequent_indent=" " * 6))
     parts += ["", _EXAMPLES]
     return "\n".join(parts)
