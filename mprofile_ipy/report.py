@@ -53,8 +53,11 @@ __all__ = [
     "TracebackStat",
     "TreeNode",
     "ViewOptions",
+    "diff_data",
     "normalize_group_by",
+    "report_data",
     "suggest_rate",
+    "timeline_data",
     "visible_frames",
 ]
 
@@ -404,11 +407,14 @@ class Summary:
 
 @dataclass(frozen=True)
 class TreeNode:
-    """One box of the flame chart: a frame, the bytes alive under it, its callees."""
+    """One box of the flame chart: a frame, the bytes alive under it (with their samples and
+    relative standard error), its callees largest first."""
 
     frame: FrameInfo | None
     size: float
     children: tuple[TreeNode, ...] = ()
+    samples: int = 0
+    error: float = 0.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -578,8 +584,9 @@ class Report:
     ``summary`` (figures), ``notes``, :meth:`sites` per grouping (cached), :meth:`site_list`
     (the top sites and the rest), :meth:`churn` (sites that allocated much more than they
     kept), :meth:`call_tree` (flame chart), :meth:`iter_traces` (raw traces with their
-    visible frames, for per-allocation tables and exports). ``replace(**options)`` gives the
-    report of the same run under other :class:`ViewOptions`.
+    visible frames, for per-allocation tables and exports), :meth:`to_dict` (the plain data
+    of the interactive HTML report). ``replace(**options)`` gives the report of the same run
+    under other :class:`ViewOptions`.
     """
 
     def __init__(self, snapshot: Any, measures: Measures | None = None,
@@ -676,6 +683,10 @@ class Report:
                     aggregate.Traceback(frames, trace[3]))
             yield trace, visible
 
+    def to_dict(self, **kwargs: Any) -> dict[str, Any]:
+        """The plain data of the interactive HTML report (see :func:`report_data`)."""
+        return report_data(self, **kwargs)
+
     def replace(self, **changes: Any) -> Report:
         """The report of the same run with some :class:`ViewOptions` changed."""
         return Report(self.snapshot, self.measures, replace(self.options, **changes),
@@ -762,8 +773,10 @@ class Report:
         def convert(node: aggregate.Node) -> TreeNode:
             frame = None if node.frame is None else infos.get(
                 (node.frame.filename, node.frame.lineno))
+            error = node.total.relative_error
             return TreeNode(frame, float(node.total.size),
-                            tuple(convert(c) for c in node.children if c.total.size > 0))
+                            tuple(convert(c) for c in node.children if c.total.size > 0),
+                            node.total.samples, error if math.isfinite(error) else 0.0)
 
         return convert(aggregate.call_tree(records))
 
@@ -900,3 +913,151 @@ class DiffReport:
                 significant=size_diff != 0 and abs(size_diff) > Z95 * std_error))
         out.sort(key=lambda d: (-abs(d.size_diff), -d.size, str(d.key)))
         return tuple(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Plain data for the interactive HTML report (schema: ``renderers/interactive.py``)
+
+
+def _plain_note(note: Note) -> str:
+    if note.suggested_rate is None:
+        return note.text
+    return f"{note.text} (suggested sample rate: {_rate_text(note.suggested_rate)})."
+
+
+class _DataBuilder:
+    """Frames and tracebacks of the report data, each listed once."""
+
+    def __init__(self) -> None:
+        self.frames: list[dict[str, str]] = []
+        self.tracebacks: list[dict[str, Any]] = []
+        self._frame_ids: dict[FrameInfo, int] = {}
+        self._tb_ids: dict[tuple[FrameInfo, ...], int] = {}
+
+    def traceback(self, tb: TracebackStat, size_diff: float | None = None) -> int:
+        found = self._tb_ids.get(tb.frames)
+        if found is not None:
+            return found
+        ids = []
+        for frame in tb.frames:
+            index = self._frame_ids.get(frame)
+            if index is None:
+                index = self._frame_ids[frame] = len(self.frames)
+                self.frames.append({"where": frame.where, "name": frame.name,
+                                    "source": frame.source})
+            ids.append(index)
+        entry: dict[str, Any] = {"frames": ids, "size": tb.size, "samples": tb.samples}
+        if size_diff is not None:
+            entry["size_diff"] = size_diff
+        self._tb_ids[tb.frames] = len(self.tracebacks)
+        self.tracebacks.append(entry)
+        return self._tb_ids[tb.frames]
+
+
+def _detail(item: Site | SiteDiff) -> str:
+    frame = item.frame
+    if item.group_by in LINE_GROUPS:
+        return frame.source
+    return frame.filename if item.group_by == "file" else frame.where
+
+
+def _flame_data(node: TreeNode) -> dict[str, Any]:
+    """The call tree as nested dicts (iteratively: trees may be deep)."""
+    def convert(n: TreeNode) -> dict[str, Any]:
+        frame = n.frame
+        return {"name": (frame.name or "?") if frame else "all",
+                "where": frame.where if frame else "", "source": frame.source if frame else "",
+                "size": n.size, "samples": n.samples, "error": n.error, "children": []}
+
+    root = convert(node)
+    stack = [(node, root)]
+    while stack:
+        tree, out = stack.pop()
+        for child in tree.children:
+            converted = convert(child)
+            out["children"].append(converted)
+            stack.append((child, converted))
+    return root
+
+
+def report_data(report: Report, *, top: int | None = None, note_text: Any = None,
+                title: str | None = None) -> dict[str, Any]:
+    """The report as the plain dict of the interactive HTML report (every grouping, its
+    sites' tracebacks, the summary, the notes, the flame tree and a session's timeline).
+    ``note_text`` formats a :class:`Note` (default: the suggested rate as a size)."""
+    s = report.summary
+    fmt = note_text or _plain_note
+    builder = _DataBuilder()
+    groupings: dict[str, Any] = {}
+    for name in GROUP_BY:
+        rows = []
+        for site in report.sites(name):
+            rows.append({"label": site.label, "detail": _detail(site), "size": site.size,
+                         "count": site.count, "samples": site.samples,
+                         "error": site.rel_error, "share": site.percent / 100.0,
+                         "tracebacks": [builder.traceback(tb) for tb in site.live_tracebacks]})
+        groupings[name] = {"rows": rows}
+    summary: list[dict[str, Any]] = [
+        {"label": "still alive", "value": s.current, "unit": "bytes"},
+        {"label": "peak", "value": s.peak, "unit": "bytes"},
+        {"label": "allocated", "value": s.allocated, "unit": "bytes"},
+    ]
+    if s.elapsed is not None:
+        summary.append({"label": "time", "value": s.elapsed, "unit": "seconds"})
+    summary.append({"label": "samples", "value": s.samples, "unit": "count"})
+    notes = [f"The code raised {s.error}; figures are up to the exception."] if s.error else []
+    notes += [fmt(note) for note in report.notes]
+    data: dict[str, Any] = {
+        "kind": "profile", "title": title or f"mprofile {s.label or ''}".strip(),
+        "exact": s.exact, "summary": summary, "notes": notes, "total": s.total,
+        "frames": builder.frames, "tracebacks": builder.tracebacks, "groupings": groupings,
+        "default_grouping": report.options.group_by, "top": top or report.options.top,
+        "flame": _flame_data(report.call_tree()),
+    }
+    if report.measures.timeline:
+        data["timeline"] = timeline_data(report.measures.timeline)["timeline"]
+    return data
+
+
+def diff_data(diff: DiffReport, *, top: int | None = None, note_text: Any = None
+              ) -> dict[str, Any]:
+    """The comparison as the plain dict of the interactive HTML report: the changes the data
+    supports in every grouping (a note says how many were left out)."""
+    s = diff.summary
+    fmt = note_text or _plain_note
+    builder = _DataBuilder()
+    groupings: dict[str, Any] = {}
+    notes = [fmt(note) for note in s.notes]
+    for name in GROUP_BY:
+        changes, left_out = diff.changes(name)
+        new_sites = {site.key: site for site in diff.new.sites(name)}
+        rows = []
+        for row in changes:
+            site = new_sites.get(row.key)
+            tbs = [builder.traceback(tb) for tb in site.live_tracebacks] if site else []
+            rows.append({"label": row.label, "detail": _detail(row), "size": row.size,
+                         "count": row.count, "samples": row.samples,
+                         "error": row.std_error / row.size if row.size > 0 else 0.0,
+                         "size_diff": row.size_diff, "count_diff": row.count_diff,
+                         "diff_error": row.std_error, "tracebacks": tbs})
+        groupings[name] = {"rows": rows}
+        if name == diff.group_by and left_out:
+            notes.append(f"{left_out} site{'s' if left_out != 1 else ''} left out: no change, "
+                         f"or a change within its 95% interval.")
+    return {
+        "kind": "diff", "title": f"mprofile {s.label}", "exact": s.exact,
+        "summary": [{"label": "change", "value": s.size_diff, "unit": "bytes"},
+                    {"label": "before", "value": s.old_total, "unit": "bytes"},
+                    {"label": "after", "value": s.new_total, "unit": "bytes"}],
+        "notes": notes, "total": max(s.new_total, s.old_total),
+        "frames": builder.frames, "tracebacks": builder.tracebacks, "groupings": groupings,
+        "default_grouping": diff.group_by, "top": top or diff.top,
+    }
+
+
+def timeline_data(points: Sequence[TimelinePoint], title: str = "Memory over the session"
+                  ) -> dict[str, Any]:
+    """A session's timeline as the plain dict of the interactive HTML report."""
+    return {"kind": "timeline", "title": title, "summary": [], "notes": [],
+            "timeline": {"points": [{"label": p.label, "current": p.current, "peak": p.peak}
+                                    for p in points]}}

@@ -12,7 +12,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from html import escape
 
-from ..report import DiffReport, FrameInfo, Report, Site, SiteDiff, TimelinePoint
+from ..report import (
+    DiffReport,
+    FrameInfo,
+    Report,
+    Site,
+    SiteDiff,
+    TimelinePoint,
+    diff_data,
+    report_data,
+)
 from . import (
     GROUP_WORDS,
     Z95,
@@ -26,7 +35,8 @@ from . import (
     plural,
 )
 
-__all__ = ["diff_summary_html", "render_diff", "render_report", "sites_table_html",
+__all__ = ["diff_summary_html", "interactive_diff", "interactive_report", "render_diff",
+           "render_report", "sites_table_html",
            "summary_html", "timeline_html", "tracebacks_html"]
 
 _BOX = ("font-family: var(--jp-ui-font-family, -apple-system, 'Segoe UI', sans-serif);"
@@ -263,3 +273,18 @@ def timeline_html(points: Sequence[TimelinePoint]) -> str:
     rows = [[escape(p.label), _bar(p.current / biggest) + fmt_size(p.current), fmt_size(p.peak)]
             for p in points]
     return _report([_table(["after", "alive", "peak"], rows, text_column=0)])
+
+
+def interactive_report(report: Report, top: int | None = None) -> str:
+    """The self-contained interactive HTML report (``renderers.interactive``) of a report:
+    server-side table and flame graph, enhanced by an inline script where scripts run."""
+    from .interactive import render_report as render
+
+    return render(report_data(report, top=top, note_text=note_text))
+
+
+def interactive_diff(diff: DiffReport, top: int | None = None) -> str:
+    """The self-contained interactive HTML report of a comparison."""
+    from .interactive import render_report as render
+
+    return render(diff_data(diff, top=top, note_text=note_text))
