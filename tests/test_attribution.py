@@ -15,7 +15,6 @@ import pandas
 import pytest
 import traitlets
 from ipykernel.compiler import XCachingCompiler
-from IPython.testing import globalipapp
 
 import mprofile_ipy.ipython.magic as magic_module
 from mprofile_ipy import attribution
@@ -29,15 +28,9 @@ from mprofile_ipy.attribution import (
 )
 
 
-def get_ipython():
-    """The process-wide test shell (globalipapp replaces its own get_ipython once started)."""
-    globalipapp.start_ipython()
-    return globalipapp.get_ipython()
-
-
 @pytest.fixture(scope="module")
-def ip():
-    return get_ipython()
+def ip(ipython_shell):
+    return ipython_shell
 
 
 def _frame_of_cell(ip, source: str):

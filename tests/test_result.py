@@ -313,3 +313,88 @@ def test_bad_arguments_say_what_is_allowed(result):
         result.sites(by="weight")
     with pytest.raises(ValueError, match="kind must be one of"):
         result.plot("pie")
+
+
+# -- the report: built once, rendered many ways ---------------------------------------------------
+
+
+def test_views_read_the_report_and_never_re_sum_the_traces(result, monkeypatch):
+    import mprofile_ipy.aggregate as aggregate
+
+    # GIVEN a result whose report is built
+    calls = []
+    real = aggregate.by_traceback
+    monkeypatch.setattr(aggregate, "by_traceback", lambda s: calls.append(s) or real(s))
+    text_sites = [s.label for s in result.sites("line")]
+    # WHEN every view renders it
+    result.to_text()
+    result.to_html()
+    result.to_dataframe(group_by="line")
+    result.plot("bar")
+    result.plot("flame")
+    result.widget()
+    # THEN none went back to the traces, and they all show the same sites
+    assert calls == []
+    assert list(result.to_dataframe(group_by="line")["file"]) == [
+        "json/encoder.py", "In [3]", "somelib/core.py"]
+    assert text_sites == ["json/encoder.py:258", "In [3], line 3", "somelib/core.py:10"]
+
+
+def test_filtered_replaces_view_options_and_keeps_the_figures(result):
+    narrowed = result.filtered(top=1, group_by="line")
+    assert (narrowed.top, narrowed.group_by, narrowed.label) == (1, "line", "In [3]")
+    assert narrowed.current == result.current and narrowed.snapshot is result.snapshot
+    assert result.filtered() is result
+
+
+def test_counts_carry_their_uncertainty():
+    rate, size, n = 4096, 64, 400
+    res = ProfileResult(Snapshot([trace(size, BUILD)] * n, 128, sample_rate=rate),
+                        attributor=Attributor(None))
+    site = res.sites()[0]
+    w = 1 / -math.expm1(-size / rate)
+    assert site.count_std_error == pytest.approx(math.sqrt(n * w * (w - 1)))
+    assert site.count_rel_error == pytest.approx(math.sqrt((w - 1) / (n * w)))
+
+
+def test_diffs_show_only_changes_outside_their_interval():
+    rate = 131072
+    # GIVEN two snapshots of one run: line 3 unchanged (+0 B), line 5 grown by one 5-byte
+    # sample (worth ~131 KB +- ~350 KB: noise), line 4 grown by 3 MiB (always sampled)
+    base = [trace(64, BUILD)] * 30
+    old = Snapshot(base, 128, sample_rate=rate)
+    new = Snapshot(base + [trace(5, DUMPS)] + [trace(3 * 2**20, LIBCALL)], 128,
+                   sample_rate=rate)
+    diff = ProfileResult(new, label="b", attributor=Attributor(None)).compare_to(
+        ProfileResult(old, label="a", attributor=Attributor(None)))
+    rows = {r.label: r for r in diff.diffs()}
+    assert rows["In [3], line 3"].size_diff == 0 and not rows["In [3], line 3"].significant
+    noisy = rows["In [3], line 5"]
+    assert noisy.size_diff > 0 and abs(noisy.size_diff) < 1.96 * noisy.std_error
+    assert not noisy.significant
+    assert [r.label for r in diff.changes()] == ["In [3], line 4"]
+    # THEN the views list the supported change and say how many they left out
+    text = diff.to_text()
+    assert "+3.0 MiB" in text and "In [3], line 4" in text
+    assert "In [3], line 5" not in text and "+0 B" not in text
+    assert "2 sites left out: no change, or a change within its 95% interval." in text
+    html = diff.to_html()
+    assert "In [3], line 5" not in html and "2 sites left out" in html
+    df = diff.to_dataframe()  # the data keeps every row, marked
+    assert list(df["significant"]) == [True, False, False]  # largest change first
+
+
+def test_truncated_and_foreign_stacks_are_kept_by_position():
+    base = CallerStack(tuple((fr[0], fr[1]) for fr in reversed(KERNEL)), strict=True)
+    # a deep stack whose oldest frames were cut by max_frames: every kept frame is deeper
+    # than the callers, so all are the user's
+    deep = (f(CELL, 3, "build", 2), f(CELL, 4))
+    deep_trace = (0, 64, deep, 50, 2, 1)  # total_nframe 50 > 2 kept
+    # a thread's stack: nothing in common with the callers: decided by its own frames
+    thread = (f(CELL, 3, "build", 2), f(__import__("threading").__file__, 1012, "run"))
+    res = ProfileResult(Snapshot([deep_trace, trace(32, thread)], 128),
+                        attributor=Attributor(None), caller_stack=base)
+    shown = sorted(tuple((fr.file, fr.line) for fr in s.traceback)
+                   for s in res.sites("traceback"))
+    assert shown == [(("In [3]", 3),), (("In [3]", 4), ("In [3]", 3))]
+    assert res.hidden == 0

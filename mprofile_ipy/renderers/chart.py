@@ -21,7 +21,7 @@ from ..report import LINE_GROUPS, DiffReport, FrameInfo, Report, TimelinePoint, 
 from . import Z95, fmt_size, require
 from . import clip as _clip
 
-require("matplotlib", "charts")
+require("matplotlib", "a chart")
 from matplotlib.figure import Figure  # noqa: E402 - after the check that it is installed
 from matplotlib.ticker import FixedLocator, FuncFormatter  # noqa: E402
 

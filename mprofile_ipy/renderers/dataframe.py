@@ -21,7 +21,7 @@ from ..model import Allocator
 from ..report import DiffReport, FrameInfo, Report
 from . import fmt_count, fmt_error, fmt_percent, fmt_size, require
 
-pd = require("pandas", "DataFrames")
+pd = require("pandas", "a DataFrame")
 
 SITE_COLUMNS = [
     "file", "line", "function", "source", "size", "count", "percent", "samples",
