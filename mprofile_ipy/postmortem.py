@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .attribution import Attributor, CellInfo, cell_label
 from .errors import MprofileError
 from .model import Snapshot
 from .recorder import RECORD_FORMAT, RECORD_SUFFIX, RECORD_VERSION, process_alive, state_dir
@@ -64,6 +65,30 @@ class _Located:
         return f"{text}: {self.source}" if self.source else text
 
 
+class RecordAttributor(Attributor):
+    """Resolves the dead process's notebook cells from the map its record carries (the
+    kernel that compiled them is gone), other files as usual."""
+
+    def __init__(self, cells: Any) -> None:
+        super().__init__(shell=None)
+        self._record_cells: dict[str, CellInfo] = {}
+        for filename, d in (cells or {}).items() if isinstance(cells, dict) else ():
+            try:
+                number = d.get("number")
+                lines = d.get("lines")
+                self._record_cells[str(filename)] = CellInfo(
+                    number if isinstance(number, int) else None,
+                    str(d.get("label") or cell_label(number)),
+                    int(d.get("line_offset") or 0),
+                    tuple(str(x) for x in lines) if isinstance(lines, list) else None)
+            except (AttributeError, TypeError, ValueError):
+                continue
+
+    def cell(self, filename: str) -> CellInfo | None:
+        found = self._record_cells.get(filename)
+        return found if found is not None else super().cell(filename)
+
+
 class PostMortem:
     """A dead process's last record.
 
@@ -102,6 +127,7 @@ class PostMortem:
         self.traced = _int(get("traced"))
         self.peak_traced = _int(get("peak_traced"))
         self.budget = _int(get("budget"))
+        self.attributor = RecordAttributor(get("cells"))
         self.timeline: list[tuple[float, int | None, int | None]] = []
         for point in get("timeline") or []:
             if isinstance(point, list) and len(point) == 3:
@@ -123,7 +149,7 @@ class PostMortem:
         """The ``n`` lines holding the most estimated live memory: (where, bytes)."""
         from .budget import top_sites
 
-        return top_sites(self.snapshot, n)
+        return top_sites(self.snapshot, n, self.attributor)
 
     def summary(self) -> str:
         """A few lines for people: who died, where, how big."""
@@ -193,7 +219,8 @@ class PostMortem:
                              timeline=timeline or None,
                              error=f"the process (pid {self.pid}) died while running "
                                    f"{self.running.describe() if self.running else '?'}",
-                             created=self.written_at, **options)
+                             created=self.written_at,
+                             **{"attributor": self.attributor, **options})
 
 
 def _num(value: Any) -> float | None:

@@ -246,6 +246,7 @@ class FlightRecorder:
             "safety_net": status.safety_net,
             "timeline": [[t, r, tr] for t, r, tr in points],
         }
+        record["cells"] = self._cells(snapshot, running, cell)
         snapshot.meta["record"] = record
         buffer = io.BytesIO()
         save_snapshot(snapshot, buffer)
@@ -261,6 +262,34 @@ class FlightRecorder:
             except OSError:
                 pass
             raise
+
+    def _cells(self, snapshot: Snapshot, *locations: Location | None) -> dict[str, Any]:
+        """What a later process needs to show this one's cells: for each notebook cell file
+        in the snapshot or on the running stack, its number, label, line offset and lines."""
+        filenames = {loc.filename for loc in locations if loc is not None and loc.is_cell}
+        seen_frames: set[int] = set()
+        for trace in snapshot.raw_traces:
+            frames = trace[2]
+            if id(frames) in seen_frames:
+                continue
+            seen_frames.add(id(frames))
+            filenames.update(f[0] for f in frames)
+        out: dict[str, Any] = {}
+        for filename in filenames:
+            info = self._attributor.cell(filename)
+            if info is None:
+                continue
+            lines = info.lines
+            if lines is None:
+                import linecache
+
+                lines = tuple(x.rstrip("\n") for x in linecache.getlines(filename)) or None
+                offset = 0
+            else:
+                offset = info.line_offset
+            out[filename] = {"number": info.number, "label": info.label,
+                             "line_offset": offset, "lines": list(lines) if lines else None}
+        return out
 
     def remove(self) -> None:
         """Delete this process's record (a clean exit is not a death)."""
