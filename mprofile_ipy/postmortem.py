@@ -95,7 +95,8 @@ class PostMortem:
     Attributes: ``path``, ``snapshot`` (the sampled allocations alive at the last write;
     empty when the sampler was off), ``record`` (the raw metadata dict), ``pid``,
     ``notebook``, ``cwd``, ``connection_file``, ``started_at``/``written_at`` (epoch
-    seconds), ``running`` (innermost user line) and ``cell`` (the notebook cell line), each
+    seconds), ``running`` (the user's line: a cell's line in a notebook), ``inner`` (the
+    innermost line, in a library say) and ``cell`` (``running`` when it is a cell), each
     with ``file``/``line``/``source``/``cell``, ``executing`` (whether code was running),
     ``rss``, ``peak_rss``, ``traced``, ``peak_traced`` (bytes or ``None``), ``budget``,
     ``timeline`` (a list of (time, rss, traced)).
@@ -119,6 +120,7 @@ class PostMortem:
         self.started_at = _num(get("started_at"))
         self.written_at = _num(get("written_at"))
         self.running = _Located.from_dict(get("running"))
+        self.inner = _Located.from_dict(get("inner"))
         self.cell = _Located.from_dict(get("cell")) or (
             self.running if self.running and self.running.cell is not None else None)
         self.executing = bool(get("executing"))
@@ -160,8 +162,8 @@ class PostMortem:
         lines = [f"Post-mortem of {who}: its last record was written at {when}."]
         if self.executing and self.running is not None:
             lines.append(f"  running: {self.running.describe()}")
-            if self.cell is not None and self.cell != self.running:
-                lines.append(f"  in cell: {self.cell.describe()}")
+            if self.inner is not None and self.inner != self.running:
+                lines.append(f"    inside: {self.inner.describe()}")
         else:
             lines.append("  no code of the notebook was running at the last record")
         figures = []
@@ -216,10 +218,7 @@ class PostMortem:
         peak = self.peak_traced if self.peak_traced is not None else self.peak_rss
         return ProfileResult(self.snapshot, label=self.label, current=float(self.traced_total),
                              peak=float(peak) if peak is not None else None,
-                             timeline=timeline or None,
-                             error=f"the process (pid {self.pid}) died while running "
-                                   f"{self.running.describe() if self.running else '?'}",
-                             created=self.written_at,
+                             timeline=timeline or None, created=self.written_at,
                              **{"attributor": self.attributor, **options})
 
 
