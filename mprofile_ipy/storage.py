@@ -98,7 +98,7 @@ class _Tables:
 
 def _encode(snapshot: Snapshot) -> dict[str, Any]:
     tables = _Tables()
-    raw = snapshot.raw_traces
+    raw = snapshot.traces._traces  # as given: 4-, 5- or 6-tuples come back as they were
     lengths = set(map(len, raw))
     frames_col = list(map(itemgetter(2), raw))
     ids = list(map(id, frames_col))

@@ -534,7 +534,8 @@ def test_to_pprof_delegates(monkeypatch, tmp_path):
 
 
 def w(size, rate):
-    return 1 / -math.expm1(-max(size, 1) / rate)
+    # A sampled zero-byte allocation weighs 1, as in the C sampler (mp_weight).
+    return 1.0 if size == 0 else 1 / -math.expm1(-size / rate)
 
 
 def test_sampled_statistics_hand_computed():
@@ -544,7 +545,7 @@ def test_sampled_statistics_hand_computed():
         (0, 100, (("a.py", 1),), 1),
         (0, 5000, (("a.py", 1),), 1),
         (0, 10, (("b.py", 2),), 1),
-        (0, 0, (("b.py", 2),), 1),  # size 0 weighs as one byte, adds no bytes
+        (0, 0, (("b.py", 2),), 1),  # size 0 weighs 1 (as in C), adds no bytes
     ]
     snap = Snapshot(raw, 1, sample_rate=rate)
     assert not snap.is_exact
@@ -722,7 +723,7 @@ def test_filter_traces_keeps_rate_meta_and_filters_allocated():
 def test_statistics_share_one_pass_over_the_traces():
     snap = Snapshot(RAW1 * 1000, 2)
     first = stat_view(snap.statistics("lineno"))
-    with mock.patch("mprofile_ipy.model._sum_traces", side_effect=AssertionError("again")):
+    with mock.patch("mprofile_ipy.aggregate._live_sums", side_effect=AssertionError("again")):
         assert stat_view(snap.statistics("lineno")) == first
         snap.statistics("filename", cumulative=True)
         snap.compare_to(snap, "traceback")

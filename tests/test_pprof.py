@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -320,6 +321,22 @@ def test_alloc_values_from_allocation_totals():
     assert "bytes" not in labels(profile, gone[0])
     comments = [strings(profile)[c] for c in profile.comment]
     assert any("freed allocations included" in c for c in comments)
+
+
+def test_alloc_values_sit_on_the_first_sample_of_their_stack():
+    # GIVEN totals for stacks of several frames WHEN exported THEN each live stack carries
+    # its totals on its first sample, and only the freed stack gets a sample of its own.
+    snap = make_snapshot(rate=4096, allocated=ALLOCATED)
+    profile = to_profile(snap)
+    live_groups = len({(t[2], t[0], t[1], t[4], t[5]) for t in RAW_TRACES})
+    assert len(profile.sample) == live_groups + 1
+    first = {}
+    for sample in profile.sample:
+        first.setdefault(tuple(function_names(profile, sample)), list(sample.value))
+    by_leaf = {names[0]: values for names, values in first.items()}
+    want = {frames[0][2]: (count, size) for frames, _, count, size in ALLOCATED}
+    for leaf, (count, size) in want.items():
+        assert abs(by_leaf[leaf][0] - count) <= 1 and abs(by_leaf[leaf][1] - size) <= 1
 
 
 def test_labels():
@@ -721,3 +738,32 @@ def test_go_pprof_shows_cell_names(tmp_path):
     rows = parse_top(go_pprof("-top", "-unit=B", str(path)))
     assert rows["In [12]"] == (300, 300)
     assert "In [12]:2" in go_pprof("-top", "-lines", str(path))
+
+
+def test_without_protobuf_one_clear_error_says_what_to_install(tmp_path):
+    # GIVEN a Python where protobuf cannot be imported WHEN exporting or loading THEN the
+    # package still imports, and both raise one error naming the package to install.
+    profile = tmp_path / "x.pb"
+    profile.write_bytes(b"\x0a\x00")
+    code = f"""
+import sys
+for name in ("google", "google.protobuf", "mprofile_ipy.export.profile_pb2"):
+    sys.modules[name] = None
+import mprofile_ipy
+from mprofile_ipy.errors import MissingDependencyError
+from mprofile_ipy.export import pprof
+snap = mprofile_ipy.Snapshot([(0, 8, (("a.py", 1),), 1)], 1)
+for call in (lambda: snap.to_pprof({str(tmp_path / "out.pb.gz")!r}),
+             lambda: pprof.load_pprof({str(profile)!r})):
+    try:
+        call()
+    except MissingDependencyError as exc:
+        assert isinstance(exc, ImportError)
+        print(exc)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert len(lines) == 2
+    assert all("pip install 'protobuf>=4.21'" in line for line in lines)

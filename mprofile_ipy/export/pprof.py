@@ -46,16 +46,15 @@ import secrets
 import sys
 import time
 import zlib
-from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
-from typing import IO, Any, Union
+from collections.abc import Callable, Iterable
+from typing import IO, TYPE_CHECKING, Any, Union
 
-from google.protobuf.message import DecodeError
-
-from .. import estimate
-from ..errors import PprofFormatError
+from .. import aggregate, estimate
+from ..errors import MissingDependencyError, PprofFormatError
 from ..model import Frame, Snapshot
-from . import profile_pb2
+
+if TYPE_CHECKING:
+    from . import profile_pb2
 
 __all__ = [
     "PprofFormatError",
@@ -81,6 +80,7 @@ _ALLOC_OBJECTS, _ALLOC_SPACE, _INUSE_OBJECTS, _INUSE_SPACE = range(4)
 _DEFAULT_SAMPLE_TYPE = "inuse_space"
 _UNKNOWN_NAME = "<unknown>"
 _NO_STACK_FRAME = ("<unknown>", 0, "<no Python frame>", 0)
+_UNKNOWN_FRAME = ("<unknown>", 0)
 _GZIP_MAGIC = b"\x1f\x8b"
 _ALLOCATOR_NAMES = ("raw", "mem", "obj", "numpy", "native")
 # load_pprof refuses to rebuild more traces than this (8 bytes each, plus the model's work):
@@ -92,6 +92,19 @@ _DEFAULT_ALLOCATOR = 1  # MEM, as the model assumes for 4-tuple traces
 
 
 # --------------------------------------------------------------------------- writing
+
+
+def _pb2() -> Any:
+    """The generated ``profile_pb2`` module, imported on first use: protobuf is needed only
+    to write or read pprof files, and its absence is reported with what to install."""
+    try:
+        from . import profile_pb2
+    except ImportError as exc:
+        raise MissingDependencyError(
+            "pprof export and import need the 'protobuf' package (4.21 or newer), which "
+            "cannot be imported here: install it with  pip install 'protobuf>=4.21'"
+        ) from exc
+    return profile_pb2
 
 
 class _Strings:
@@ -132,7 +145,7 @@ class _Builder:
     """Accumulates functions, locations and samples of one profile."""
 
     def __init__(self, frame_namer: FrameNamer | None) -> None:
-        self.profile = profile_pb2.Profile()
+        self.profile = _pb2().Profile()
         self.strings = _Strings()
         self._namer = frame_namer or _identity_namer
         self._functions: dict[tuple[str, str, str, int], int] = {}
@@ -245,29 +258,23 @@ def _comments(snapshot: Snapshot, alloc_tracked: bool, samples: int) -> list[str
     return lines
 
 
-def _raw_traces(snapshot: Snapshot) -> Sequence[tuple]:
-    """The snapshot's raw traces (``docs/architecture.md``), without building Trace objects.
-
-    Building a ``Trace`` and a ``Traceback`` per allocation costs ~20 s for a million exact
-    traces; the raw tuples cost ~1 s. Snapshots of other shapes go through the public API.
-    """
-    raw = getattr(snapshot, "raw_traces", None)
-    if raw is not None:
-        return raw
+def _as_snapshot(snapshot: Any) -> Snapshot:
+    """``snapshot`` itself, or for a snapshot-like object (``traces`` of ``Trace``,
+    ``sample_rate``, ``traceback_limit``, ``allocated``, ``meta``) an equal ``Snapshot``."""
+    if isinstance(snapshot, Snapshot):
+        return snapshot
     shared: dict[tuple, tuple] = {}  # one frames tuple per distinct stack, as the model has
-    out = []
+    raw = []
     for t in snapshot.traces:
         frames = tuple(
             (f.filename, f.lineno, f.name, f.firstlineno) for f in reversed(t.traceback)
         )
         frames = shared.setdefault(frames, frames)
-        out.append((t.domain, t.size, frames, t.total_nframe, int(t.allocator), t.thread_id))
-    return out
-
-
-def _frames_key(frames: tuple) -> tuple:
-    """What traceback equality looks at: the (filename, lineno) of each frame."""
-    return tuple([frame[:2] for frame in frames])
+        raw.append((t.domain, t.size, frames, t.total_nframe, int(t.allocator), t.thread_id))
+    return Snapshot(raw, getattr(snapshot, "traceback_limit", 1),
+                    sample_rate=snapshot.sample_rate,
+                    allocated=getattr(snapshot, "allocated", None),
+                    meta=getattr(snapshot, "meta", None))
 
 
 def _time_fields(meta: dict[str, Any]) -> tuple[int, int]:
@@ -298,6 +305,7 @@ def to_profile(
     builder = _Builder(frame_namer)
     profile = builder.profile
     strings = builder.strings
+    snapshot = _as_snapshot(snapshot)
     meta = snapshot.meta or {}
     threads = meta.get("threads") or {}
 
@@ -312,57 +320,34 @@ def to_profile(
         has_line_numbers=True,
     )
 
-    # Group sampled allocations: same stack, labels and size give the same weight.
-    # Frames tuples are keyed by identity (the model shares one per traceback).
-    raw = _raw_traces(snapshot)
-    frames_of: dict[int, tuple] = {}
-    groups: Counter[tuple] = Counter()
-    for trace in raw:
-        frames = trace[2]
-        frames_of[id(frames)] = frames
-        groups[
-            (
-                id(frames),
-                trace[3],
-                trace[0],
-                trace[4] if len(trace) > 4 else _DEFAULT_ALLOCATOR,
-                trace[5] if len(trace) > 5 else 0,
-                trace[1],
-            )
-        ] += 1
-
-    allocated = getattr(snapshot, "allocated", None)
-    keys_of: dict[int, tuple] = {}
+    # One pprof sample per group of identical sampled allocations (same frames object,
+    # labels and size), and the allocation totals per traceback: both from the aggregation.
+    allocated = snapshot.allocated_records
+    alloc_of: dict[tuple, aggregate.Record] = {}
+    keys_of: dict[int, tuple] = {}  # id(frames) -> key; frames stay alive in the snapshot
 
     def stack_key(frames: tuple) -> tuple:
         key = keys_of.get(id(frames))
         if key is None:
-            key = keys_of[id(frames)] = _frames_key(frames)
+            key = keys_of[id(frames)] = aggregate.frames_key(frames or (_UNKNOWN_FRAME,))
         return key
 
-    alloc_by_stack: dict[tuple, list] = {}  # frames key -> [frames, total_nframe, count, size]
-    for entry in allocated or ():
-        frames, total_nframe, count, size = entry[:4]
-        totals = alloc_by_stack.setdefault(stack_key(frames), [frames, total_nframe, 0.0, 0.0])
-        totals[2] += float(count)
-        totals[3] += float(size)
-
-    rate = snapshot.sample_rate
-    weights: dict[int, float] = {}
+    if allocated is not None:
+        for record in aggregate.by_traceback(snapshot):
+            if not record.allocated.empty:
+                raw_frames = record.traceback.raw_frames  # a new tuple: not via stack_key
+                alloc_of[aggregate.frames_key(raw_frames or (_UNKNOWN_FRAME,))] = record
     rounders = [_RunningRound() for _ in SAMPLE_TYPES]
     live_samples = 0
-    for (frames_id, total_nframe, domain, allocator, thread_id, size), n in groups.items():
-        frames = frames_of[frames_id]
-        weight = weights.get(size)
-        if weight is None:
-            weight = weights[size] = estimate.weight(size, rate)
-        count, space = n * weight, n * size * weight
-        live_samples += n
+    for g in aggregate.sample_groups(snapshot):
+        frames = g.frames
+        count, space = g.live.count, g.live.size
+        live_samples += g.n
         if allocated is None:
             alloc = (count, space)
         else:
-            totals = alloc_by_stack.pop(stack_key(frames), None)
-            alloc = (totals[2], totals[3]) if totals else (0.0, 0.0)
+            record = alloc_of.pop(stack_key(frames), None)
+            alloc = (record.allocated.count, record.allocated.size) if record else (0.0, 0.0)
         sample = profile.sample.add()
         sample.location_id.extend(builder.stack(frames))
         sample.value.extend(
@@ -373,19 +358,22 @@ def to_profile(
                 rounders[_INUSE_SPACE](space),
             ]
         )
-        builder.num_label(sample, "bytes", size, "bytes")
-        builder.num_label(sample, "samples", n, "count")
-        builder.num_label(sample, "thread_id", _int64(thread_id))
-        thread_name = threads.get(str(thread_id))
+        builder.num_label(sample, "bytes", g.size, "bytes")
+        builder.num_label(sample, "samples", g.n, "count")
+        builder.num_label(sample, "thread_id", _int64(g.thread_id))
+        thread_name = threads.get(str(g.thread_id))
         if isinstance(thread_name, str) and thread_name:
             builder.str_label(sample, "thread_name", thread_name)
-        builder.num_label(sample, "domain", domain)
-        builder.str_label(sample, "allocator", _allocator_name(allocator))
-        if total_nframe != len(frames):
-            builder.num_label(sample, "total_nframe", total_nframe)
+        builder.num_label(sample, "domain", g.domain)
+        builder.str_label(sample, "allocator", _allocator_name(g.allocator))
+        if g.total_nframe != len(frames):
+            builder.num_label(sample, "total_nframe", g.total_nframe)
 
     # Allocation sites whose allocations were all freed: alloc_* only.
-    for frames, total_nframe, count, space in alloc_by_stack.values():
+    for record in alloc_of.values():
+        frames = record.traceback.raw_frames
+        total_nframe = record.traceback.total_nframe
+        count, space = record.allocated.count, record.allocated.size
         sample = profile.sample.add()
         sample.location_id.extend(builder.stack(frames))
         sample.value.extend(
@@ -498,10 +486,12 @@ def _decompress(data: bytes, name: str) -> bytes:
 
 
 def _parse(raw: bytes, name: str) -> Any:
+    pb2 = _pb2()
+    from google.protobuf.message import DecodeError
     if not raw:
         raise PprofFormatError(f"{name}: empty file, not a pprof profile")
     try:
-        profile = profile_pb2.Profile.FromString(raw)
+        profile = pb2.Profile.FromString(raw)
     except (DecodeError, RuntimeError, ValueError) as exc:
         raise PprofFormatError(
             f"{name}: not a pprof profile (gzipped or raw profile.proto): {exc}"
