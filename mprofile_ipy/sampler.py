@@ -359,6 +359,52 @@ def take_snapshot() -> Snapshot:
         lib.mp_thread_ignore(0)
 
 
+@dataclass(frozen=True)
+class LiveBlock:
+    """One sampled block that is still alive, with the address the allocator returned.
+
+    ``frames`` are raw frames, most recent first, exactly as in a raw trace
+    (``docs/architecture.md``). ``allocator`` is a :class:`mprofile_ipy.model.Allocator`
+    value; for Python objects the address is the start of the block, which lies before
+    ``id(obj)`` by the object's GC header and pre-header.
+    """
+
+    address: int
+    size: int
+    allocator: int
+    domain: int
+    thread_id: int
+    frames: tuple
+
+
+def live_blocks() -> list[LiveBlock]:
+    """Every sampled block still alive, with its address (for tools that map blocks to
+    objects, e.g. to ask why something is still alive).
+
+    The profiler's own allocations while building the list are not sampled. Returns an
+    empty list when the profiler is not tracing.
+    """
+    lib.mp_thread_ignore(1)
+    try:
+        if not is_tracing():
+            return []
+        snap = lib.mp_snapshot_take()
+        if snap == ffi.NULL:
+            raise MemoryError("not enough memory to copy the sampler's tables")
+        try:
+            traces, _ = _read_snapshot(snap)
+            addresses = _u64(lib.mp_snapshot_addresses(snap), len(traces))
+        finally:
+            lib.mp_snapshot_free(snap)
+        return [
+            LiveBlock(address=addr, size=t[1], allocator=t[4], domain=t[0], thread_id=t[5],
+                      frames=t[2])
+            for addr, t in zip(addresses, traces, strict=True)
+        ]
+    finally:
+        lib.mp_thread_ignore(0)
+
+
 def get_object_traceback(obj: object) -> Traceback | None:
     """The traceback where ``obj`` was allocated, if that allocation was sampled.
 

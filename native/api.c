@@ -118,6 +118,7 @@ void mp_get_stats(mp_stats_t *out) {
 struct mp_snapshot {
     size_t ntraces;
     uint64_t *traces;          /* 4 per trace */
+    uint64_t *addresses;       /* 1 per trace: the block's address, same order */
     mp_intern_copy_t intern;
 };
 
@@ -129,10 +130,13 @@ static mp_snapshot *snapshot_locked_copy(uintptr_t only) {
     size_t n = only ? 1 : mp_table_count_locked();
     mp_live_t *live = malloc((n ? n : 1) * sizeof(mp_live_t));
     snap->traces = malloc((n ? n : 1) * 4 * sizeof(uint64_t));
-    if (live == NULL || snap->traces == NULL || mp_intern_copy_locked(&snap->intern) != 0) {
+    snap->addresses = malloc((n ? n : 1) * sizeof(uint64_t));
+    if (live == NULL || snap->traces == NULL || snap->addresses == NULL ||
+        mp_intern_copy_locked(&snap->intern) != 0) {
         mp_unlock();
         free(live);
         free(snap->traces);
+        free(snap->addresses);
         free(snap);
         return NULL;
     }
@@ -149,6 +153,7 @@ static mp_snapshot *snapshot_locked_copy(uintptr_t only) {
         snap->traces[4 * i + 1] = live[i].tb;
         snap->traces[4 * i + 2] = live[i].allocator;
         snap->traces[4 * i + 3] = live[i].thread;
+        snap->addresses[i] = (uint64_t)live[i].ptr;
     }
     snap->ntraces = n;
     free(live);
@@ -197,11 +202,13 @@ void mp_snapshot_free(mp_snapshot *snap) {
     free(snap->intern.alloc);
     free(snap->intern.refs);
     free(snap->traces);
+    free(snap->addresses);
     free(snap);
 }
 
 size_t mp_snapshot_ntraces(mp_snapshot *snap) { return snap->ntraces; }
 const uint64_t *mp_snapshot_traces(mp_snapshot *snap) { return snap->traces; }
+const uint64_t *mp_snapshot_addresses(mp_snapshot *snap) { return snap->addresses; }
 size_t mp_snapshot_ntracebacks(mp_snapshot *snap) { return snap->intern.ntb; }
 const uint64_t *mp_snapshot_tracebacks(mp_snapshot *snap) { return snap->intern.tbs; }
 const double *mp_snapshot_tb_allocated(mp_snapshot *snap) { return snap->intern.alloc; }

@@ -50,6 +50,7 @@ mp_snapshot *mp_snapshot_of_object(uintptr_t object_address);
 void mp_snapshot_free(mp_snapshot *snap);
 size_t mp_snapshot_ntraces(mp_snapshot *snap);
 const uint64_t *mp_snapshot_traces(mp_snapshot *snap);      /* 4 per trace: size, tb, allocator, thread */
+const uint64_t *mp_snapshot_addresses(mp_snapshot *snap);   /* 1 per trace: block address */
 size_t mp_snapshot_ntracebacks(mp_snapshot *snap);
 const uint64_t *mp_snapshot_tracebacks(mp_snapshot *snap);  /* 3 per tb: first, nframes, total_nframe */
 /* 4 per tb: estimated count, estimated bytes, samples, variance of the bytes estimate */

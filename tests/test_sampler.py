@@ -11,12 +11,14 @@ import gc
 import math
 import subprocess
 import sys
+import threading
 import tracemalloc
 
 import pytest
 
 import mprofile_ipy as mp
 from mprofile_ipy import sampler
+from mprofile_ipy.model import Allocator
 
 HERE = __file__
 
@@ -378,3 +380,53 @@ def test_sampling_probability_matches_the_exponential_model(size):
     estimated_count = sum(t.weight for t in sampled)
     assert abs(estimated_count - n) <= 5 * sd / p + 1
     assert not [t for t in mp.take_snapshot().traces if t.size == size]
+
+
+def _preheader(obj: object) -> int:
+    """Bytes in front of ``id(obj)`` in its block (CPython's _PyType_PreHeaderSize)."""
+    flags = type(obj).__flags__
+    pre = 16 if flags & (1 << 14) else 0          # Py_TPFLAGS_HAVE_GC: the GC links
+    if sys.version_info >= (3, 12):
+        if flags & ((1 << 2) | (1 << 3)):         # MANAGED_DICT | MANAGED_WEAKREF
+            pre += 16
+    elif sys.version_info >= (3, 11) and flags & (1 << 4):   # 3.11 MANAGED_DICT
+        pre += 16
+    return pre
+
+
+class _Plain:
+    def __init__(self) -> None:
+        self.x = 1
+
+
+def test_live_blocks_give_the_address_size_and_frames_of_each_block():
+    mp.start(sample_rate=1)
+    payload = b"x" * 5000  # live-bytes
+    items = {payload, 1}  # live-set
+    inst = _Plain()  # live-inst
+    blocks = sampler.live_blocks()
+    by_address = {b.address: b for b in blocks}
+    assert len(by_address) == len(blocks)
+    for obj, marker in [(payload, "live-bytes"), (items, "live-set"), (inst, "live-inst")]:
+        block = by_address.get(id(obj) - _preheader(obj))
+        assert block is not None, marker
+        assert block.frames[0][:2] == (HERE, line_of(marker))
+        assert block.domain == 0
+        assert block.thread_id == threading.get_ident()
+        assert block.allocator in (Allocator.MEM, Allocator.OBJ, Allocator.RAW)
+    bytes_block = by_address[id(payload)]
+    assert bytes_block.size == sys.getsizeof(payload)
+    assert by_address[id(items) - _preheader(items)].size >= sys.getsizeof(items) - 32
+    mp.stop()
+    assert sampler.live_blocks() == []
+
+
+def test_live_blocks_do_not_record_their_own_allocations():
+    mp.start(sample_rate=1)
+    first = sampler.live_blocks()
+    second = sampler.live_blocks()
+    # Each call builds a list of objects; none of them is sampled, so the second call
+    # sees exactly the blocks the first one saw (nothing else ran in between).
+    new = {b.address for b in second} - {b.address for b in first}
+    assert not new, [b for b in second if b.address in new][:5]
+    assert id(first) - _preheader(first) not in {b.address for b in second}
