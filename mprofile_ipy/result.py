@@ -60,6 +60,16 @@ def describe_error(error: BaseException) -> str:
     return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
 
+def _read(part: str, name: str, doc: str) -> property:
+    """A read-only attribute of the facade: ``report.<part>.<name>`` (``report.<name>``)."""
+
+    def get(self: Any) -> Any:
+        source = getattr(self.report, part) if part else self.report
+        return getattr(source, name)
+
+    return property(get, doc=doc)
+
+
 class _Displayable:
     """The display protocol shared by results: text for terminals, static HTML for notebooks."""
 
@@ -138,47 +148,33 @@ class ProfileResult(_Displayable):
         return result
 
     # -- figures (read from the report) -----------------------------------------------------
-    label = property(lambda self: self.report.summary.label, doc="``In [12]`` or a name.")
-    elapsed = property(lambda self: self.report.summary.elapsed, doc="Seconds the code ran.")
-    current = property(lambda self: self.report.summary.current,
-                       doc="Estimated bytes still alive at the end.")
-    peak = property(lambda self: self.report.summary.peak, doc="Estimated peak bytes.")
-    allocated = property(lambda self: self.report.summary.allocated,
-                         doc="Estimated bytes allocated, freed ones included.")
-    allocated_count = property(lambda self: self.report.summary.allocated_count,
-                               doc="Estimated allocations, freed ones included.")
-    samples = property(lambda self: self.report.summary.samples,
-                       doc="Sampled allocations, freed ones included.")
-    live_samples = property(lambda self: self.report.summary.live_samples,
-                            doc="Sampled allocations still alive.")
-    sample_rate = property(lambda self: self.report.sample_rate,
-                           doc="Mean bytes between samples (<= 1: exact).")
-    is_exact = property(lambda self: self.report.exact,
-                        doc="True when every allocation was traced (sample rate 0 or 1).")
-    total = property(lambda self: self.report.summary.total,
-                     doc="Estimated bytes alive in the snapshot (all frames, before hiding).")
-    total_std_error = property(lambda self: self.report.summary.total_std_error,
-                               doc="Standard error of :attr:`total`, in bytes.")
-    shown = property(lambda self: self.report.summary.shown,
-                     doc="Estimated bytes of the allocations the views show.")
-    hidden = property(lambda self: self.report.summary.hidden,
-                      doc="Estimated bytes of allocations with no user frame.")
-    filtered_out = property(lambda self: self.report.summary.filtered_out,
-                            doc="Estimated bytes removed by the include/exclude patterns.")
-    has_allocated = property(lambda self: self.report.has_allocated,
-                             doc="True when per-site allocation totals are known.")
-    error = property(lambda self: self.report.summary.error,
-                     doc="What the code raised (one line), or None.")
-    group_by = property(lambda self: self.report.options.group_by, doc="Default grouping.")
-    top = property(lambda self: self.report.options.top, doc="Default number of sites.")
-    show_all = property(lambda self: self.report.options.show_all,
-                        doc="True when no frame is hidden.")
-    include = property(lambda self: self.report.options.include, doc="Include patterns.")
-    exclude = property(lambda self: self.report.options.exclude, doc="Exclude patterns.")
-    attributor = property(lambda self: self.report.attributor,
-                          doc="How frames are named (cells as ``In [12]``).")
-    created = property(lambda self: self.report.measures.created,
-                       doc="When the result was made (``time.time()``).")
+    label = _read("summary", "label", "``In [12]`` or a name.")
+    elapsed = _read("summary", "elapsed", "Seconds the code ran.")
+    current = _read("summary", "current", "Estimated bytes still alive at the end.")
+    peak = _read("summary", "peak", "Estimated peak bytes.")
+    allocated = _read("summary", "allocated", "Estimated bytes allocated, freed ones included.")
+    allocated_count = _read("summary", "allocated_count",
+                            "Estimated allocations, freed ones included.")
+    samples = _read("summary", "samples", "Sampled allocations, freed ones included.")
+    live_samples = _read("summary", "live_samples", "Sampled allocations still alive.")
+    total = _read("summary", "total",
+                  "Estimated bytes alive in the snapshot (all frames, before hiding).")
+    total_std_error = _read("summary", "total_std_error", "Standard error of ``total``.")
+    shown = _read("summary", "shown", "Estimated bytes of the allocations the views show.")
+    hidden = _read("summary", "hidden", "Estimated bytes of allocations with no user frame.")
+    filtered_out = _read("summary", "filtered_out",
+                         "Estimated bytes removed by the include/exclude patterns.")
+    error = _read("summary", "error", "What the code raised (one line), or None.")
+    sample_rate = _read("", "sample_rate", "Mean bytes between samples (<= 1: exact).")
+    is_exact = _read("", "exact", "True when every allocation was traced.")
+    has_allocated = _read("", "has_allocated", "True when per-site allocation totals are known.")
+    attributor = _read("", "attributor", "How frames are named (cells as ``In [12]``).")
+    group_by = _read("options", "group_by", "Default grouping.")
+    top = _read("options", "top", "Default number of sites.")
+    show_all = _read("options", "show_all", "True when no frame is hidden.")
+    include = _read("options", "include", "Include patterns.")
+    exclude = _read("options", "exclude", "Exclude patterns.")
+    created = _read("measures", "created", "When the result was made (``time.time()``).")
 
     @property
     def options(self) -> dict[str, Any]:
@@ -368,13 +364,11 @@ class DiffResult(_Displayable):
         self.old = old
         self.report = DiffReport(new.report, old.report, group_by, top)
 
-    group_by = property(lambda self: self.report.group_by, doc="Default grouping.")
-    top = property(lambda self: self.report.top, doc="Default number of changes shown.")
-    label = property(lambda self: self.report.summary.label, doc="``B vs A``.")
-    size_diff = property(lambda self: self.report.summary.size_diff,
-                         doc="Change of the estimated total.")
-    is_exact = property(lambda self: self.report.exact,
-                        doc="True when both results traced every allocation.")
+    group_by = _read("", "group_by", "Default grouping.")
+    top = _read("", "top", "Default number of changes shown.")
+    label = _read("summary", "label", "``B vs A``.")
+    size_diff = _read("summary", "size_diff", "Change of the estimated total.")
+    is_exact = _read("", "exact", "True when both results traced every allocation.")
 
     def diffs(self, group_by: str | None = None, top: int | None = None) -> list[SiteDiff]:
         """Every site of either result, sorted by the absolute size change, largest first."""

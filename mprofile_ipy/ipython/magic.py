@@ -64,36 +64,35 @@ class MProfileMagics(Magics):
         self.session: Session | None = None
 
     # -- events (sampling paused: their work is the profiler's bookkeeping) ---------------------
-    def _live_session(self) -> Session | None:
-        session = self.session
-        if session is not None and session.running and sampler.is_tracing():
-            return session
-        return None
+    def _on_cell_event(self, action: Any) -> None:
+        """Run ``action(session)`` for a running session; an event never breaks a cell."""
+        with sampler.paused():
+            session = self.session
+            if session is None or not session.running or not sampler.is_tracing():
+                return
+            try:
+                action(session)
+            except Exception:  # noqa: BLE001 - an event must never break the user's cell
+                pass
 
     def pre_run_cell(self, info: Any = None) -> None:
         """Per-cell peaks: the peak restarts with each cell of a running session."""
-        with sampler.paused():
-            session = self._live_session()
-            if session is None:
-                return
-            try:
-                session.max_peak = max(session.max_peak, sampler.get_stats().peak_bytes)
-                sampler.reset_peak()
-            except Exception:  # noqa: BLE001 - an event must never break the user's cell
-                pass
+
+        def restart_peak(session: Session) -> None:
+            session.max_peak = max(session.max_peak, sampler.get_stats().peak_bytes)
+            sampler.reset_peak()
+
+        self._on_cell_event(restart_peak)
 
     def post_run_cell(self, result: Any = None) -> None:
         """Record the memory alive after each cell of a running session."""
-        with sampler.paused():
-            session = self._live_session()
-            if session is None:
-                return
-            try:
-                number = getattr(result, "execution_count", None)
-                label = cell_label(number) if number is not None else f"#{len(session.timeline)}"
-                session.record(label, number)
-            except Exception:  # noqa: BLE001 - an event must never break the user's cell
-                pass
+        number = getattr(result, "execution_count", None)
+
+        def record(session: Session) -> None:
+            label = cell_label(number) if number is not None else f"#{len(session.timeline)}"
+            session.record(label, number)
+
+        self._on_cell_event(record)
 
     # -- the magic ----------------------------------------------------------------------------
     @no_var_expand

@@ -14,6 +14,8 @@ estimate), ``size_stderr`` and ``count_stderr`` (standard errors of ``size`` in 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from operator import attrgetter
 from typing import Any
 
 from ..estimate import weight
@@ -84,26 +86,37 @@ def _typed(df: Any, exact: bool, **overrides: str) -> ReportFrame:
     return frame
 
 
+#: Site column -> its value, read from a :class:`~mprofile_ipy.report.Site`.
+_SITE_VALUES: dict[str, Callable[[Any], Any]] = {
+    "size": attrgetter("size"), "count": attrgetter("count"), "percent": attrgetter("percent"),
+    "samples": attrgetter("samples"), "size_stderr": attrgetter("std_error"),
+    "count_stderr": attrgetter("count_std_error"), "rel_error": attrgetter("rel_error"),
+    "allocated": attrgetter("allocated"), "allocated_count": attrgetter("allocated_count"),
+    "traceback": lambda site: format_traceback(site.traceback),
+}
+#: Diff column -> its value, read from a :class:`~mprofile_ipy.report.SiteDiff`.
+_DIFF_VALUES: dict[str, Callable[[Any], Any]] = {
+    "size": attrgetter("size"), "size_diff": attrgetter("size_diff"),
+    "count": attrgetter("count"), "count_diff": attrgetter("count_diff"),
+    "samples": attrgetter("samples"), "old_samples": attrgetter("old_samples"),
+    "size_diff_stderr": attrgetter("std_error"),
+    "count_diff_stderr": attrgetter("count_std_error"),
+    "significant": attrgetter("significant"),
+}
+
+
+def _rows(items: Sequence[Any], values: dict[str, Callable[[Any], Any]],
+          top: int | None) -> list[dict[str, Any]]:
+    """One row per site (or change): its frame's columns and its values."""
+    chosen = items[:top] if top is not None else items
+    return [{**_frame_columns(item.frame, item.group_by),
+             **{name: get(item) for name, get in values.items()}} for item in chosen]
+
+
 def sites_dataframe(report: Report, group_by: str | None = None,
                     top: int | None = None) -> ReportFrame:
     """One row per site (alive or only allocated), largest estimated size first."""
-    rows = []
-    sites = report.sites(group_by, by="all")
-    for site in sites[:top] if top is not None else sites:
-        row = _frame_columns(site.frame, site.group_by)
-        row.update(
-            size=site.size,
-            count=site.count,
-            percent=site.percent,
-            samples=site.samples,
-            size_stderr=site.std_error,
-            count_stderr=site.count_std_error,
-            rel_error=site.rel_error,
-            allocated=site.allocated,
-            allocated_count=site.allocated_count,
-            traceback=format_traceback(site.traceback),
-        )
-        rows.append(row)
+    rows = _rows(report.sites(group_by, by="all"), _SITE_VALUES, top)
     df = pd.DataFrame(rows, columns=SITE_COLUMNS)
     df.attrs.update(group_by=report.options.group_by if group_by is None else group_by,
                     sample_rate=report.sample_rate, label=report.summary.label)
@@ -153,22 +166,7 @@ def diff_dataframe(diff: DiffReport, group_by: str | None = None,
                    top: int | None = None) -> ReportFrame:
     """One row per site of either result, largest absolute change first; ``significant``
     says whether the change lies outside its 95% interval (what the other views list)."""
-    rows = []
-    items = diff.rows(group_by)
-    for item in items[:top] if top is not None else items:
-        row = _frame_columns(item.frame, item.group_by)
-        row.update(
-            size=item.size,
-            size_diff=item.size_diff,
-            count=item.count,
-            count_diff=item.count_diff,
-            samples=item.samples,
-            old_samples=item.old_samples,
-            size_diff_stderr=item.std_error,
-            count_diff_stderr=item.count_std_error,
-            significant=item.significant,
-        )
-        rows.append(row)
+    rows = _rows(diff.rows(group_by), _DIFF_VALUES, top)
     return _typed(pd.DataFrame(rows, columns=DIFF_COLUMNS), diff.exact)
 
 
