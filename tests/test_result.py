@@ -399,3 +399,23 @@ def test_truncated_and_foreign_stacks_are_kept_by_position():
                    for s in res.sites("traceback"))
     assert shown == [(("In [3]", 3),), (("In [3]", 4), ("In [3]", 3))]
     assert res.hidden == 0
+
+
+def test_a_lean_install_reports_as_text_and_html(without_modules):
+    # GIVEN no IPython, pandas, matplotlib, ipywidgets or protobuf (a service's install)
+    result = without_modules(["IPython", "pandas", "matplotlib", "ipywidgets", "google.protobuf"],
+                             """
+        import mprofile_ipy as mp
+        mp.start(seed=1)
+        kept = bytearray(4 * 2**20)
+        snapshot = mp.take_snapshot()
+        mp.stop()
+        res = mp.ProfileResult(snapshot, label="service")
+        print(res.to_text().splitlines()[0])
+        print("<table" in res.to_html(), res.sites("line")[0].frame.source)
+    """)
+    # THEN the API and the text and HTML reports work
+    assert result.returncode == 0, result.stderr
+    first, second = result.stdout.splitlines()[:2]
+    assert first.startswith("mprofile service: 4.0 MiB still alive")
+    assert second == "True kept = bytearray(4 * 2**20)"
