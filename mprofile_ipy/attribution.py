@@ -292,6 +292,8 @@ class Attributor:
         self.shell = shell
         self._cells: dict[str, CellInfo | None] = {}
         self._locations: dict[tuple[str, int], Location] = {}
+        # file name -> (short path, internal, stdlib, its lines): one answer per file
+        self._files: dict[str, tuple[str, bool, bool, list[str]]] = {}
 
     # -- cells ----------------------------------------------------------------------------
     def cell(self, filename: str) -> CellInfo | None:
@@ -378,9 +380,14 @@ class Attributor:
     def _locate(self, filename: str, lineno: int) -> Location:
         info = self.cell(filename)
         if info is None:
-            source = linecache.getline(filename, lineno).strip() if lineno > 0 else ""
-            return Location(filename, lineno, short_path(filename), lineno, source, None,
-                            is_internal(filename), False, is_stdlib(filename))
+            file = self._files.get(filename)
+            if file is None:
+                file = self._files[filename] = (short_path(filename), is_internal(filename),
+                                                is_stdlib(filename), linecache.getlines(filename))
+            short, internal, stdlib, lines = file
+            source = lines[lineno - 1].strip() if 0 < lineno <= len(lines) else ""
+            return Location(filename, lineno, short, lineno, source, None, internal, False,
+                            stdlib)
         line = lineno + info.line_offset
         source = ""
         if info.lines is not None and 0 < line <= len(info.lines):

@@ -209,6 +209,11 @@ class FrameInfo:
                    location.source, location.cell, location.internal, location.is_cell,
                    location.stdlib, firstlineno)
 
+    def __hash__(self) -> int:
+        # Tracebacks (tuples of frames) are dict keys everywhere: hash what tells frames
+        # apart, not all eleven fields.
+        return hash((self.filename, self.lineno, self.name))
+
     @property
     def where(self) -> str:
         """``In [3], line 2`` for cells, ``path:12`` for files."""
@@ -662,7 +667,7 @@ class Report:
         found = self._visible.get(traceback)
         if found is not None:
             return found
-        frames = tuple(self._frame(raw) for raw in traceback._frames)
+        frames = tuple(self._frame(raw) for raw in reversed(traceback.raw_frames))
         opts = self.options
         visible = visible_frames(frames, traceback.total_nframe, show_all=opts.show_all,
                                  base=self.measures.caller_stack)
