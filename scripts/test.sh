@@ -4,8 +4,9 @@
 #   bash scripts/test.sh
 #
 # 1. System tools, installed when missing and the machine allows it (root + apt):
-#    Debian's golang-go (`go tool pprof`, for the pprof reader tests) and chromium (for the
-#    browser tests of the HTML report). Without them those tests skip and say why.
+#    Debian's golang-go (`go tool pprof`, for the pprof reader tests), chromium (for the
+#    browser tests of the HTML report) and valgrind (the callgrind harness's smoke test).
+#    Without them those tests skip and say why.
 # 2. A venv (.venv) on the default python3 with the package installed editable (this
 #    compiles the C sampler with cffi) and its test extras; the whole suite runs there.
 # 3. Packaging: the sdist is built, a wheel is built FROM THAT SDIST, and the wheel is
@@ -53,6 +54,7 @@ apt_install() {  # apt_install COMMAND PACKAGE WHY: install a Debian package whe
 banner "system tools"
 apt_install go golang-go "the pprof reader tests (go tool pprof)"
 apt_install chromium chromium "the browser tests of the HTML report"
+apt_install valgrind valgrind "the smoke test of benchmarks/callgrind.py"
 
 banner "setting up .venv with $("$PYTHON" --version)"
 setup_venv "$PYTHON" .venv "[test,numpy]"
