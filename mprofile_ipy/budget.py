@@ -23,14 +23,15 @@ but needs a signal number that ipykernel and the user's code do not use, and its
 still only runs between bytecodes; ``_thread.interrupt_main`` raises ``KeyboardInterrupt``
 (the wrong exception, and the one users catch to stop loops); exiting like Fil loses
 every variable. An interrupt is raised only when the main thread is running user code (a
-frame outside IPython, ipykernel, asyncio, ... is on its stack, and, when
+cell or a file of the user's own, outside the standard library and site-packages, is on
+its stack, and, when
 :func:`register_ipython` wired the cell hooks, a cell is executing). One race remains: a
 cell that ends in the microseconds between that check and the delivery gets the exception
 in IPython's own code right after it (the kernel survives; that cell's reply may be an
 internal error). The window is a few microseconds per trip.
 
-After an interrupt the budget re-arms once memory is back under the limit; until then it
-trips again only if memory grows another 10% of the limit, so ``del big`` in the next cell
+After an interrupt the budget re-arms once memory is back 5% under the limit; until then
+it trips again only if memory grows another 10% of the limit, so ``del big`` in the next cell
 works while a runaway is still caught. The watcher is one daemon thread, started when a
 budget, the safety net or the flight recorder (:mod:`mprofile_ipy.recorder`) needs it and
 stopped as soon as none does; it never touches the allocation fast path and its own
@@ -94,9 +95,13 @@ FAST_INTERVAL = 0.010
 SLOW_INTERVAL = 0.050
 #: Past a trip, the budget trips again only after this fraction of the limit more.
 REARM_STEP = 0.10
+#: ... or once memory is this fraction of the limit under it (figures jitter).
+REARM_HYSTERESIS = 0.05
 #: Ring buffer of the memory timeline: a point every 100 ms at most, the last 2 minutes.
 TIMELINE_STEP = 0.1
 TIMELINE_POINTS = 1200
+#: Above this many live samples (exact mode), the interrupt does not wait for a snapshot.
+MAX_TRIP_SAMPLES = 200_000
 #: Seconds after which an interrupt whose exception was never instantiated is forgotten.
 PENDING_EXPIRY = 1.0
 _UNLIMITED = 2**60  # cgroup v1 writes "no limit" as a huge page-rounded number
@@ -780,7 +785,7 @@ class _Watcher:
                 if value is None:
                     continue
                 threshold = self.rearm.get(measure, limit)
-                if value < limit:
+                if value < limit - int(limit * REARM_HYSTERESIS):
                     self.rearm.pop(measure, None)
                 elif value >= threshold:
                     return "budget", measure, value, limit
@@ -802,9 +807,11 @@ class _Watcher:
 
     def _crossed(self, measure: str, left: int, margin: int) -> bool:
         """Headroom ``left`` under ``margin``; after a trip, only once it shrank by another
-        margin (or went back above the margin, which re-arms)."""
-        if left >= margin:
+        half margin (going back above 1.5 margins re-arms: usage figures jitter)."""
+        if left >= margin + margin // 2:  # hysteresis: usage figures jitter
             self.rearm.pop(measure, None)
+            return False
+        if left >= margin:
             return False
         threshold = self.rearm.get(measure)
         return threshold is None or left <= threshold
@@ -854,9 +861,14 @@ class _Watcher:
         attributor = Attributor()
         running, inner = locate_running(frame, attributor)
         del frame
+        if running is None or not is_own_code(running):
+            # Only libraries and tools run (IPython formatting a traceback with
+            # stack_data, say): the user's code is not on the stack, nothing to stop.
+            return
         snapshot = None
         sites: list[tuple[str, float]] = []
-        if sampler.is_tracing():
+        stats = sampler.get_stats()
+        if stats.tracing and stats.live_samples <= MAX_TRIP_SAMPLES:
             try:
                 snapshot = sampler.take_snapshot()
                 sites = top_sites(snapshot, 5, attributor)

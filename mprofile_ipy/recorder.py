@@ -2,7 +2,9 @@
 
 While recording, the watcher thread of :mod:`mprofile_ipy.budget` rewrites one file per
 process at most every ``interval`` seconds (1 s), and only when something changed (the
-sampler's samples, the running cell or line, resident memory by more than 1 MiB). The file
+sampler's samples, the running cell or line, resident memory by more than 1 MiB); a write
+that took ``d`` seconds of CPU delays the next one by at least ``100 * d`` (a huge
+exact-mode table), so writing stays around 1% of a core at worst. The file
 holds the live sample table (when the sampler runs), the cell and line the main thread was
 running, the peak and the recent memory timeline. It is written to a temporary file in
 the same directory and renamed over the old one (``os.replace``), so a reader, or a kernel
@@ -57,6 +59,8 @@ RECORD_SUFFIX = ".record.json.gz"
 #: Timeline points kept in a record (at most one per 100 ms: the last minute or more).
 RECORD_TIMELINE_POINTS = 600
 MiB = 1024 * 1024
+#: Writes are spaced by at least this many times the duration of the last one.
+COST_FACTOR = 100
 
 
 def state_dir() -> Path:
@@ -170,6 +174,7 @@ class FlightRecorder:
         self.path = self.directory / (
             f"{self.identity['pid']}-{self.identity['start_ticks'] or 0}{RECORD_SUFFIX}")
         self._last_write = 0.0
+        self._cost_gap = 0.0
         self._fingerprint: tuple | None = None
         self._attributor = Attributor(self.shell)
         self._lock = threading.Lock()
@@ -181,7 +186,7 @@ class FlightRecorder:
     # -- called by the watcher thread -----------------------------------------------------
     def on_tick(self, reading: _budget.Reading) -> None:
         """Watcher listener: write when ``interval`` passed and something changed."""
-        if reading.time - self._last_write < self.interval:
+        if reading.time - self._last_write < max(self.interval, self._cost_gap):
             return
         self.write(reading)
 
@@ -202,7 +207,7 @@ class FlightRecorder:
                 self.skipped += 1
                 self._last_write = reading.time
                 return False
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), time.thread_time()
             try:
                 self._write(reading, stats, running, inner)
             except Exception as exc:  # noqa: BLE001 - never disturb the user's code
@@ -211,6 +216,10 @@ class FlightRecorder:
             finally:
                 self._last_write = reading.time
             self.write_seconds += time.perf_counter() - t0
+            # A huge sample table (exact mode, millions of traces) makes writes slow: space
+            # them so that writing takes at most ~1% of the CPU. CPU time of this thread,
+            # not wall time: a slow disk or a busy machine is no reason to write less.
+            self._cost_gap = COST_FACTOR * (time.thread_time() - cpu0)
             self.writes += 1
             self._fingerprint = fingerprint
             return True

@@ -322,6 +322,19 @@ def test_watcher_allocations_are_not_sampled():
     assert not any(name.endswith("budget.py") for name in files)
 
 
+def test_own_code_is_cells_and_user_files_not_libraries():
+    from mprofile_ipy.attribution import Location
+
+    def loc(filename, internal=False, is_cell=False, stdlib=False):
+        return Location(filename, 1, filename, 1, "", None, internal, is_cell, stdlib)
+
+    assert B.is_own_code(loc("/tmp/ipykernel_1/2.py", is_cell=True))
+    assert B.is_own_code(loc("/home/me/project/pipeline.py"))
+    assert not B.is_own_code(loc("/v/lib/python3.11/site-packages/stack_data/core.py"))
+    assert not B.is_own_code(loc("/usr/lib/python3.11/ast.py", stdlib=True))
+    assert not B.is_own_code(loc("/v/site-packages/IPython/core/ultratb.py", internal=True))
+
+
 def test_forked_child_starts_with_nothing_enabled():
     B.set_budget("+2GB")
     pid = os.fork()
@@ -445,6 +458,56 @@ def test_kernel_under_an_address_space_limit_is_saved_by_the_safety_net(kernel):
     assert kernel.ok("print(len(precious))").strip() == "1"
 
 
+def _memory_cgroup_of_this_process() -> Path | None:
+    """The writable memory cgroup directory (v2 or v1) of this process, or None."""
+    dirs = B.parse_cgroup_dirs(Path("/proc/self/cgroup").read_text(),
+                               Path("/proc/self/mountinfo").read_text())
+    if not dirs or os.geteuid() != 0:
+        return None
+    directory, version = dirs[0]
+    if version == 2 and "memory" not in (Path(directory) / "cgroup.subtree_control"
+                                         ).read_text():
+        return None  # a v2 child would have no memory controller
+    return Path(directory)
+
+
+def test_kernel_in_a_memory_cgroup_is_stopped_before_the_oom_killer(tmp_path):
+    # GIVEN a kernel moved into a child cgroup limited to 400 MB (as a container would be)
+    parent = _memory_cgroup_of_this_process()
+    if parent is None:
+        pytest.skip("no memory cgroup this test may create")
+    child = parent / f"mprofile-test-{os.getpid()}"
+    try:
+        child.mkdir()
+    except OSError as exc:
+        pytest.skip(f"cannot create a memory cgroup here: {exc}")
+    k = None
+    try:
+        v2 = (child / "memory.max").exists()
+        (child / ("memory.max" if v2 else "memory.limit_in_bytes")).write_text(f"{400 * MiB}")
+        k = Kernel(tmp_path)
+        (child / "cgroup.procs").write_text(str(k.pid))
+        k.ok(SETUP + "import time; time.sleep(2.5)  # the watcher re-reads its cgroup")
+        assert k.ok("print(B.read_memory().cgroup_limit)").strip() == str(400 * MiB)
+        # WHEN a cell grows memory without end
+        out = k.run("chunks = []\nwhile True:\n    chunks.append(bytearray(4 * 2**20))\n")
+        # THEN the safety net stops it before the OOM killer, and the kernel lives on
+        assert out["ename"] == "MemoryBudgetExceeded", out["text"]
+        assert "cgroup usage" in out["evalue"] and "safety net" in out["evalue"]
+        assert f"In [{out['count']}], line 3" in out["evalue"]
+        assert int(k.ok("print(len(chunks))")) > 20
+        k.ok("del chunks")
+    finally:
+        if k is not None:
+            k.shutdown()
+        for _ in range(50):
+            try:
+                child.rmdir()
+                break
+            except OSError:
+                time.sleep(0.1)
+
+
 def test_kernel_over_budget_between_cells_is_not_interrupted(kernel):
     # GIVEN a kernel already over its budget when a cell ends (set past validation)
     kernel.ok("hog = bytearray(150 * 2**20)\n"
@@ -522,7 +585,7 @@ def test_walkthrough_fix_runs_under_a_block_budget_and_cleans_up(walkthrough):
 
 def test_walkthrough_post_mortem_names_line_and_size(walkthrough):
     pm_text = next(t for t in (_text(c) for c in walkthrough) if t.startswith("Post-mortem"))
-    assert "nightly_report.py, line 10: time.sleep(60)" in pm_text
+    assert "nightly_report.py, line 10: time.sleep(60)" in pm_text, pm_text
     site = next(x for x in pm_text.splitlines() if "line 8: rows = " in x)
     size_mib = float(site.split()[0])
     assert abs(size_mib * MiB - 150e6) < 0.1 * 150e6

@@ -113,6 +113,24 @@ def test_recorder_rewrites_at_most_every_interval(tmp_path):
     assert 3 <= writes <= 1 + 1.25 / 0.3 + 1
 
 
+def test_slow_writes_are_spaced_out(tmp_path):
+    rec = R.start_recording(tmp_path, interval=100)
+    B.remove_listener(rec.on_tick)  # drive it by hand
+    rec.interval = 0.01
+    rec._last_write = 0.0
+    blob = bytearray(8 * MiB)  # something changed
+    now = time.time()
+    rec._cost_gap = 0.0
+    rec.on_tick(B.Reading(now, rss=len(blob) + 10**9))
+    assert 0 <= rec._cost_gap <= R.COST_FACTOR * rec.write_seconds + 0.01
+    writes = rec.writes
+    rec._cost_gap = 5.0  # as if the last write had taken 50 ms
+    rec.on_tick(B.Reading(now + 1.0, rss=2 * 10**9))
+    assert rec.writes == writes  # too soon for such a slow writer
+    rec.on_tick(B.Reading(now + 6.0, rss=3 * 10**9))
+    assert rec.writes == writes + 1
+
+
 def test_stop_recording_removes_the_record_or_keeps_it(tmp_path):
     rec = R.start_recording(tmp_path)
     assert rec.path.exists() and R.is_recording() and B.status().watching
