@@ -185,3 +185,38 @@ def test_follow_needs_a_running_sampler():
     assert not mp.is_tracing()
     with pytest.raises(mp.MprofileError, match="start the sampler"):
         children.follow()
+
+
+def test_merge_kernel_and_children_into_one_profile(session):
+    from mprofile_ipy import processes
+
+    kept = [bytearray(BLOCK) for _ in range(256)]  # 2 MiB alive in the kernel
+    pids = [_run_process("fork"), _run_process("spawn")]
+    got = session.collect(timeout=10)
+    kernel = processes.ProcessPart("kernel", "kernel", os.getpid(), mp.take_snapshot())
+    parts = [kernel] + [processes.ProcessPart(p.label, "child", p.pid, s)
+                        for p, s in got.snapshots if p.pid in pids]
+    profile = processes.merge(parts, got.notes())
+    # allocations at the work line add up over the two children, sample by sample
+    assert _allocated_at_work_line(profile.merged) == pytest.approx(
+        sum(_allocated_at_work_line(s) for _, s in got.snapshots if _.pid in pids), rel=1e-9)
+    assert _allocated_at_work_line(profile.merged) == pytest.approx(2 * BLOCK * BLOCKS,
+                                                                    rel=0.10)
+    assert [p["kind"] for p in profile.merged.meta["processes"]] == ["kernel", "child", "child"]
+    shares = profile.shares("allocated")
+    assert {part.pid for part, _ in shares} == {os.getpid(), *pids}
+    child_stats = profile.statistics("lineno", process=str(pids[0]))
+    assert child_stats and all(isinstance(s, mp.Statistic) for s in child_stats)
+    with pytest.raises(KeyError, match="no process"):
+        profile.statistics("lineno", process="nobody")
+    del kept
+
+
+def test_merge_refuses_different_rates():
+    from mprofile_ipy import processes
+
+    a = mp.Snapshot([(0, 10, (("a.py", 1),), 1)], 1, sample_rate=4096)
+    b = mp.Snapshot([(0, 10, (("a.py", 1),), 1)], 1, sample_rate=8192)
+    with pytest.raises(mp.MprofileError, match="different sample rates"):
+        processes.merge([processes.ProcessPart("a", "child", 1, a),
+                         processes.ProcessPart("b", "child", 2, b)])
