@@ -68,11 +68,14 @@ __all__ = [
     "budget",
     "cell_finished",
     "cell_started",
+    "describe_location",
     "disable_for_ipython",
     "disable_safety_net",
     "enable_for_ipython",
     "enable_safety_net",
     "get_budget",
+    "is_own_code",
+    "locate_running",
     "memory_budget",
     "read_memory",
     "register_ipython",
@@ -438,20 +441,37 @@ def user_frames(frame: Any) -> Iterator[Any]:
         frame = frame.f_back
 
 
+def is_own_code(loc: Location) -> bool:
+    """A line the user wrote: a notebook cell, or a file outside the standard library,
+    site-packages and the machinery around user code."""
+    if loc.is_cell:
+        return True
+    if loc.internal or loc.stdlib:
+        return False
+    name = loc.filename
+    return not ("site-packages" in name or "dist-packages" in name or name.startswith("<frozen"))
+
+
 def locate_running(frame: Any, attributor: Attributor | None = None
                    ) -> tuple[Location | None, Location | None]:
-    """(what runs, which cell line) for a stack: the innermost user frame resolved with
-    cell labels, and the innermost frame of a notebook cell (``None`` when not in a cell)."""
+    """(the user's line, the innermost line) of a stack, resolved with cell labels.
+
+    The user's line is the innermost notebook-cell frame, else the innermost frame of the
+    user's own files (see :func:`is_own_code`), else the innermost frame outside the
+    machinery; the innermost line is the innermost frame outside the machinery (a line of
+    pandas, say). Both are ``None`` when only machinery runs (a kernel waiting for input).
+    """
     attributor = attributor or Attributor()
-    running = cell = None
+    inner = own = None
     for f in user_frames(frame):
         loc = attributor.locate(f.f_code.co_filename, f.f_lineno or 0)
-        if running is None:
-            running = loc
+        if inner is None:
+            inner = loc
         if loc.is_cell:
-            cell = loc
-            break
-    return running, cell
+            return loc, inner
+        if own is None and is_own_code(loc):
+            own = loc
+    return own or inner, inner
 
 
 def describe_location(loc: Location | None) -> str:
@@ -466,7 +486,8 @@ def top_sites(snapshot: Any, n: int = 5, attributor: Attributor | None = None
               ) -> list[tuple[str, float]]:
     """The ``n`` lines holding the most estimated live memory in ``snapshot``, each as
     (where, bytes). A site is the innermost notebook-cell frame of a traceback, else its
-    innermost user frame, else its innermost frame: what a notebook user would edit."""
+    innermost frame of the user's own files, else its innermost frame outside the
+    machinery: the line a notebook user would edit."""
     if snapshot is None:
         return []
     attributor = attributor or Attributor()
@@ -474,16 +495,18 @@ def top_sites(snapshot: Any, n: int = 5, attributor: Attributor | None = None
     sums: dict[tuple[str, int], float] = collections.defaultdict(float)
     for trace in snapshot.raw_traces:
         frames = trace[2]
-        chosen = None
-        fallback = None
+        chosen = own = fallback = None
         for filename, lineno, *_ in frames:
             loc = attributor.locate(filename, lineno)
             if loc.is_cell:
                 chosen = (filename, lineno)
                 break
+            if own is None and is_own_code(loc):
+                own = (filename, lineno)
             if fallback is None and not loc.internal:
                 fallback = (filename, lineno)
-        key = chosen or fallback or ((frames[0][0], frames[0][1]) if frames else ("?", 0))
+        key = (chosen or own or fallback
+               or ((frames[0][0], frames[0][1]) if frames else ("?", 0)))
         sums[key] += trace[1] * _weight(trace[1], rate)
     ranked = sorted(sums.items(), key=lambda kv: -kv[1])[:n]
     return [(describe_location(attributor.locate(*key)), size) for key, size in ranked]
@@ -500,7 +523,9 @@ class Trip:
     ``kind`` is ``"budget"`` or ``"safety net"``; ``measure`` names what tripped
     (``"rss"``, ``"traced"``, ``"cgroup"``, ``"available"``, ``"swap"``,
     ``"address space"``); ``value`` and ``limit`` are bytes (for ``"available"``, what is
-    left and the margin); ``running`` and ``cell`` where the main thread was;
+    left and the margin); ``running`` the user's line the main thread was in (a cell's
+    line in a notebook) and ``inner`` the innermost line outside the machinery (in pandas,
+    say);
     ``sites`` the top allocating sites (when the sampler is on), ``timeline`` the recent
     (time, rss, traced) points, ``reading`` every measure at that moment.
     """
@@ -511,7 +536,7 @@ class Trip:
     limit: int
     reading: Reading
     running: Location | None = None
-    cell: Location | None = None
+    inner: Location | None = None
     snapshot: Any = None
     sites: list[tuple[str, float]] = field(default_factory=list)
     timeline: list[tuple[float, int | None, int | None]] = field(default_factory=list)
@@ -548,8 +573,8 @@ class Trip:
     def message(self) -> str:
         lines = [self.headline()]
         lines.append(f"  running: {describe_location(self.running)}")
-        if self.cell is not None and self.cell != self.running:
-            lines.append(f"  in cell: {describe_location(self.cell)}")
+        if self.inner is not None and self.inner != self.running:
+            lines.append(f"    inside: {describe_location(self.inner)}")
         if self.sites:
             lines.append("  top allocating sites (sampled, alive at the interrupt):")
             for where, size in self.sites:
@@ -579,8 +604,9 @@ class _BudgetInterrupt(MemoryBudgetExceeded):
     ``PyThreadState_SetAsyncExc`` takes an exception *class* and Python instantiates it
     with no arguments when it lands, so this subclass takes its details from the trip the
     watcher left pending. It shows as ``mprofile_ipy.MemoryBudgetExceeded``. Attributes:
-    ``kind``, ``measure``, ``value``, ``limit``, ``location`` (text), ``cell``, ``sites``,
-    ``snapshot``, ``timeline``, ``trip``.
+    ``kind``, ``measure``, ``value``, ``limit``, ``location`` (the user's line, as text),
+    ``inner_location`` (the innermost line, in a library say), ``cell`` (``In [N]`` or
+    ``None``), ``sites``, ``snapshot``, ``timeline``, ``trip``.
     """
 
     def __init__(self, *args: object) -> None:
@@ -602,7 +628,8 @@ class _BudgetInterrupt(MemoryBudgetExceeded):
         self.value = trip.value
         self.limit = trip.limit
         self.location = describe_location(trip.running)
-        self.cell = describe_location(trip.cell) if trip.cell else None
+        self.inner_location = describe_location(trip.inner)
+        self.cell = trip.running.file if trip.running and trip.running.is_cell else None
         self.sites = trip.sites
         self.snapshot = trip.snapshot
         self.timeline = trip.timeline
@@ -666,6 +693,7 @@ class _Watcher:
         self.listeners: list[Callable[[Reading], None]] = []
         self.ipython = False  # cell hooks registered: interrupt only inside a cell
         self.executing = False
+        self.fired_in_cell = False
         self.thread: threading.Thread | None = None
         self.stop_event = threading.Event()
         self.interval = SLOW_INTERVAL
@@ -813,6 +841,8 @@ class _Watcher:
         with self.lock:
             if self.ipython and not self.executing:
                 return
+            if self.ipython and kind == "budget" and self.fired_in_cell:
+                return  # one budget interrupt per cell: the rest of it is error handling
         with _pending_lock:
             # One interrupt at a time; a trip that was never instantiated (3.10/3.11 create
             # the exception lazily, `except MemoryError: pass` never does) expires.
@@ -822,7 +852,7 @@ class _Watcher:
         if frame is None or next(user_frames(frame), None) is None:
             return  # the main thread waits for input: nothing to stop
         attributor = Attributor()
-        running, cell = locate_running(frame, attributor)
+        running, inner = locate_running(frame, attributor)
         del frame
         snapshot = None
         sites: list[tuple[str, float]] = []
@@ -833,11 +863,17 @@ class _Watcher:
             except Exception:  # noqa: BLE001 - a report without sites beats no interrupt
                 snapshot = None
         events = probe.cgroup_events() if probe is not None and measure == "cgroup" else {}
-        trip = Trip(kind, measure, value, limit, r, running, cell, snapshot, sites,
+        trip = Trip(kind, measure, value, limit, r, running, inner, snapshot, sites,
                     list(self.timeline)[-300:], events, detected, reading_margin=self.margin)
-        # Re-arm rule: trip again only after another step of growth.
+        # Re-arm rule: trip again only after another step of growth, of every budget
+        # measure over the limit (else `traced` would trip while IPython formats the
+        # traceback of an `rss` trip).
         if kind == "budget":
-            self.rearm[measure] = value + max(int(limit * REARM_STEP), MiB)
+            step = max(int(limit * REARM_STEP), MiB)
+            for name, level in (("rss", r.rss), ("traced", r.traced)):
+                if level is not None and level >= limit:
+                    self.rearm[name] = max(self.rearm.get(name, 0), level + step)
+            self.rearm[measure] = max(self.rearm.get(measure, 0), value + step)
         else:
             left = {"cgroup": limit - value, "address space": limit - value,
                     "available": value, "swap": limit - value}[measure]
@@ -852,6 +888,8 @@ class _Watcher:
                 if _set_async_exc(main.ident, _BudgetInterrupt) != 1:
                     _pending = None
                     return
+            if kind == "budget":
+                self.fired_in_cell = True
         self.trips += 1
 
 
@@ -1037,6 +1075,7 @@ def cell_started(*_: Any) -> None:
     w = _watcher
     with w.lock:
         w.executing = True
+        w.fired_in_cell = False
         r = w.reading
         w.cell_peak_rss = r.rss if r and r.rss else 0
         limit = w.limit()

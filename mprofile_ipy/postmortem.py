@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .attribution import Attributor, CellInfo, cell_label
 from .errors import MprofileError
 from .model import Snapshot
 from .recorder import RECORD_FORMAT, RECORD_SUFFIX, RECORD_VERSION, process_alive, state_dir
@@ -64,13 +65,38 @@ class _Located:
         return f"{text}: {self.source}" if self.source else text
 
 
+class RecordAttributor(Attributor):
+    """Resolves the dead process's notebook cells from the map its record carries (the
+    kernel that compiled them is gone), other files as usual."""
+
+    def __init__(self, cells: Any) -> None:
+        super().__init__(shell=None)
+        self._record_cells: dict[str, CellInfo] = {}
+        for filename, d in (cells or {}).items() if isinstance(cells, dict) else ():
+            try:
+                number = d.get("number")
+                lines = d.get("lines")
+                self._record_cells[str(filename)] = CellInfo(
+                    number if isinstance(number, int) else None,
+                    str(d.get("label") or cell_label(number)),
+                    int(d.get("line_offset") or 0),
+                    tuple(str(x) for x in lines) if isinstance(lines, list) else None)
+            except (AttributeError, TypeError, ValueError):
+                continue
+
+    def cell(self, filename: str) -> CellInfo | None:
+        found = self._record_cells.get(filename)
+        return found if found is not None else super().cell(filename)
+
+
 class PostMortem:
     """A dead process's last record.
 
     Attributes: ``path``, ``snapshot`` (the sampled allocations alive at the last write;
     empty when the sampler was off), ``record`` (the raw metadata dict), ``pid``,
     ``notebook``, ``cwd``, ``connection_file``, ``started_at``/``written_at`` (epoch
-    seconds), ``running`` (innermost user line) and ``cell`` (the notebook cell line), each
+    seconds), ``running`` (the user's line: a cell's line in a notebook), ``inner`` (the
+    innermost line, in a library say) and ``cell`` (``running`` when it is a cell), each
     with ``file``/``line``/``source``/``cell``, ``executing`` (whether code was running),
     ``rss``, ``peak_rss``, ``traced``, ``peak_traced`` (bytes or ``None``), ``budget``,
     ``timeline`` (a list of (time, rss, traced)).
@@ -94,6 +120,7 @@ class PostMortem:
         self.started_at = _num(get("started_at"))
         self.written_at = _num(get("written_at"))
         self.running = _Located.from_dict(get("running"))
+        self.inner = _Located.from_dict(get("inner"))
         self.cell = _Located.from_dict(get("cell")) or (
             self.running if self.running and self.running.cell is not None else None)
         self.executing = bool(get("executing"))
@@ -102,6 +129,7 @@ class PostMortem:
         self.traced = _int(get("traced"))
         self.peak_traced = _int(get("peak_traced"))
         self.budget = _int(get("budget"))
+        self.attributor = RecordAttributor(get("cells"))
         self.timeline: list[tuple[float, int | None, int | None]] = []
         for point in get("timeline") or []:
             if isinstance(point, list) and len(point) == 3:
@@ -123,7 +151,7 @@ class PostMortem:
         """The ``n`` lines holding the most estimated live memory: (where, bytes)."""
         from .budget import top_sites
 
-        return top_sites(self.snapshot, n)
+        return top_sites(self.snapshot, n, self.attributor)
 
     def summary(self) -> str:
         """A few lines for people: who died, where, how big."""
@@ -134,8 +162,8 @@ class PostMortem:
         lines = [f"Post-mortem of {who}: its last record was written at {when}."]
         if self.executing and self.running is not None:
             lines.append(f"  running: {self.running.describe()}")
-            if self.cell is not None and self.cell != self.running:
-                lines.append(f"  in cell: {self.cell.describe()}")
+            if self.inner is not None and self.inner != self.running:
+                lines.append(f"    inside: {self.inner.describe()}")
         else:
             lines.append("  no code of the notebook was running at the last record")
         figures = []
@@ -190,10 +218,8 @@ class PostMortem:
         peak = self.peak_traced if self.peak_traced is not None else self.peak_rss
         return ProfileResult(self.snapshot, label=self.label, current=float(self.traced_total),
                              peak=float(peak) if peak is not None else None,
-                             timeline=timeline or None,
-                             error=f"the process (pid {self.pid}) died while running "
-                                   f"{self.running.describe() if self.running else '?'}",
-                             created=self.written_at, **options)
+                             timeline=timeline or None, created=self.written_at,
+                             **{"attributor": self.attributor, **options})
 
 
 def _num(value: Any) -> float | None:

@@ -191,7 +191,7 @@ class FlightRecorder:
             reading = reading or _budget.read_memory()
             stats = sampler.get_stats()
             frame = _budget.main_thread_frame()
-            running, cell = _budget.locate_running(frame, self._attributor)
+            running, inner = _budget.locate_running(frame, self._attributor)
             del frame
             fingerprint = (
                 stats.tracing, stats.samples, stats.live_samples,
@@ -204,7 +204,7 @@ class FlightRecorder:
                 return False
             t0 = time.perf_counter()
             try:
-                self._write(reading, stats, running, cell)
+                self._write(reading, stats, running, inner)
             except Exception as exc:  # noqa: BLE001 - never disturb the user's code
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 return False
@@ -216,7 +216,7 @@ class FlightRecorder:
             return True
 
     def _write(self, reading: _budget.Reading, stats: sampler.SamplerStats,
-               running: Location | None, cell: Location | None) -> None:
+               running: Location | None, inner: Location | None) -> None:
         if stats.tracing:
             snapshot = sampler.take_snapshot()
         else:
@@ -233,7 +233,8 @@ class FlightRecorder:
             "written_at": reading.time,
             "executing": running is not None,
             "running": _location_dict(running),
-            "cell": _location_dict(cell),
+            "inner": _location_dict(inner),
+            "cell": _location_dict(running) if running and running.is_cell else None,
             "execution_count": execution_count if isinstance(execution_count, int) else None,
             "rss": reading.rss,
             "peak_rss": max(status.peak_rss, reading.rss or 0),
@@ -246,6 +247,7 @@ class FlightRecorder:
             "safety_net": status.safety_net,
             "timeline": [[t, r, tr] for t, r, tr in points],
         }
+        record["cells"] = self._cells(snapshot, running, inner)
         snapshot.meta["record"] = record
         buffer = io.BytesIO()
         save_snapshot(snapshot, buffer)
@@ -261,6 +263,34 @@ class FlightRecorder:
             except OSError:
                 pass
             raise
+
+    def _cells(self, snapshot: Snapshot, *locations: Location | None) -> dict[str, Any]:
+        """What a later process needs to show this one's cells: for each notebook cell file
+        in the snapshot or on the running stack, its number, label, line offset and lines."""
+        filenames = {loc.filename for loc in locations if loc is not None and loc.is_cell}
+        seen_frames: set[int] = set()
+        for trace in snapshot.raw_traces:
+            frames = trace[2]
+            if id(frames) in seen_frames:
+                continue
+            seen_frames.add(id(frames))
+            filenames.update(f[0] for f in frames)
+        out: dict[str, Any] = {}
+        for filename in filenames:
+            info = self._attributor.cell(filename)
+            if info is None:
+                continue
+            lines = info.lines
+            if lines is None:
+                import linecache
+
+                lines = tuple(x.rstrip("\n") for x in linecache.getlines(filename)) or None
+                offset = 0
+            else:
+                offset = info.line_offset
+            out[filename] = {"number": info.number, "label": info.label,
+                             "line_offset": offset, "lines": list(lines) if lines else None}
+        return out
 
     def remove(self) -> None:
         """Delete this process's record (a clean exit is not a death)."""

@@ -333,8 +333,9 @@ _META_NUMBERS = {"started_at": 1e11, "taken_at": 1e11, "samples_total": _INT64_M
                  "peak_bytes": _INT64_MAX, "allocated_bytes": _INT64_MAX,
                  "allocated_count": _INT64_MAX}
 _META_INTS = {"seed": 2**64 - 1, "pid": _INT64_MAX, "sample_rate": MAX_SAMPLE_RATE,
-              "max_frames": _INT32_MAX, "foreign_hooks": _INT64_MAX}
+              "max_frames": _INT32_MAX}
 _META_STRINGS = ("python", "implementation", "source")
+_META_BOOLS = ("foreign_hooks", "native")
 
 
 def _check_meta(meta: Any, check: _Checker) -> dict:
@@ -349,6 +350,9 @@ def _check_meta(meta: Any, check: _Checker) -> dict:
     for key in _META_STRINGS:
         if meta.get(key) is not None and not isinstance(meta[key], str):
             raise check.error(f"meta.{key} must be a string")
+    for key in _META_BOOLS:
+        if meta.get(key) is not None and not isinstance(meta[key], bool):
+            raise check.error(f"meta.{key} must be true or false")
     threads = meta.get("threads")
     if threads is not None and not (
         isinstance(threads, dict) and all(isinstance(v, str) for v in threads.values())

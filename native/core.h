@@ -39,6 +39,7 @@ typedef struct {
     uint64_t rng;         /* xorshift64* state */
     uint32_t generation;  /* g_generation this state was drawn for */
     int busy;             /* reentrancy depth: >0 while inside a hook or the profiler */
+    uint32_t probe;       /* 1 while hooks.c probes which of its layers are reachable */
 } mp_tls_t;
 
 /* Per-thread state, read on every allocation. The initial-exec TLS model makes that one

@@ -457,3 +457,72 @@ def test_kernel_over_budget_between_cells_is_not_interrupted(kernel):
     # THEN nothing was interrupted, in the kernel's loop or in those cells
     assert kernel.ok("print(B.status().trips - trips)").strip() == "0"
     kernel.ok("B.set_budget(None)")
+
+
+# ---------------------------------------------------------------------------------------------
+# The walkthrough notebook
+
+
+NOTEBOOK = ROOT / "notebooks" / "kernel_guard.ipynb"
+
+
+def _text(cell) -> str:
+    parts = []
+    for output in cell.outputs:
+        if output.output_type == "stream":
+            parts.append(output.text)
+        elif output.output_type in ("display_data", "execute_result"):
+            parts.append(output.data.get("text/plain", ""))
+    return "\n".join(parts)
+
+
+@pytest.fixture(scope="module")
+def walkthrough(tmp_path_factory):
+    import nbformat
+    from nbclient import NotebookClient
+
+    work = tmp_path_factory.mktemp("kernel-guard")
+    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "XDG_STATE_HOME")}
+    os.environ["PYTHONPATH"] = str(ROOT) + os.pathsep + (saved["PYTHONPATH"] or "")
+    os.environ["XDG_STATE_HOME"] = str(work / "state")  # not the user's own records
+    try:
+        nb = nbformat.read(NOTEBOOK, as_version=4)
+        NotebookClient(nb, timeout=300, startup_timeout=60, kernel_name="python3",
+                       resources={"metadata": {"path": str(work)}}).execute()
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return [c for c in nb.cells if c.cell_type == "code"]
+
+
+def test_walkthrough_stops_the_pipeline_and_names_its_line(walkthrough):
+    errors = [(c, o) for c in walkthrough for o in c.outputs if o.output_type == "error"]
+    assert len(errors) == 1  # only the cell tagged raises-exception
+    cell, error = errors[0]
+    assert "raises-exception" in cell.metadata.get("tags", [])
+    assert error.ename == "MemoryBudgetExceeded"
+    assert "resident memory (RSS)" in error.evalue
+    line = 'parts.append(events.merge(customers, on="customer_id", how="left"))'
+    assert f"running: In [{cell.execution_count}], line 4: {line}" in error.evalue
+    top = error.evalue.split("top allocating sites")[1].splitlines()[1]
+    assert top.strip().endswith(f"In [{cell.execution_count}], line 4: {line}")
+    after = _text(walkthrough[walkthrough.index(cell) + 1])
+    days = int(after.split()[0])
+    assert 1 <= days < 60 and "(125000, 3) customers rows still here" in after
+
+
+def test_walkthrough_fix_runs_under_a_block_budget_and_cleans_up(walkthrough):
+    texts = [_text(c) for c in walkthrough]
+    assert any("1,200,000 rows" in t for t in texts)
+    assert texts[-1].strip() == "watching: False"
+
+
+def test_walkthrough_post_mortem_names_line_and_size(walkthrough):
+    pm_text = next(t for t in (_text(c) for c in walkthrough) if t.startswith("Post-mortem"))
+    assert "nightly_report.py, line 10: time.sleep(60)" in pm_text
+    site = next(x for x in pm_text.splitlines() if "line 8: rows = " in x)
+    size_mib = float(site.split()[0])
+    assert abs(size_mib * MiB - 150e6) < 0.1 * 150e6

@@ -431,3 +431,22 @@ def test_file_names_that_are_not_utf8_round_trip(tmp_path):
 
     again = load_pprof(tmp_path / "names.pb.gz")
     assert again.statistics("lineno")[0].traceback[0].filename == "/tmp/mod\\xff.py"
+
+
+def test_a_snapshot_taken_by_the_sampler_round_trips(tmp_path):
+    """The sampler's own meta (booleans such as foreign_hooks and native) loads back."""
+    import mprofile_ipy as mp
+
+    mp.start(sample_rate=1)
+    try:
+        data = [bytearray(1000) for _ in range(10)]
+        snap = mp.take_snapshot()
+    finally:
+        mp.stop()
+    path = tmp_path / "real.snap"
+    snap.dump(path)
+    loaded = mp.Snapshot.load(path)
+    assert loaded.meta["foreign_hooks"] is False
+    assert loaded.meta["native"] is False
+    assert loaded.statistics("lineno") == snap.statistics("lineno")
+    del data
