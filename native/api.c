@@ -15,10 +15,12 @@
 #include <time.h>
 #include <unistd.h>
 
-static char g_error[256];
+/* The last error, per thread: two threads failing at once each read their own message
+ * (cffi calls mp_last_error on the thread that got the -1, right after). */
+static _Thread_local char t_error[256];
 
-void mp_set_error(const char *msg) { snprintf(g_error, sizeof(g_error), "%s", msg); }
-const char *mp_last_error(void) { return g_error; }
+void mp_set_error(const char *msg) { snprintf(t_error, sizeof(t_error), "%s", msg); }
+const char *mp_last_error(void) { return t_error; }
 int mp_max_frames_limit(void) { return MP_MAX_FRAMES_LIMIT; }
 unsigned long mp_python_version_built(void) { return PY_VERSION_HEX; }
 
@@ -68,7 +70,7 @@ int mp_start(int64_t sample_rate, int max_frames, uint64_t seed, int use_seed) {
         int64_t cur = g_sample_rate <= 1 ? 1 : g_sample_rate;
         int64_t req = sample_rate <= 1 ? 1 : sample_rate;
         if (cur != req) {
-            snprintf(g_error, sizeof(g_error),
+            snprintf(t_error, sizeof(t_error),
                      "already tracing with sample_rate=%lld; call stop() before changing it",
                      (long long)g_sample_rate);
             rc = -1;

@@ -635,13 +635,9 @@ static void *dlopen_as(const char *file, int mode, const void *caller) {
     return h != NULL ? h : dlopen(file, mode);
 }
 
-/* fork(): a child must not inherit g_patch_lock held by a thread that is gone. */
-static void patch_atfork_prepare(void) { pthread_mutex_lock(&g_patch_lock); }
-static void patch_atfork_release(void) { pthread_mutex_unlock(&g_patch_lock); }
-
-__attribute__((constructor)) static void register_patch_atfork(void) {
-    pthread_atfork(patch_atfork_prepare, patch_atfork_release, patch_atfork_release);
-}
+/* fork(): fork.c takes g_patch_lock first and releases it last. */
+void nc_patch_fork_lock(void) { pthread_mutex_lock(&g_patch_lock); }
+void nc_patch_fork_unlock(void) { pthread_mutex_unlock(&g_patch_lock); }
 
 static void *h_dlopen(const char *file, int mode) {
     const void *caller = __builtin_return_address(0);
@@ -651,6 +647,9 @@ static void *h_dlopen(const char *file, int mode) {
     return h;
 }
 
+#else
+void nc_patch_fork_lock(void) {}
+void nc_patch_fork_unlock(void) {}
 #endif  /* NC_SUPPORTED */
 
 /* ---- entry points ------------------------------------------------------------------------- */

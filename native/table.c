@@ -160,13 +160,3 @@ uint64_t mp_table_memory_locked(void) {
     return (uint64_t)g_cap * sizeof(mp_live_t) + sizeof(g_bucket_count) +
            sizeof(g_filter_bits);
 }
-
-/* fork(): the child must not inherit g_lock held by a thread that no longer exists.
- * Take it around fork so the table is consistent on both sides, then release it. */
-static void atfork_prepare(void) { pthread_mutex_lock(&g_lock); }
-static void atfork_parent(void) { pthread_mutex_unlock(&g_lock); }
-static void atfork_child(void) { pthread_mutex_unlock(&g_lock); }
-
-__attribute__((constructor)) static void register_atfork(void) {
-    pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
-}
