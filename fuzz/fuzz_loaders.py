@@ -404,6 +404,13 @@ def run_structured(seconds: float, seed: int, *, max_inputs: int | None = None,
     """Run the structure-aware fuzzer for ``seconds`` (or ``max_inputs`` inputs)."""
     stats: dict[str, Any] = {"inputs": 0, "loaded": 0, "crashes": []}
     deadline = time.monotonic() + seconds
+    for kind, data in seed_files(sampler):  # files the project writes must load back
+        if load(kind, data) is None:
+            crash = Crash(kind, data, "load of a file the project wrote",
+                          ValueError("refused with the format error"))
+            stats["crashes"].append(crash)
+            if stop_on_crash:
+                raise crash
     for kind, data in structured_inputs(seed, sampler):
         if time.monotonic() > deadline or (max_inputs and stats["inputs"] >= max_inputs):
             break

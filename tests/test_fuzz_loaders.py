@@ -39,6 +39,15 @@ def test_structure_aware_fuzzing_finds_no_crash(fuzz):
     assert 10 < stats["loaded"] < 240
 
 
+def test_every_file_the_project_writes_loads_back(fuzz):
+    # the seeds include a snapshot taken by the sampler itself: its meta must pass the
+    # loaders' checks (a bool where an int was expected once refused real snapshots)
+    seeds = fuzz.seed_files(sampler=True)
+    assert len(seeds) == 10
+    for kind, data in seeds:
+        assert fuzz.load(kind, data) is not None, kind
+
+
 def test_the_stream_of_inputs_is_reproducible(fuzz):
     first = [data for _, data in zip(range(40), fuzz.structured_inputs(3), strict=False)]
     again = [data for _, data in zip(range(40), fuzz.structured_inputs(3), strict=False)]
