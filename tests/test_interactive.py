@@ -344,3 +344,24 @@ def test_allocations_of_ipython_itself_are_left_out_with_a_note():
         data["notes"])
     shown = data_from_snapshot(snap, title="t", attributor=Attributor(None), hide_internal=False)
     assert any("interactiveshell" in r["label"] for r in shown["groupings"]["file"]["rows"])
+
+
+def test_report_output_displays_once_and_updates_in_place():
+    from IPython.core.interactiveshell import InteractiveShell
+    from IPython.utils.capture import capture_output
+
+    InteractiveShell.instance()
+    view = interactive.ReportOutput(minimal(title="first"))
+    with capture_output() as captured:
+        view.display()
+        view.update(minimal(title="second"))
+        with pytest.raises(ReportDataError):
+            view.update(minimal(kind="pie"))
+    first, second = captured.outputs
+    assert "first" in first.data["text/html"] and "second" in second.data["text/html"]
+    assert "data-mpr-replaces='widget'" in second.data["text/html"]
+    assert first.transient["display_id"] == second.transient["display_id"]
+    assert second.update and not first.update
+    assert view.data["title"] == "second"
+    with pytest.raises(RuntimeError, match="already displayed"):
+        view.display()

@@ -85,6 +85,7 @@ __all__ = [
     "MAX_TRACEBACKS",
     "MAX_TRACEBACKS_PER_ROW",
     "ReportDataError",
+    "ReportOutput",
     "data_from_snapshot",
     "json_for_script",
     "render_report",
@@ -712,12 +713,16 @@ def _timeline_html(data: dict[str, Any]) -> str:
             f"{peak_svg}<polyline class='mpr-line' points='{line}'/>{''.join(marks)}</svg></div>")
 
 
-def render_report(data: dict[str, Any], *, uid: str | None = None) -> str:
+def render_report(data: dict[str, Any], *, uid: str | None = None,
+                  replaces_widget: bool = False) -> str:
     """The self-contained HTML report of ``data`` (schema in the module doc).
 
-    The output is a pure function of ``data`` and ``uid``; ``uid`` (default: a hash of the
-    data and a per-process counter) names the report's root element so that several reports
-    in one page have distinct ids. Raises :class:`ReportDataError` on bad data.
+    The output is a pure function of its arguments; ``uid`` (default: a hash of the data and
+    a per-process counter) names the report's root element so that several reports in one
+    page have distinct ids. ``replaces_widget=True`` marks a report that shows the current
+    view of a widget displayed in the same cell (see :class:`ReportOutput`): where scripts
+    run, it hides that widget's "Error displaying widget" once the widget's kernel is gone.
+    Raises :class:`ReportDataError` on bad data.
     """
     data = validate_report_data(data)
     payload = json_for_script(data)
@@ -726,7 +731,8 @@ def render_report(data: dict[str, Any], *, uid: str | None = None) -> str:
         uid = f"mpr-{digest}-{next(_counter)}"
     elif not uid.replace("-", "").replace("_", "").isalnum():
         raise ReportDataError(f"uid must be letters, digits, '-' or '_', got {uid!r:.60}")
-    parts = [f"<div class='mprofile-ir' id='{uid}' data-kind='{data['kind']}'>",
+    replaces = " data-mpr-replaces='widget'" if replaces_widget else ""
+    parts = [f"<div class='mprofile-ir' id='{uid}' data-kind='{data['kind']}'{replaces}>",
              f"<style>{_asset('report.css')}</style>",
              "<div class='mpr-head'>",
              f"<span class='mpr-title'>{escape(data['title'])}</span>"]
@@ -747,6 +753,57 @@ def render_report(data: dict[str, Any], *, uid: str | None = None) -> str:
                  f"<script>{_asset('report.js')}\n"
                  "window.mprofileReport.init(document.currentScript);</script></div>")
     return "".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# A report as a live view of a widget
+
+
+class ReportOutput:
+    """One ``text/html`` output holding a report, updated in place: the view of an explorer.
+
+    Why: a widget output saved without widget state shows "Error displaying widget: model not
+    found" once its kernel is gone (ipywidgets, ``python/jupyterlab_widgets/src/renderer.ts``,
+    ``renderModel``: ``get_model`` fails and ``manager.restoredStatus`` is true), and
+    JupyterLab never falls back to the ``text/html`` of the same bundle: the widget renderer
+    is registered for trusted outputs with rank -10, ahead of HTML (``src/plugin.ts``,
+    ``rendermime.addFactory({safe: false, ...}, -10)``). So an explorer shows its
+    *controls* as a widget and its *view* through this output: ``display()`` once, after the
+    controls, then ``update(data)`` on every change. The notebook then always holds the
+    current view as a self-contained report (sortable and filterable without a kernel; it
+    shows in nbconvert's HTML and on GitHub), and, where scripts run, that report hides the
+    controls' error after a reload and says how to get them back.
+    """
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        validate_report_data(data)  # bad data fails here, not at display time
+        self._data = data
+        self._handle: Any = None
+
+    def _bundle(self) -> dict[str, str]:
+        return {"text/html": render_report(self._data, replaces_widget=True),
+                "text/plain": f"<mprofile report: {self._data['title']}>"}
+
+    def display(self) -> None:
+        """Show the report as a new output of the running cell (once)."""
+        from IPython.display import display
+
+        if self._handle is not None:
+            raise RuntimeError("this report is already displayed; use update()")
+        self._handle = display(self._bundle(), raw=True, display_id=True)
+
+    def update(self, data: dict[str, Any]) -> None:
+        """Replace the shown report (wherever it is in the notebook) by the report of
+        ``data``; raises :class:`ReportDataError` and keeps the old one on bad data."""
+        validate_report_data(data)
+        self._data = data
+        if self._handle is not None:
+            self._handle.update(self._bundle(), raw=True)
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """The data of the report shown now."""
+        return self._data
 
 
 # ---------------------------------------------------------------------------------------------

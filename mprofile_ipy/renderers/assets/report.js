@@ -345,6 +345,46 @@
     svg.addEventListener("mouseleave", function () { self.hideTip(); });
   };
 
+  // -- a report standing in for a widget --------------------------------------------------
+  // A widget output saved without widget state renders, after a reload with a new kernel,
+  // as "Error displaying widget: model not found" (jupyterlab_widgets' WidgetRenderer), and
+  // JupyterLab never falls back to another mimetype of the same bundle. A report rendered
+  // with data-mpr-replaces='widget' sits next to such an output in the same output area and
+  // holds the widget's current view, so it hides that error and says why the controls are
+  // gone. It touches only outputs of its own output area, and only ones that show that error.
+  var WIDGET_ERROR = /^(Error displaying widget|Model not found for this kernel)/;
+  function guardWidget(root) {
+    var area = root.closest(".jp-OutputArea, .output_area, .output");
+    if (!area) { return; }
+    var note = null;
+    function check() {
+      var hidden = 0;
+      area.querySelectorAll(".jupyter-widgets, .jp-OutputArea-output").forEach(function (node) {
+        if (node.contains(root) || node.dataset.mprHidden) { return; }
+        if (WIDGET_ERROR.test((node.textContent || "").trim())) {
+          var child = node.closest(".jp-OutputArea-child") || node;
+          child.style.display = "none";
+          node.dataset.mprHidden = "1";
+          hidden++;
+        }
+      });
+      if (hidden && !note) {
+        note = el("div", "mpr-note mpr-widget-note",
+          "The live controls of this view need the kernel that made them: run the cell " +
+          "again to get them back. The report below is the view as it was last shown.");
+        var head = root.querySelector(".mpr-head");
+        root.insertBefore(note, head ? head.nextSibling : root.firstChild);
+      }
+    }
+    check();
+    if (window.MutationObserver) {
+      var observer = new MutationObserver(check);
+      observer.observe(area, { childList: true, subtree: true, characterData: true });
+      // The widget manager restores (or gives up) within seconds of the page loading.
+      setTimeout(function () { observer.disconnect(); }, 120000);
+    }
+  }
+
   function init(script) {
     var root = script && script.closest ? script.closest(".mprofile-ir") : null;
     if (!root || root.dataset.ready) { return null; }
@@ -354,6 +394,7 @@
     try {
       var report = new Report(root, JSON.parse(holder.textContent));
       root.mprofileReport = report;
+      if (root.dataset.mprReplaces === "widget") { guardWidget(root); }
       return report;
     } catch (err) {
       root.dataset.ready = "error";
