@@ -7,9 +7,11 @@
  */
 #include "core.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -18,6 +20,25 @@ static char g_error[256];
 void mp_set_error(const char *msg) { snprintf(g_error, sizeof(g_error), "%s", msg); }
 const char *mp_last_error(void) { return g_error; }
 int mp_max_frames_limit(void) { return MP_MAX_FRAMES_LIMIT; }
+unsigned long mp_python_version_built(void) { return PY_VERSION_HEX; }
+
+/* A fresh seed for every start() without seed=: two starts in the same second must not
+ * draw the same samples. getrandom(2) does not block once the kernel's pool is ready
+ * (always, long before a Python process runs); the clock is only a fallback. */
+static uint64_t os_seed(void) {
+    uint64_t seed = 0;
+    ssize_t got;
+    do {
+        got = getrandom(&seed, sizeof(seed), GRND_NONBLOCK);
+    } while (got < 0 && errno == EINTR);
+    if (got != (ssize_t)sizeof(seed)) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        seed ^= (uint64_t)ts.tv_nsec * 0x9E3779B97F4A7C15ull ^ (uint64_t)ts.tv_sec ^
+                ((uint64_t)getpid() << 32);
+    }
+    return seed;
+}
 
 /* Drop every trace, interned frame and counter. GIL held, g_lock not held. */
 static void clear_state(void) {
@@ -58,8 +79,7 @@ int mp_start(int64_t sample_rate, int max_frames, uint64_t seed, int use_seed) {
         return rc;
     }
     clear_state();
-    if (!use_seed)
-        seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)&gil;
+    if (!use_seed) seed = os_seed();
     __atomic_store_n(&g_max_frames, max_frames, __ATOMIC_RELAXED);
     mp_sampler_configure(sample_rate, seed);
     if (mp_hooks_install() != 0) {
@@ -118,6 +138,7 @@ void mp_get_stats(mp_stats_t *out) {
 struct mp_snapshot {
     size_t ntraces;
     uint64_t *traces;          /* 4 per trace */
+    uint64_t *addresses;       /* 1 per trace: the block's address, same order */
     mp_intern_copy_t intern;
 };
 
@@ -129,10 +150,13 @@ static mp_snapshot *snapshot_locked_copy(uintptr_t only) {
     size_t n = only ? 1 : mp_table_count_locked();
     mp_live_t *live = malloc((n ? n : 1) * sizeof(mp_live_t));
     snap->traces = malloc((n ? n : 1) * 4 * sizeof(uint64_t));
-    if (live == NULL || snap->traces == NULL || mp_intern_copy_locked(&snap->intern) != 0) {
+    snap->addresses = malloc((n ? n : 1) * sizeof(uint64_t));
+    if (live == NULL || snap->traces == NULL || snap->addresses == NULL ||
+        mp_intern_copy_locked(&snap->intern) != 0) {
         mp_unlock();
         free(live);
         free(snap->traces);
+        free(snap->addresses);
         free(snap);
         return NULL;
     }
@@ -149,6 +173,7 @@ static mp_snapshot *snapshot_locked_copy(uintptr_t only) {
         snap->traces[4 * i + 1] = live[i].tb;
         snap->traces[4 * i + 2] = live[i].allocator;
         snap->traces[4 * i + 3] = live[i].thread;
+        snap->addresses[i] = (uint64_t)live[i].ptr;
     }
     snap->ntraces = n;
     free(live);
@@ -197,11 +222,13 @@ void mp_snapshot_free(mp_snapshot *snap) {
     free(snap->intern.alloc);
     free(snap->intern.refs);
     free(snap->traces);
+    free(snap->addresses);
     free(snap);
 }
 
 size_t mp_snapshot_ntraces(mp_snapshot *snap) { return snap->ntraces; }
 const uint64_t *mp_snapshot_traces(mp_snapshot *snap) { return snap->traces; }
+const uint64_t *mp_snapshot_addresses(mp_snapshot *snap) { return snap->addresses; }
 size_t mp_snapshot_ntracebacks(mp_snapshot *snap) { return snap->intern.ntb; }
 const uint64_t *mp_snapshot_tracebacks(mp_snapshot *snap) { return snap->intern.tbs; }
 const double *mp_snapshot_tb_allocated(mp_snapshot *snap) { return snap->intern.alloc; }

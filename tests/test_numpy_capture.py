@@ -275,3 +275,20 @@ def test_everything_works_without_numpy():
         print(st["numpy"]["installed"], st["numpy"]["imported"], len(snap.traces) > 0)
     """)
     assert out.split() == ["False", "False", "True"]
+
+
+def test_live_blocks_find_an_arrays_data_pointer():
+    from mprofile_ipy import sampler
+
+    mp.start(sample_rate=1)
+    try:
+        arr = np.ones(300_000)
+        blocks = {b.address: b for b in sampler.live_blocks()}
+        block = blocks.get(arr.ctypes.data)
+        assert block is not None
+        assert block.allocator == Allocator.NUMPY
+        assert block.domain == NUMPY_DOMAIN
+        assert block.size == arr.nbytes
+        assert HERE in [f[0] for f in block.frames]
+    finally:
+        mp.stop()
