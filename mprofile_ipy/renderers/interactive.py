@@ -250,6 +250,7 @@ def validate_report_data(data: Any) -> dict[str, Any]:
 
     _bound_tracebacks(groupings, tracebacks, frames, notes)
     out["groupings"], out["tracebacks"], out["frames"] = groupings, tracebacks, frames
+    out["grouping_order"] = list(groupings)  # the JSON's keys are sorted
 
     out["flame"] = None
     if data.get("flame") is not None:
@@ -581,20 +582,19 @@ def _table_html(data: dict[str, Any]) -> str:
             f"<tbody>{''.join(body)}</tbody></table></div>")
 
 
-def _controls_html(data: dict[str, Any]) -> str:
-    groups = "".join(
-        f"<option value='{escape(name, quote=True)}'"
-        f"{' selected' if name == data['default_grouping'] else ''}>{escape(g['label'])}"
-        "</option>" for name, g in data["groupings"].items())
-    tops = "".join(f"<option value='{n}'{' selected' if n == data['top'] else ''}>"
-                   f"{'all' if n == 0 else n}</option>"
-                   for n in sorted({10, 20, 50, 100, 0, data["top"]}, key=lambda n: n or 1e9))
-    return ("<div class='mpr-controls' hidden>"
-            f"<label>group by <select class='mpr-group'>{groups}</select></label>"
-            f"<label>top <select class='mpr-top'>{tops}</select></label>"
-            "<label>filter <input class='mpr-filter' type='search' "
-            "placeholder='file, function, source…'></label>"
-            "<span class='mpr-count mpr-muted'></span></div>")
+def _deferred(markup: str, fallback: str) -> str:
+    """``fallback`` HTML now, and ``markup`` (SVG) for the script to put in its place.
+
+    The SVG travels as the text of a ``<script type='text/x-mprofile-svg'>``: sanitizers
+    (untrusted notebooks) drop a script's text entirely, where they would strip the SVG
+    elements and leave their text run together. Every string in ``markup`` is escaped, so
+    it cannot end the element (checked).
+    """
+    lowered = markup.lower()
+    if "</script" in lowered or "<script" in lowered or "<!--" in lowered:
+        raise AssertionError("escaped SVG markup cannot contain script tags")  # pragma: no cover
+    return (f"<div class='mpr-slot'>{fallback}</div>"
+            f"<script type='text/x-mprofile-svg' class='mpr-deferred'>{markup}</script>")
 
 
 def _fit(label: str, width_px: float) -> str:
@@ -610,11 +610,9 @@ def _flame_label(node: dict[str, Any]) -> str:
 
 
 def _flame_html(data: dict[str, Any]) -> str:
-    """The flame graph (root on top) as inline SVG in percent units, with a <title> per box
-    (the tooltip where scripts do not run); ``data-*`` hold each box's extent for zooming."""
+    """The flame graph (root on top) as inline SVG in percent units; ``data-*`` hold each
+    box's extent for zooming and its node (pre-order index) for the script's tooltip."""
     root = data["flame"]
-    total = root["size"]
-    exact = data["exact"]
     order: dict[int, int] = {}  # id(node) -> pre-order index over the whole tree
     walk = [root]
     while walk:
@@ -627,17 +625,12 @@ def _flame_html(data: dict[str, Any]) -> str:
     while stack:
         node, x0, x1, depth = stack.pop()
         depth_max = max(depth_max, depth)
-        share = node["size"] / total if total else 0.0
-        tip = (f"{_flame_label(node)}\n{_size(node['size'])} {_pm(node['error'], exact)}, "
-               f"{_share(share)} of total, {node['samples']:,} samples")
-        if node["source"]:
-            tip += f"\n{node['source']}"
         label = _fit(_flame_label(node), (x1 - x0) * _FLAME_WIDTH_PX)
         hue = (sum(map(ord, node["name"])) * 37) % 60 if depth else 210
         y = depth * _FLAME_ROW_PX
         boxes.append(
             f"<g class='mpr-node' data-i='{order[id(node)]}' data-x0='{x0:.6f}' "
-            f"data-x1='{x1:.6f}' data-depth='{depth}'><title>{escape(tip)}</title>"
+            f"data-x1='{x1:.6f}' data-depth='{depth}'>"
             f"<rect x='{x0 * 100:.4f}%' y='{y}' width='{(x1 - x0) * 100:.4f}%' "
             f"height='{_FLAME_ROW_PX - 1}' style='fill:hsl({hue},85%,{70 if depth else 80}%)'/>"
             f"<text x='{x0 * 100:.4f}%' dx='4' y='{y + 13}'>{escape(label)}</text></g>")
@@ -655,15 +648,16 @@ def _flame_html(data: dict[str, Any]) -> str:
             if right - left > 1e-9:
                 stack.append((child, left, right, depth + 1))
     height = (depth_max + 1) * _FLAME_ROW_PX
+    svg = (f"<svg class='mpr-flame-svg' width='100%' height='{height}' "
+           f"style='height:{height}px' role='img' aria-label='flame graph'>"
+           f"{''.join(boxes)}</svg>")
     return ("<div class='mpr-flame'>"
             "<div class='mpr-flame-bar'><b>Flame graph</b> <span class='mpr-muted'>"
             "width = memory still alive; root on top; hover for details, click to zoom"
-            "</span><span class='mpr-flame-tools' hidden><input class='mpr-search' "
-            "type='search' placeholder='search functions…'> <span class='mpr-matches "
-            "mpr-muted'></span></span></div>"
-            f"<svg class='mpr-flame-svg' width='100%' height='{height}' "
-            f"style='height:{height}px' "
-            f"role='img' aria-label='flame graph'>{''.join(boxes)}</svg></div>")
+            "</span></div>"
+            + _deferred(svg, "<span class='mpr-muted'>(shown where scripts run: a trusted "
+                             "notebook, nbconvert's HTML)</span>")
+            + "</div>")
 
 
 def _timeline_html(data: dict[str, Any]) -> str:
@@ -688,13 +682,7 @@ def _timeline_html(data: dict[str, Any]) -> str:
     step = max(1, n // 12)
     for i, p in enumerate(points):
         x, y = xy(i, p["current"])
-        tip = f"{p['label']}: {_size(p['current'])} {_pm(p['error'], data['exact'])}"
-        if p["peak"] is not None:
-            tip += f", peak {_size(p['peak'])}"
-        if p["text"]:
-            tip += f"\n{p['text']}"
-        marks.append(f"<circle class='mpr-point' data-i='{i}' cx='{x:.1f}' cy='{y:.1f}' r='4'>"
-                     f"<title>{escape(tip)}</title></circle>")
+        marks.append(f"<circle class='mpr-point' data-i='{i}' cx='{x:.1f}' cy='{y:.1f}' r='4'/>")
         if i % step == 0 or i == n - 1:
             marks.append(f"<text class='mpr-axis' x='{x:.1f}' y='{height - pad_b + 16}' "
                          f"text-anchor='middle'>{escape(p['label'])}</text>")
@@ -706,11 +694,21 @@ def _timeline_html(data: dict[str, Any]) -> str:
     peak_svg = (f"<polyline class='mpr-peak' points='{peak_line}'/>" if len(peaks) > 1 else "")
     legend = ("still alive after each cell (line), peak during it (dashed); hover a point"
               if len(peaks) > 1 else "still alive after each cell; hover a point")
+    svg = (f"<svg class='mpr-timeline-svg' viewBox='0 0 {width} {height}' width='100%' "
+           f"style='max-width:{width}px' role='img' aria-label='memory timeline'>{axis}"
+           f"{peak_svg}<polyline class='mpr-line' points='{line}'/>{''.join(marks)}</svg>")
+    rows = "".join(
+        f"<tr><td class='mpr-text'>{escape(p['label'])}</td>"
+        f"<td class='mpr-num'>{escape(_size(p['current']))}</td>"
+        f"<td class='mpr-num'>{escape(_pm(p['error'], data['exact']))}</td>"
+        f"<td class='mpr-num'>{escape(_size(p['peak']))}</td>"
+        f"<td class='mpr-text'>{escape(p['text'])}</td></tr>" for p in points)
+    table = ("<table class='mpr-table'><thead><tr><th class='mpr-text'>cell</th>"
+             "<th class='mpr-num'>still alive</th><th class='mpr-num'>±</th>"
+             "<th class='mpr-num'>peak</th><th class='mpr-text'></th></tr></thead>"
+             f"<tbody>{rows}</tbody></table>")
     return ("<div class='mpr-timeline'><b>Memory across cells</b> <span class='mpr-muted'>"
-            f"{legend}</span>"
-            f"<svg class='mpr-timeline-svg' viewBox='0 0 {width} {height}' width='100%' "
-            f"style='max-width:{width}px' role='img' aria-label='memory timeline'>{axis}"
-            f"{peak_svg}<polyline class='mpr-line' points='{line}'/>{''.join(marks)}</svg></div>")
+            f"{legend}</span>{_deferred(svg, table)}</div>")
 
 
 def render_report(data: dict[str, Any], *, uid: str | None = None,
@@ -736,15 +734,15 @@ def render_report(data: dict[str, Any], *, uid: str | None = None,
              f"<style>{_asset('report.css')}</style>",
              "<div class='mpr-head'>",
              f"<span class='mpr-title'>{escape(data['title'])}</span>"]
-    for item in data["summary"]:
-        parts.append(f"<span class='mpr-fig'><span class='mpr-muted'>{escape(item['label'])}"
+    for item in data["summary"]:  # the separators show only where the style sheet does not
+        parts.append(f"<span class='mpr-sep'>; </span>"
+                     f"<span class='mpr-fig'><span class='mpr-muted'>{escape(item['label'])}"
                      f"</span> {escape(_summary_value(item, data['exact']))}</span>")
     parts.append("</div>")
     parts.extend(f"<div class='mpr-note'>{escape(note)}</div>" for note in data["notes"])
     if data["timeline"] is not None:
         parts.append(_timeline_html(data))
     if data["groupings"]:
-        parts.append(_controls_html(data))
         parts.append(f"<div class='mpr-tablebox'>{_table_html(data)}</div>")
     if data["flame"] is not None and data["flame"]["size"] > 0:
         parts.append(_flame_html(data))

@@ -210,6 +210,26 @@ def test_reports_survive_save_and_reload(tmp_path):
         explorer.screenshot(path=str(screenshot_path("lab-explorer-kernel-gone")))
         screenshot(page, "lab-kernel-gone")
         assert dialogs == []
+
+        # Untrusted (someone else's notebook): no script runs, the HTML is sanitized, and
+        # every report still shows its table, as rendered on the server.
+        foreign = json.loads((lab.root / "demo.ipynb").read_text())
+        foreign["metadata"]["shared_by"] = "someone else"  # breaks the signature
+        (lab.root / "foreign.ipynb").write_text(json.dumps(foreign))
+        other = context.new_page()
+        other_dialogs = watch_dialogs(other)
+        other.goto(lab.tree("foreign.ipynb"), wait_until="domcontentloaded")
+        wait_for_reports(other, live=False, step="untrusted")
+        static = other.locator(".jp-OutputArea-output .mprofile-ir")
+        assert static.count() == REPORTS and other.locator(LIVE).count() == 0
+        for i in (0, 1, EXPLORER):
+            assert static.nth(i).locator("table tbody tr").count() >= 2
+        assert "'price'" in static.nth(0).locator("table").inner_text()
+        # No picture's text spills out where the sanitizer drops the SVG (it comes as text).
+        assert "of total" not in static.nth(0).inner_text()
+        assert "shown where scripts run" in static.nth(0).inner_text()
+        screenshot(other, "lab-untrusted")
+        assert other_dialogs == []
     print(f"JupyterLab round trip: {time.monotonic() - started:.1f} s")
 
 
