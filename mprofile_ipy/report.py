@@ -34,6 +34,7 @@ from typing import Any
 
 from . import aggregate
 from .attribution import Attributor, Location, is_profiler_file
+from .units import format_size
 
 __all__ = [
     "GROUP_BY",
@@ -790,8 +791,6 @@ class Report:
         s = self.summary
         if s.exact:
             return ()
-        from .units import format_size
-
         rate = _rate_text(s.sample_rate)
         better = suggest_rate(s.allocated, s.sample_rate)
         if s.samples == 0:

@@ -195,7 +195,7 @@ def test_a_statement_named_like_a_command(ip):
 
 
 def test_too_few_samples_says_so_and_suggests_a_rate(ip):
-    _, result, out = run(ip, "%%mprofile -v text\nsmall = [1, 2, 3]\n")
+    _, result, out = run(ip, "%%mprofile -v text --seed 1\nsmall = [1, 2, 3]\n")
     assert result.success
     assert "No allocation was sampled" in out.stdout and "--rate" in out.stdout
 

@@ -419,3 +419,19 @@ def test_a_lean_install_reports_as_text_and_html(without_modules):
     first, second = result.stdout.splitlines()[:2]
     assert first.startswith("mprofile service: 4.0 MiB still alive")
     assert second == "True kept = bytearray(4 * 2**20)"
+
+
+def test_the_public_surface_exports_results_loaders_and_errors():
+    import mprofile_ipy
+    import mprofile_ipy.export.pprof as pprof
+    import mprofile_ipy.storage as storage
+
+    assert mprofile_ipy.ProfileResult is ProfileResult and mprofile_ipy.DiffResult is DiffResult
+    assert mprofile_ipy.load_pprof is pprof.load_pprof
+    assert mprofile_ipy.load_snapshot is storage.load_snapshot
+    assert issubclass(mprofile_ipy.SnapshotFormatError, mprofile_ipy.MprofileError)
+    missing = [name for name in mprofile_ipy.__all__ if not hasattr(mprofile_ipy, name)]
+    assert missing == []
+    assert set(mprofile_ipy.__all__) <= set(dir(mprofile_ipy))
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        mprofile_ipy.nope  # noqa: B018
