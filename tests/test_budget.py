@@ -276,7 +276,7 @@ def test_a_trip_never_instantiated_does_not_block_later_trips():
 
 def test_safety_net_interrupts_with_a_fake_probe(monkeypatch):
     class Starving:
-        def read(self, margin):
+        def read(self, margin, traced=True):
             return reading(available=50 * MiB)
 
         def cgroup_events(self):
