@@ -79,6 +79,7 @@ __all__ = [
     "locate_running",
     "memory_budget",
     "read_memory",
+    "refresh_limits",
     "register_ipython",
     "set_budget",
     "shutdown",
@@ -454,6 +455,12 @@ def _meminfo_field(info: bytes, name: bytes) -> int | None:
 def read_memory() -> Reading:
     """The memory measures of this process now (what the watcher reads at each tick)."""
     return _get_probe().read()
+
+
+def refresh_limits() -> None:
+    """Re-read the cgroup and ``RLIMIT_AS`` limits at the next reading (they are otherwise
+    re-read every 2 s): after moving the process to another cgroup or changing its rlimit."""
+    _get_probe()._limits_at = -math.inf
 
 
 _probe: _Probe | None = None
