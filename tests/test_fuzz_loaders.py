@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mprofile_ipy.errors import PprofFormatError, SnapshotFormatError
-from mprofile_ipy.export.pprof import load_pprof
+from mprofile_ipy.export.pprof import load_pprof, to_profile
 from mprofile_ipy.storage import load_snapshot
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,3 +95,19 @@ def test_dataframe_views_of_names_that_are_not_utf8(fuzz):
 
     snap = load_snapshot(DATA / "snapshot-file-name-not-utf8.bin")
     ProfileResult(snap, show_all=True).to_dataframe()
+
+
+def test_exact_int64_totals_survive_a_float_placeholder_in_their_column():
+    # found by fuzzing (seed 21): a live sample with no allocation totals put 0.0 in the
+    # alloc_space column, the running total became a float and 2**63 - 1 rounded to 2**63
+    snap = load_pprof(DATA / "pprof-float-estimates-round-past-int64.bin")
+    assert snap.allocated[0][3] == 2**63 - 1
+    profile = to_profile(snap)
+    assert max(s.value[1] for s in profile.sample) == 2**63 - 1
+
+
+def test_a_variance_too_large_for_a_float_is_refused():
+    # found by fuzzing (seed 21): an integer variance of 400 digits loaded, then adding it
+    # to a float raised OverflowError in the aggregation
+    with pytest.raises(SnapshotFormatError, match="variance"):
+        load_snapshot(DATA / "snapshot-huge-int-variance.bin")
