@@ -86,15 +86,13 @@ def test_names_that_are_not_utf8_load_and_export():
     snap.to_pprof(io.BytesIO())
 
 
-@pytest.mark.xfail(reason="open finding for renderers/dataframe.py (views): pandas' Arrow "
-                          "strings refuse lone surrogates; escape them as pprof does",
-                   raises=UnicodeEncodeError, strict=False)
 def test_dataframe_views_of_names_that_are_not_utf8(fuzz):
     pytest.importorskip("pandas")
     from mprofile_ipy.result import ProfileResult
 
     snap = load_snapshot(DATA / "snapshot-file-name-not-utf8.bin")
-    ProfileResult(snap, show_all=True).to_dataframe()
+    df = ProfileResult(snap, show_all=True).to_dataframe()
+    assert any("\\x" in name for name in df["filename"])  # escaped, as in pprof files
 
 
 def test_exact_int64_totals_survive_a_float_placeholder_in_their_column():
