@@ -38,6 +38,8 @@ from __future__ import annotations
 
 import linecache
 import math
+import os
+import stat
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -231,10 +233,31 @@ class Traceback(Sequence):
         for frame in frames:
             filename, lineno = frame[0], frame[1]
             lines.append(f'  File "{filename}", line {lineno}')
-            line = linecache.getline(filename, lineno).strip()
+            line = source_line(filename, lineno)
             if line:
                 lines.append(f"    {line}")
         return lines
+
+
+def source_line(filename: str, lineno: int) -> str:
+    """Line ``lineno`` of ``filename`` (stripped), or "" when unknown.
+
+    Reads :mod:`linecache` (which knows IPython cells) but never opens anything other than
+    a regular file: a snapshot from elsewhere may name ``/dev/zero`` or a FIFO, which
+    ``linecache`` would read forever or block on.
+    """
+    if filename not in linecache.cache:
+        try:
+            if not stat.S_ISREG(os.stat(filename).st_mode):
+                return ""
+        except ValueError:  # NUL in the name
+            return ""
+        except OSError:  # missing: linecache may still find it (module globals, sys.path)
+            pass
+    try:
+        return linecache.getline(filename, lineno).strip()
+    except (ValueError, OSError):
+        return ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -432,7 +455,9 @@ class SnapshotLike(Protocol):
     """What the aggregation reads of a ``Snapshot`` (``mprofile_ipy.model``)."""
 
     @property
-    def raw_traces(self) -> Sequence[tuple]: ...  # normalised 6-tuples
+    def trace_records(self) -> Sequence[tuple]: ...  # normalised 6-tuples, each once
+    @property
+    def trace_counts(self) -> Sequence[int] | None: ...  # multiplicities (None: all 1)
     @property
     def allocated_records(self) -> Sequence[tuple] | None: ...  # normalised 7-tuples
     @property
@@ -449,8 +474,8 @@ def by_traceback(snapshot: SnapshotLike) -> list[Record]:
     cached = getattr(snapshot, "_records", None)
     if cached is not None:
         return cached
-    records = _by_traceback(snapshot.raw_traces, snapshot.allocated_records,
-                            snapshot.sample_rate)
+    records = _by_traceback(snapshot.trace_records, snapshot.trace_counts,
+                            snapshot.allocated_records, snapshot.sample_rate)
     try:
         snapshot._records = records  # type: ignore[attr-defined]
     except AttributeError:  # a read-only snapshot-like object: no cache
@@ -458,9 +483,10 @@ def by_traceback(snapshot: SnapshotLike) -> list[Record]:
     return records
 
 
-def _live_sums(raw: Sequence[tuple], rate: int) -> list[tuple]:
+def _live_sums(raw: Sequence[tuple], counts: Sequence[int] | None, rate: int) -> list[tuple]:
     """Sum raw traces per distinct frames tuple: ``(frames, total_nframe, size, count,
-    samples, size_var, count_var)`` per frames object.
+    samples, size_var, count_var)`` per frames object. ``counts`` are the multiplicities
+    of the traces (None: one each); a counted trace costs the same as any other.
 
     Traces from the sampler (and from the loaders) share their frames objects, so they are
     keyed by identity, which costs no hashing of deep tuples; when most frames objects are
@@ -471,16 +497,19 @@ def _live_sums(raw: Sequence[tuple], rate: int) -> list[tuple]:
         return []
     frames_col = list(map(_get_frames, raw))
     keys: list[Any] = list(map(id, frames_col))
-    samples = Counter(keys)
-    if len(samples) > max(1000, len(raw) // 4):
+    distinct = Counter(keys)
+    if len(distinct) > max(1000, len(raw) // 4):
         canonical: dict[tuple, tuple] = {}
         frames_col = [canonical.setdefault(frames, frames) for frames in frames_col]
         keys = list(map(id, frames_col))
-        samples = Counter(keys)
+        distinct = Counter(keys)
     first: dict[int, tuple] = {}
     for key, trace in zip(keys, raw, strict=True):
         if key not in first:
             first[key] = trace
+    if counts is not None:
+        return _counted_sums(raw, counts, keys, first, rate)
+    samples = distinct
     sizes = map(_get_size, raw)
     if rate <= 1:
         size_sum = dict.fromkeys(samples, 0)
@@ -503,6 +532,27 @@ def _live_sums(raw: Sequence[tuple], rate: int) -> list[tuple]:
         cvar_sum[key] += terms[3]
     return [(first[k][2], first[k][3], size_sum[k], count_sum[k], n, svar_sum[k], cvar_sum[k])
             for k, n in samples.items()]
+
+
+def _counted_sums(raw: Sequence[tuple], counts: Sequence[int], keys: list, first: dict,
+                  rate: int) -> list[tuple]:
+    """:func:`_live_sums` for traces with multiplicities (loaded pprof samples)."""
+    sums: dict[int, list] = {k: [0, 0, 0, 0.0, 0.0] for k in first}
+    exact = rate <= 1
+    for key, trace, n in zip(keys, raw, counts, strict=True):
+        entry = sums[key]
+        size = trace[1]
+        entry[2] += n
+        if exact:
+            entry[0] += n * size
+            entry[1] += n
+        else:
+            terms = _terms(size, rate)
+            entry[0] += n * terms[0]
+            entry[1] += n * terms[1]
+            entry[3] += n * terms[2]
+            entry[4] += n * terms[3]
+    return [(first[k][2], first[k][3], *sums[k]) for k in first]
 
 
 def _terms(size: int, rate: int) -> tuple[float, float, float, float]:
@@ -530,8 +580,8 @@ def _allocated_totals(entry: tuple, rate: int) -> Totals:
     return Totals(size, count, samples, size_var, approx[1], False)
 
 
-def _by_traceback(raw: Sequence[tuple], allocated: Sequence[tuple] | None,
-                  rate: int) -> list[Record]:
+def _by_traceback(raw: Sequence[tuple], counts: Sequence[int] | None,
+                  allocated: Sequence[tuple] | None, rate: int) -> list[Record]:
     exact = rate <= 1
     empty = zero(exact)
     # frames key -> [frames, total_nframe, live Totals, allocated Totals]
@@ -549,7 +599,7 @@ def _by_traceback(raw: Sequence[tuple], allocated: Sequence[tuple] | None,
         return entry
 
     keep_alive = []  # frames whose id() is in keys_of stay alive while it is used
-    for frames, total, size, count, n, svar, cvar in _live_sums(raw, rate):
+    for frames, total, size, count, n, svar, cvar in _live_sums(raw, counts, rate):
         keep_alive.append(frames)
         entry = slot(frames, total)
         entry[2] = entry[2] + Totals(size, count, n, svar, cvar, exact)
@@ -576,10 +626,12 @@ def sample_groups(snapshot: SnapshotLike) -> list[SampleGroup]:
     exact = rate <= 1
     counts: Counter[tuple] = Counter()
     frames_of: dict[int, tuple] = {}
-    for trace in snapshot.raw_traces:
+    multiplicity = snapshot.trace_counts
+    for i, trace in enumerate(snapshot.trace_records):
         frames = trace[2]
         frames_of[id(frames)] = frames
-        counts[(id(frames), trace[3], trace[0], trace[4], trace[5], trace[1])] += 1
+        counts[(id(frames), trace[3], trace[0], trace[4], trace[5], trace[1])] += (
+            1 if multiplicity is None else multiplicity[i])
     out = []
     for (fid, total, domain, allocator, thread, size), n in counts.items():
         if exact:
@@ -699,14 +751,21 @@ def _size_counts(snapshot: SnapshotLike) -> dict[tuple, Counter]:
     cached = getattr(snapshot, "_size_counts", None)
     if cached is not None:
         return cached
-    raw = snapshot.raw_traces
+    raw = snapshot.trace_records
+    multiplicity = snapshot.trace_counts
     frames_of: dict[int, tuple] = {}
     by_id: dict[int, Counter] = {}
     if snapshot.sample_rate > 1:  # exact snapshots have no variance to compute
         frames_col = list(map(_get_frames, raw))
         ids = list(map(id, frames_col))
         frames_of = dict(zip(ids, frames_col, strict=True))
-        triples = Counter(zip(ids, map(itemgetter(0), raw), map(_get_size, raw), strict=True))
+        triples: Counter = Counter()
+        rows = zip(ids, map(itemgetter(0), raw), map(_get_size, raw), strict=True)
+        if multiplicity is None:
+            triples.update(rows)
+        else:
+            for row, n in zip(rows, multiplicity, strict=True):
+                triples[row] += n
         for (fid, domain, size), n in triples.items():
             bag = by_id.get(fid)
             if bag is None:

@@ -791,19 +791,24 @@ class _Watcher:
 
     # -- the thread ---------------------------------------------------------------------
     def run(self, stop_event: threading.Event) -> None:
-        # The watcher's own allocations are not the user's memory: never sample them.
-        sampler.paused().__enter__()
-        probe = self.probe_factory()
-        while not stop_event.wait(self.interval):
-            try:
-                self.tick(probe.read(self.margin, self.limit() is not None
-                                     or bool(self.listeners)), probe)
-                self.errors = 0
-            except Exception as exc:  # noqa: BLE001 - the watcher must survive anything
-                self.errors += 1
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                if self.errors >= 50:  # something is persistently broken: stop watching
+        # The watcher's own allocations (its waits included) are not the user's memory:
+        # never sample them. A pause per round, not one for the thread's life: start() ends
+        # every pause.
+        with sampler.paused():
+            probe = self.probe_factory()
+        while True:
+            with sampler.paused():
+                if stop_event.wait(self.interval):
                     break
+                try:
+                    self.tick(probe.read(self.margin, self.limit() is not None
+                                         or bool(self.listeners)), probe)
+                    self.errors = 0
+                except Exception as exc:  # noqa: BLE001 - the watcher must survive anything
+                    self.errors += 1
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    if self.errors >= 50:  # something is persistently broken: stop watching
+                        break
 
     def tick(self, r: Reading, probe: Any = None) -> None:
         """One check: record the reading, interrupt if a limit is crossed, call listeners."""

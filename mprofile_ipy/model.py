@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import fnmatch
 import os.path
+from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Sequence
 from enum import IntEnum
+from itertools import accumulate
 from typing import IO, Any
 
 from . import aggregate, estimate
@@ -192,15 +194,56 @@ class Trace:
                 f"traceback={self.traceback!r}>")
 
 
+def _check_counts(counts: list, n: int) -> list[int] | None:
+    """Multiplicities of ``n`` raw traces: positive ints (None when all are 1)."""
+    if len(counts) != n:
+        raise ValueError(f"counts must hold one number per trace ({n}), not {len(counts)}")
+    if set(map(type, counts)) - {int} or (counts and min(counts) < 1):
+        raise ValueError("counts must be positive ints (how many allocations each trace is)")
+    return None if not counts or max(counts) == 1 else counts
+
+
+class _Repeated(Sequence):
+    """``records[i]`` repeated ``counts[i]`` times, without building the long list."""
+
+    def __init__(self, records: list[tuple], counts: list[int]) -> None:
+        self._records = records
+        self._counts = counts
+        self._ends: list[int] | None = None
+
+    def __len__(self) -> int:
+        return sum(self._counts)
+
+    def __iter__(self) -> Iterator[tuple]:
+        for record, n in zip(self._records, self._counts, strict=True):
+            for _ in range(n):
+                yield record
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        total = len(self)
+        if index < 0:
+            index += total
+        if not 0 <= index < total:
+            raise IndexError("trace index out of range")
+        if self._ends is None:
+            self._ends = list(accumulate(self._counts))
+        return self._records[bisect_right(self._ends, index)]
+
+
 class _Traces(Sequence):
     """Read-only sequence of :class:`Trace`, built on access from the raw tuples.
 
     ``_traces`` are the tuples as given (what tracemalloc's ``_traces`` would hold),
-    ``_records`` the same traces normalised (the very same list when all are 6-tuples).
+    ``_records`` the same traces normalised (the very same list when all are 6-tuples),
+    ``_counts`` how many identical allocations each stands for (None: one each).
     """
 
+    _counts: list[int] | None = None  # instances pickled before counts existed
+
     def __init__(self, traces: list[tuple], sample_rate: int = 1,
-                 records: list[tuple] | None = None) -> None:
+                 records: list[tuple] | None = None, counts: list[int] | None = None) -> None:
         Sequence.__init__(self)
         self._traces = traces
         self._sample_rate = sample_rate
@@ -208,19 +251,24 @@ class _Traces(Sequence):
             lengths = _check_traces(traces)
             records = traces if lengths <= {6} else list(map(_normalise, traces))
         self._records = records
+        self._counts = counts
+
+    def _expanded(self) -> Sequence[tuple]:
+        """The normalised traces, one per allocation (repeated lazily when counted)."""
+        return self._records if self._counts is None else _Repeated(self._records, self._counts)
 
     def __len__(self) -> int:
-        return len(self._traces)
+        return len(self._traces) if self._counts is None else sum(self._counts)
 
     def __getitem__(self, index):  # type: ignore[override]
         rate = self._sample_rate
         if isinstance(index, slice):
-            return tuple(Trace(trace, rate) for trace in self._records[index])
-        return Trace(self._records[index], rate)
+            return tuple(Trace(trace, rate) for trace in self._expanded()[index])
+        return Trace(self._expanded()[index], rate)
 
     def __iter__(self) -> Iterator[Trace]:
         rate = self._sample_rate
-        return (Trace(trace, rate) for trace in self._records)
+        return (Trace(trace, rate) for trace in self._expanded())
 
     def __contains__(self, trace: object) -> bool:
         if not isinstance(trace, Trace):
@@ -232,7 +280,8 @@ class _Traces(Sequence):
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, _Traces):
             return NotImplemented
-        return self._traces == other._traces and self._sample_rate == other._sample_rate
+        return (self._traces == other._traces and self._sample_rate == other._sample_rate
+                and self._counts == other._counts)
 
     def __repr__(self) -> str:
         return f"<Traces len={len(self)}>"
@@ -545,6 +594,9 @@ class Snapshot:
     since start per traceback, freed allocations included: raw tuples
     ``(frames, total_nframe, count_estimate, size_estimate[, samples[, size_variance[,
     domain]]])``; None when not tracked. ``meta`` is a JSON-able dict about the run.
+    ``counts`` (optional) says how many identical sampled allocations each raw trace stands
+    for, a multiplicity kept as a number (a pprof sample of 20 million allocations is one
+    trace, not a list of 20 million); ``len(traces)`` and ``samples`` count them all.
     """
 
     def __init__(
@@ -555,11 +607,14 @@ class Snapshot:
         sample_rate: int | str = 1,
         allocated: Iterable[tuple] | None = None,
         meta: dict[str, Any] | None = None,
+        counts: Iterable[int] | None = None,
     ) -> None:
         raw = list(traces)
         rate = parse_size(sample_rate)
         self._sample_rate = rate
-        self.traces = _Traces(raw, rate)
+        self.traces = _Traces(raw, rate,
+                              counts=None if counts is None else _check_counts(list(counts),
+                                                                               len(raw)))
         self.traceback_limit = traceback_limit
         alloc_records = None
         if allocated is not None:
@@ -613,9 +668,20 @@ class Snapshot:
     @property
     def raw_traces(self) -> Sequence[tuple]:
         """The raw traces, normalised: 6-tuples ``(domain, size, frames, total_nframe,
-        allocator, thread_id)`` (``docs/architecture.md``), for exporters and storage that
-        must not build a ``Trace`` per allocation. Read-only by convention."""
+        allocator, thread_id)`` (``docs/architecture.md``), one per sampled allocation
+        (repeated lazily for counted traces), for code that must not build a ``Trace`` per
+        allocation. Read-only by convention; prefer :mod:`mprofile_ipy.aggregate`."""
+        return self.traces._expanded()
+
+    @property
+    def trace_records(self) -> list[tuple]:
+        """The normalised raw traces, each once; see :attr:`trace_counts`."""
         return self.traces._records
+
+    @property
+    def trace_counts(self) -> list[int] | None:
+        """How many allocations each of :attr:`trace_records` stands for (None: one each)."""
+        return self.traces._counts
 
     @property
     def sample_rate(self) -> int:
@@ -642,7 +708,7 @@ class Snapshot:
     @property
     def samples(self) -> int:
         """Number of sampled allocations alive (every allocation, when exact)."""
-        return len(self.raw_traces)
+        return len(self.traces)
 
     @property
     def total_size(self) -> int:
@@ -700,11 +766,16 @@ class Snapshot:
                     f"not {type(trace_filter).__name__}"
                 )
         raw = self.traces._traces
+        counts = self.traces._counts
         allocated = self._allocated
         if filters:
             keep = _make_keep(filters)
             pure = all(type(f)._match in _PURE_MATCHES for f in filters)
-            raw = _filter_raw(raw, keep, pure)
+            if counts is None:
+                raw = _filter_raw(raw, keep, pure)
+            else:
+                kept = [i for i, trace in enumerate(raw) if keep(trace)]
+                raw, counts = [raw[i] for i in kept], [counts[i] for i in kept]
             if allocated is not None:
                 allocated = tuple(
                     entry for entry, norm in zip(allocated, self._alloc_records, strict=True)
@@ -713,7 +784,7 @@ class Snapshot:
         else:
             raw = raw.copy()
         return Snapshot(raw, self.traceback_limit, sample_rate=self._sample_rate,
-                        allocated=allocated, meta=self.meta)
+                        allocated=allocated, meta=self.meta, counts=counts)
 
     # -- grouping -----------------------------------------------------------------------------
 

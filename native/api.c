@@ -7,9 +7,11 @@
  */
 #include "core.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -18,6 +20,25 @@ static char g_error[256];
 void mp_set_error(const char *msg) { snprintf(g_error, sizeof(g_error), "%s", msg); }
 const char *mp_last_error(void) { return g_error; }
 int mp_max_frames_limit(void) { return MP_MAX_FRAMES_LIMIT; }
+unsigned long mp_python_version_built(void) { return PY_VERSION_HEX; }
+
+/* A fresh seed for every start() without seed=: two starts in the same second must not
+ * draw the same samples. getrandom(2) does not block once the kernel's pool is ready
+ * (always, long before a Python process runs); the clock is only a fallback. */
+static uint64_t os_seed(void) {
+    uint64_t seed = 0;
+    ssize_t got;
+    do {
+        got = getrandom(&seed, sizeof(seed), GRND_NONBLOCK);
+    } while (got < 0 && errno == EINTR);
+    if (got != (ssize_t)sizeof(seed)) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        seed ^= (uint64_t)ts.tv_nsec * 0x9E3779B97F4A7C15ull ^ (uint64_t)ts.tv_sec ^
+                ((uint64_t)getpid() << 32);
+    }
+    return seed;
+}
 
 /* Drop every trace, interned frame and counter. GIL held, g_lock not held. */
 static void clear_state(void) {
@@ -58,8 +79,7 @@ int mp_start(int64_t sample_rate, int max_frames, uint64_t seed, int use_seed) {
         return rc;
     }
     clear_state();
-    if (!use_seed)
-        seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)&gil;
+    if (!use_seed) seed = os_seed();
     __atomic_store_n(&g_max_frames, max_frames, __ATOMIC_RELAXED);
     mp_sampler_configure(sample_rate, seed);
     if (mp_hooks_install() != 0) {

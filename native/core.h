@@ -39,11 +39,14 @@ typedef struct {
     uint64_t rng;         /* xorshift64* state */
     uint32_t generation;  /* g_generation this state was drawn for */
     int busy;             /* reentrancy depth: >0 while inside a hook or the profiler */
+    uint32_t probe;       /* 1 while hooks.c probes which of its layers are reachable */
+    int32_t pause;        /* pauses of the profiler's Python code (mp_pause_alloc) ... */
+    uint32_t pause_gen;   /* ... counted only while this equals g_generation */
 } mp_tls_t;
 
 /* Per-thread state, read on every allocation. The initial-exec TLS model makes that one
  * %fs-relative load instead of a call to __tls_get_addr (measured: the call alone cost
- * ~40% on small-object churn). It takes 32 bytes of the static TLS surplus that glibc
+ * ~40% on small-object churn). It takes 40 bytes of the static TLS surplus that glibc
  * reserves for dlopen'ed libraries (rtld.optional_static_tls, 512 bytes by default). */
 extern _Thread_local mp_tls_t t_state __attribute__((tls_model("initial-exec")));
 

@@ -16,6 +16,10 @@
 #include "core.h"
 
 #include <stdlib.h>
+
+#if PY_VERSION_HEX >= 0x030E0000 || PY_VERSION_HEX < 0x030A0000
+#  error "mprofile-ipy supports CPython 3.10 to 3.13: the stack walker reads each version's frame structs and does not know this version's layout"
+#endif
 #include <string.h>
 
 #if PY_VERSION_HEX < 0x030B0000

@@ -182,3 +182,18 @@ def test_frame_and_traceback_keep_their_public_home():
     tb = Traceback(A, 2)
     assert pickle.loads(pickle.dumps(tb)) == tb
     assert tb.raw_frames == A and list(tb)[0] == Frame(("main.py", 9))
+
+
+def test_source_lines_never_read_devices_or_fifos(tmp_path):
+    # GIVEN frames naming /dev/zero and a FIFO (a snapshot from elsewhere may) WHEN
+    # formatted THEN no source is read (linecache would read /dev/zero forever).
+    import os
+
+    fifo = tmp_path / "pipe.py"
+    os.mkfifo(fifo)
+    src = tmp_path / "ok.py"
+    src.write_text("x = 1\ny = [0] * 10\n")
+    tb = Traceback([("/dev/zero", 1), (str(fifo), 1), (str(src), 2), ("bad\0name", 1)])
+    assert tb.format() == ['  File "bad\x00name", line 1', f'  File "{src}", line 2',
+                           "    y = [0] * 10", f'  File "{fifo}", line 1',
+                           '  File "/dev/zero", line 1']

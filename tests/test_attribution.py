@@ -15,9 +15,8 @@ import pandas
 import pytest
 import traitlets
 from ipykernel.compiler import XCachingCompiler
-from IPython.testing import globalipapp
 
-import mprofile_ipy.magics as magics_module
+import mprofile_ipy.ipython.magic as magic_module
 from mprofile_ipy import attribution
 from mprofile_ipy.attribution import (
     Attributor,
@@ -29,15 +28,9 @@ from mprofile_ipy.attribution import (
 )
 
 
-def get_ipython():
-    """The process-wide test shell (globalipapp replaces its own get_ipython once started)."""
-    globalipapp.start_ipython()
-    return globalipapp.get_ipython()
-
-
 @pytest.fixture(scope="module")
-def ip():
-    return get_ipython()
+def ip(ipython_shell):
+    return ipython_shell
 
 
 def _frame_of_cell(ip, source: str):
@@ -135,7 +128,7 @@ def test_cell_label_format():
         runpy.__file__,
         "<frozen importlib._bootstrap>",
         "<frozen runpy>",
-        magics_module.__file__,
+        magic_module.__file__,
         attribution.__file__,
         # not imported here, recognised by its place in site-packages
         "/somewhere/lib/python3.11/site-packages/tornado/ioloop.py",

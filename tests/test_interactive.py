@@ -331,3 +331,16 @@ def test_huge_profile_is_cut_with_notes():
 def test_long_strings_are_clipped():
     data = minimal(title="t" * 10_000)
     assert len(validate_report_data(data)["title"]) == interactive.MAX_TEXT
+
+
+def test_allocations_of_ipython_itself_are_left_out_with_a_note():
+    shell = "/venv/lib/python3.11/site-packages/IPython/core/interactiveshell.py"
+    traces = list(make_snapshot().raw_traces) + [(0, 777, frames((shell, 3000, "run_cell")), 1)]
+    snap = Snapshot(traces, 10)
+    data = data_from_snapshot(snap, title="t", attributor=Attributor(None))
+    labels = [r["label"] for r in data["groupings"]["file"]["rows"]]
+    assert not any("IPython" in label for label in labels)
+    assert "Not shown: 777 B allocated by IPython and the profiler themselves" in " ".join(
+        data["notes"])
+    shown = data_from_snapshot(snap, title="t", attributor=Attributor(None), hide_internal=False)
+    assert any("interactiveshell" in r["label"] for r in shown["groupings"]["file"]["rows"])

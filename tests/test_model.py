@@ -728,3 +728,26 @@ def test_statistics_share_one_pass_over_the_traces():
         snap.statistics("filename", cumulative=True)
         snap.compare_to(snap, "traceback")
         assert snap.total_size == 105_000
+
+
+def test_counted_traces_equal_the_same_traces_repeated():
+    # GIVEN traces with multiplicities WHEN viewed THEN every figure equals the snapshot
+    # holding each trace that many times, without building that list.
+    a, b = (0, 100, ALLOC_A, 2, 1, 0), (0, 8, ALLOC_B, 1, 2, 5)
+    counted = Snapshot([a, b], 4, sample_rate=512, counts=[3, 2])
+    repeated = Snapshot([a, a, a, b, b], 4, sample_rate=512)
+    assert len(counted.traces) == 5 and counted.samples == 5
+    assert list(counted.traces) == list(repeated.traces)
+    assert counted.traces[3] == repeated.traces[3] and counted.traces[-1].size == 8
+    assert list(counted.raw_traces) == list(repeated.raw_traces)
+    for key_type in ("lineno", "filename", "traceback"):
+        assert stat_view(counted.statistics(key_type)) == stat_view(repeated.statistics(key_type))
+    assert [str(d) for d in counted.compare_to(repeated, "lineno")] == [
+        str(d) for d in repeated.compare_to(repeated, "lineno")]
+    kept = counted.filter_traces([Filter(True, "b.py")])
+    assert kept.trace_counts == [2] and len(kept.traces) == 2
+    assert Snapshot([a], 1, counts=[1]).trace_counts is None
+    with pytest.raises(ValueError, match="one number per trace"):
+        Snapshot([a], 1, counts=[1, 2])
+    with pytest.raises(ValueError, match="positive ints"):
+        Snapshot([a], 1, counts=[0])

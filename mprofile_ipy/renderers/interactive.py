@@ -661,6 +661,7 @@ def _flame_html(data: dict[str, Any]) -> str:
             "type='search' placeholder='search functions…'> <span class='mpr-matches "
             "mpr-muted'></span></span></div>"
             f"<svg class='mpr-flame-svg' width='100%' height='{height}' "
+            f"style='height:{height}px' "
             f"role='img' aria-label='flame graph'>{''.join(boxes)}</svg></div>")
 
 
@@ -670,11 +671,12 @@ def _timeline_html(data: dict[str, Any]) -> str:
     if not points:
         return "<div class='mpr-timeline mpr-muted'>no timeline points yet</div>"
     width, height, pad_l, pad_b, pad_t = 760, 180, 70, 34, 10
+    pad_r = 28
     top = max([p["current"] for p in points] + [p["peak"] or 0 for p in points]) or 1.0
     n = len(points)
 
     def xy(i: int, value: float) -> tuple[float, float]:
-        x = pad_l + (width - pad_l - 10) * (i / (n - 1) if n > 1 else 0.5)
+        x = pad_l + (width - pad_l - pad_r) * (i / (n - 1) if n > 1 else 0.5)
         y = pad_t + (height - pad_t - pad_b) * (1 - value / top)
         return x, y
 
@@ -698,11 +700,13 @@ def _timeline_html(data: dict[str, Any]) -> str:
     axis = "".join(
         f"<text class='mpr-axis' x='{pad_l - 6}' y='{xy(0, top * f)[1] + 4:.1f}' "
         f"text-anchor='end'>{escape(_size(top * f))}</text>"
-        f"<line class='mpr-grid' x1='{pad_l}' x2='{width - 10}' y1='{xy(0, top * f)[1]:.1f}' "
-        f"y2='{xy(0, top * f)[1]:.1f}'/>" for f in (0, 0.5, 1))
+        f"<line class='mpr-grid' x1='{pad_l}' x2='{width - pad_r}' "
+        f"y1='{xy(0, top * f)[1]:.1f}' y2='{xy(0, top * f)[1]:.1f}'/>" for f in (0, 0.5, 1))
     peak_svg = (f"<polyline class='mpr-peak' points='{peak_line}'/>" if len(peaks) > 1 else "")
+    legend = ("still alive after each cell (line), peak during it (dashed); hover a point"
+              if len(peaks) > 1 else "still alive after each cell; hover a point")
     return ("<div class='mpr-timeline'><b>Memory across cells</b> <span class='mpr-muted'>"
-            "still alive after each cell (line), peak during it (dashed); hover a point</span>"
+            f"{legend}</span>"
             f"<svg class='mpr-timeline-svg' viewBox='0 0 {width} {height}' width='100%' "
             f"style='max-width:{width}px' role='img' aria-label='memory timeline'>{axis}"
             f"{peak_svg}<polyline class='mpr-line' points='{line}'/>{''.join(marks)}</svg></div>")
@@ -764,14 +768,17 @@ def data_from_snapshot(
     top: int = 20,
     notes: Sequence[str] = (),
     timeline: Iterable[dict[str, Any]] | None = None,
+    hide_internal: bool = True,
 ) -> dict[str, Any]:
     """Report data for ``snapshot`` (or its change from ``old``) from public model APIs only.
 
     Uses ``Snapshot.statistics``/``compare_to`` (``size_estimate``, ``samples``,
     ``relative_error``) and ``attribution.Attributor`` for cell labels and source text.
     Frames of the machinery around the user's code (IPython, the profiler) are left out of
-    tracebacks and the flame graph. ``timeline`` adds timeline points (schema in the module
-    doc). A stop-gap: the report layer of issue 8 will build this dict.
+    tracebacks and the flame graph; with ``hide_internal`` the allocations made *only* by
+    that machinery are left out too (a note says how much). ``timeline`` adds timeline
+    points (schema in the module doc). A stop-gap: the report layer of issue 8 will build
+    this dict.
     """
     from ..attribution import Attributor
     from ..model import Snapshot
@@ -804,6 +811,18 @@ def data_from_snapshot(
                    for s in old.statistics("traceback")}
     else:
         stats = snapshot.statistics("traceback")
+    notes = list(notes)
+    if hide_internal:
+        def internal(stat: Any) -> bool:
+            return len(stat.traceback) > 0 and all(
+                attributor.locate(f.filename, f.lineno).internal for f in stat.traceback)
+
+        hidden = [s for s in stats if internal(s)]
+        if hidden and len(hidden) < len(stats):
+            stats = [s for s in stats if not internal(s)]
+            notes.append(f"Not shown: {format_size(sum(s.size_estimate for s in hidden))} "
+                         f"allocated by IPython and the profiler themselves "
+                         f"({len(hidden)} tracebacks).")
     tracebacks: list[dict[str, Any]] = []
     records = []  # (stat, innermost frame, traceback index, variance)
     for i, stat in enumerate(stats):
@@ -876,7 +895,7 @@ def data_from_snapshot(
     ]
     data: dict[str, Any] = {
         "kind": "diff" if diff else "profile", "title": title, "exact": exact,
-        "summary": summary, "notes": list(notes), "total": total, "top": top,
+        "summary": summary, "notes": notes, "total": total, "top": top,
         "frames": frames, "tracebacks": tracebacks, "groupings": groupings,
         "default_grouping": "line",
     }

@@ -73,8 +73,10 @@
     tip.hidden = false;
     var box = this.root.getBoundingClientRect();
     var x = ev.clientX - box.left + 14, y = ev.clientY - box.top + 14;
-    var w = tip.offsetWidth;
+    var w = tip.offsetWidth, h = tip.offsetHeight;
+    // Stay inside the report: hosts clip their outputs (JupyterLab's output area scrolls).
     if (x + w > box.width) { x = Math.max(0, ev.clientX - box.left - w - 10); }
+    if (y + h > box.height) { y = Math.max(0, ev.clientY - box.top - h - 10); }
     tip.style.left = x + "px";
     tip.style.top = y + "px";
   };
