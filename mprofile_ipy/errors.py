@@ -12,6 +12,7 @@ from __future__ import annotations
 __all__ = [
     "FileFormatError",
     "MemoryBudgetExceeded",
+    "MissingDependencyError",
     "MprofileError",
     "PprofFormatError",
     "SnapshotFormatError",
@@ -36,3 +37,7 @@ class PprofFormatError(FileFormatError):
 
 class MemoryBudgetExceeded(MprofileError, MemoryError):
     """The process crossed its memory budget; raised in the main thread to stop the code."""
+
+
+class MissingDependencyError(MprofileError, ImportError):
+    """An optional feature needs a package that is not installed; the message says which."""
