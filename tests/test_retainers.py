@@ -419,9 +419,6 @@ def test_progress_and_time_limit():
 # A real kernel: the walkthrough notebook
 
 
-@pytest.mark.skipif(sys.version_info[:2] == (3, 12),
-                    reason="CPython 3.12 + ipykernel: a full walk of gc.get_referents makes the "
-                           "kernel's next gc.collect() hang (reproduced without mprofile-ipy)")
 def test_notebook_in_a_real_kernel(tmp_path):
     import os
     from pathlib import Path
