@@ -3,6 +3,12 @@
 ``import mprofile_ipy as mp; mp.start(); ...; mp.take_snapshot().statistics("lineno")``
 works as tracemalloc does, at a few percent of the cost. In IPython,
 ``%load_ext mprofile_ipy`` adds the ``%mprofile`` and ``%%mprofile`` magics.
+
+The public surface is what ``__all__`` lists: the tracemalloc-compatible API, the model
+(``Snapshot``, ``Statistic``, ...), the results of the magics (``ProfileResult``,
+``DiffResult``, imported on first use), the loaders (``load_snapshot``, ``load_pprof``) and
+the errors. Everything else (``aggregate``, ``report``, ``renderers``, ``ipython``,
+``attribution``, ``native_capture``, ...) is internal and may change between releases.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ from .sampler import (
     stop,
     take_snapshot,
 )
+from .storage import load_snapshot
 
 __version__ = "0.1.0"
 
@@ -58,6 +65,7 @@ __all__ = [
     "DEFAULT_MAX_FRAMES",
     "DEFAULT_SAMPLE_RATE",
     "Allocator",
+    "DiffResult",
     "BaseFilter",
     "DomainFilter",
     "FileFormatError",
@@ -66,6 +74,7 @@ __all__ = [
     "MemoryBudgetExceeded",
     "MprofileError",
     "PprofFormatError",
+    "ProfileResult",
     "SamplerStats",
     "Snapshot",
     "SnapshotFormatError",
@@ -83,6 +92,8 @@ __all__ = [
     "get_tracemalloc_memory",
     "is_tracing",
     "load_ipython_extension",
+    "load_pprof",
+    "load_snapshot",
     "paused",
     "reset_peak",
     "start",
@@ -92,15 +103,39 @@ __all__ = [
 ]
 
 
+#: Public names imported on first use (they pull in the report layer or protobuf).
+_LAZY = {
+    "ProfileResult": (".result", "ProfileResult"),
+    "DiffResult": (".result", "DiffResult"),
+    "load_pprof": (".export.pprof", "load_pprof"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import ``ProfileResult``, ``DiffResult`` and ``load_pprof`` when first asked for."""
+    target = _LAZY.get(name)
+    if target is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(target[0], __name__), target[1])
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext mprofile_ipy``: register the magics (imported only now, with IPython)."""
-    from .magics import load_ipython_extension as load
+    from .ipython import load_ipython_extension as load
 
     load(ipython)
 
 
 def unload_ipython_extension(ipython: Any) -> None:
     """``%unload_ext mprofile_ipy``: remove the magics and stop what they started."""
-    from .magics import unload_ipython_extension as unload
+    from .ipython import unload_ipython_extension as unload
 
     unload(ipython)

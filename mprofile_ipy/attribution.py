@@ -18,6 +18,7 @@ from __future__ import annotations
 import linecache
 import os
 import re
+import stat
 import sys
 import sysconfig
 import threading
@@ -41,11 +42,31 @@ __all__ = [
 _IPYTHON_INPUT_RE = re.compile(r"^<ipython-input-(\d+)-([0-9a-fA-F]+)>$")
 # ipykernel >= 6 (XCachingCompiler): "<tmp>/ipykernel_<pid>/<murmur2 hash>.py".
 _IPYKERNEL_RE = re.compile(r"[\\/]ipykernel_(\d+)[\\/](\d+)\.py$")
+# IPython's CachingCompiler.format_code_name: ("Cell", "In[12]").
+_CODE_NAME_RE = re.compile(r"^In\s*\[(\d+)\]$")
 
 
 def cell_label(number: int | None, fallback: str = "?") -> str:
     """The label a cell has in the notebook's prompt: ``In [12]`` (``In [?]`` if unknown)."""
     return f"In [{number if number is not None else fallback}]"
+
+
+def _source_lines(filename: str) -> list[str]:
+    """The lines of ``filename`` from :mod:`linecache` (which knows IPython cells), but
+    never by opening anything other than a regular file: a snapshot from elsewhere may name
+    ``/dev/zero`` or a FIFO, which would be read forever or block."""
+    if filename not in linecache.cache:
+        try:
+            if not stat.S_ISREG(os.stat(filename).st_mode):
+                return []
+        except ValueError:  # a NUL in the name
+            return []
+        except OSError:  # missing: linecache may still find it (module loaders, sys.path)
+            pass
+    try:
+        return linecache.getlines(filename)
+    except (ValueError, OSError):
+        return []
 
 
 @dataclass(frozen=True)
@@ -225,11 +246,6 @@ def is_stdlib(filename: str) -> bool:
     return os.path.abspath(filename).startswith(_STDLIB_DIRS)
 
 
-#: The function of this package's magics that runs the user's profiled code: frames older
-#: than it are the magic's caller, not part of what is profiled.
-PROFILER_RUNNER = "_run_profiled"
-
-
 _PACKAGES_RE = re.compile(r"[\\/](?:site|dist)-packages[\\/]")
 
 
@@ -295,6 +311,8 @@ class Attributor:
         self.shell = shell
         self._cells: dict[str, CellInfo | None] = {}
         self._locations: dict[tuple[str, int], Location] = {}
+        # file name -> (short path, internal, stdlib, its lines): one answer per file
+        self._files: dict[str, tuple[str, bool, bool, list[str]]] = {}
 
     # -- cells ----------------------------------------------------------------------------
     def cell(self, filename: str) -> CellInfo | None:
@@ -306,16 +324,29 @@ class Attributor:
             self._cells[filename] = info
             return info
 
-    def _filename_map(self) -> dict[str, int]:
-        compiler = getattr(self.shell, "compile", None)
-        mapping = getattr(compiler, "_filename_map", None)
-        return mapping if isinstance(mapping, dict) else {}
+    def _cell_number(self, filename: str) -> int | None:
+        """The execution count IPython's compiler gave ``filename`` (``None``: not a cell).
+
+        Read through the compiler's public ``format_code_name`` (IPython >= 8), which names
+        a cell ``("Cell", "In[12]")`` in tracebacks.
+        """
+        namer = getattr(getattr(self.shell, "compile", None), "format_code_name", None)
+        if namer is None:
+            return None
+        try:
+            named = namer(filename)
+        except Exception:  # noqa: BLE001 - a foreign compiler: not a cell we know
+            return None
+        if not named:
+            return None
+        match = _CODE_NAME_RE.match(str(named[1]))
+        return int(match.group(1)) if match else None
 
     def _find_cell(self, filename: str) -> CellInfo | None:
         registered = _registered.get(filename)
         if registered is not None:
             return registered
-        number = self._filename_map().get(filename)
+        number = self._cell_number(filename)
         if number is None:
             match = _IPYTHON_INPUT_RE.match(filename)
             if match:
@@ -325,7 +356,7 @@ class Attributor:
                 return CellInfo(None, f"Cell {_IPYKERNEL_RE.search(filename).group(2)}")
             else:
                 return None
-        code_lines = linecache.getlines(filename)
+        code_lines = _source_lines(filename)
         raw = self._raw_cell(number, code_lines)
         offset = 0
         lines: tuple[str, ...] | None = None
@@ -368,25 +399,30 @@ class Attributor:
     def _locate(self, filename: str, lineno: int) -> Location:
         info = self.cell(filename)
         if info is None:
-            source = linecache.getline(filename, lineno).strip() if lineno > 0 else ""
-            return Location(filename, lineno, short_path(filename), lineno, source, None,
-                            is_internal(filename), False, is_stdlib(filename))
+            file = self._files.get(filename)
+            if file is None:
+                file = self._files[filename] = (short_path(filename), is_internal(filename),
+                                                is_stdlib(filename), _source_lines(filename))
+            short, internal, stdlib, lines = file
+            source = lines[lineno - 1].strip() if 0 < lineno <= len(lines) else ""
+            return Location(filename, lineno, short, lineno, source, None, internal, False,
+                            stdlib)
         line = lineno + info.line_offset
         source = ""
         if info.lines is not None and 0 < line <= len(info.lines):
             source = info.lines[line - 1].strip()
         elif lineno > 0:
-            source = linecache.getline(filename, lineno).strip()
+            lines_ = _source_lines(filename)
+            source = lines_[lineno - 1].strip() if lineno <= len(lines_) else ""
         return Location(filename, lineno, info.label, line, source, info.number, False, True)
 
     def caller_cell(self, depth: int = 1) -> tuple[str, int, int] | None:
         """The innermost frame of the calling stack that is cell code: (filename, lineno,
         cell number), or ``None`` (for example when a magic is called from a script)."""
-        mapping = self._filename_map()
         frame = sys._getframe(depth)
         while frame is not None:
             filename = frame.f_code.co_filename
-            number = mapping.get(filename)
+            number = self._cell_number(filename)
             if number is None and filename in _registered:
                 number = _registered[filename].number
             if number is not None:

@@ -12,7 +12,9 @@ import math
 from statistics import NormalDist
 
 __all__ = [
+    "approx_variances",
     "confidence_interval",
+    "count_variance",
     "estimated_count",
     "estimated_size",
     "group_relative_error",
@@ -27,22 +29,25 @@ __all__ = [
 def sampling_probability(size: int, sample_rate: int) -> float:
     """Probability that an allocation of ``size`` bytes is sampled at ``sample_rate``.
 
-    1.0 when ``sample_rate <= 1`` (exact mode). A size of 0 is taken as 1 byte: the
-    sampler only sees a zero-byte request if it counted it as one byte.
+    1.0 when ``sample_rate <= 1`` (exact mode). A sampled zero-byte allocation is taken as
+    certain (probability 1, weight 1), as the C sampler weighs it (``mp_weight``): it holds
+    no bytes, and counting it once never inflates a count by ``sample_rate``.
     """
     if sample_rate <= 1:
         return 1.0
     if size < 0:
         raise ValueError(f"size must not be negative, got {size}")
+    if size == 0:
+        return 1.0
     # -expm1(-x) keeps full precision for tiny x = size/rate, where 1 - exp(-x) would not.
-    return -math.expm1(-max(size, 1) / sample_rate)
+    return -math.expm1(-size / sample_rate)
 
 
 def weight(size: int, sample_rate: int) -> float:
     """How many allocations one sampled allocation of ``size`` bytes stands for: ``1/p``.
 
     Exactly 1.0 when ``sample_rate <= 1``; about ``sample_rate/size`` for small sizes and
-    tending to 1 for sizes much larger than the rate. Size 0 weighs as 1 byte.
+    tending to 1 for sizes much larger than the rate. Size 0 weighs 1.0, as in the C core.
     """
     return 1.0 / sampling_probability(size, sample_rate)
 
@@ -66,6 +71,35 @@ def size_variance(size: int, sample_rate: int) -> float:
     """
     w = weight(size, sample_rate)
     return float(size) * size * w * (w - 1.0)
+
+
+def count_variance(size: int, sample_rate: int) -> float:
+    """This sample's term of the estimated variance of an allocation count: ``w * (w-1)``.
+
+    The count analogue of :func:`size_variance` (same assumptions); 0 in exact mode.
+    """
+    w = weight(size, sample_rate)
+    return w * (w - 1.0)
+
+
+def approx_variances(count_estimate: float, size_estimate: float,
+                     sample_rate: int) -> tuple[float, float]:
+    """Approximate ``(size variance, count variance)`` of totals known only by their
+    estimates (allocation totals without per-sample sizes).
+
+    Assumes all ``count_estimate`` allocations had the average size, sampled with
+    probability ``p``: the count variance is then ``count * (1-p)/p`` and the size variance
+    that times the average size squared; the square of :func:`group_relative_error`
+    times the size. ``inf`` for a positive size with no count; 0 in exact mode.
+    """
+    if sample_rate <= 1:
+        return 0.0, 0.0
+    if count_estimate <= 0.0:
+        return (math.inf, math.inf) if size_estimate > 0 else (0.0, 0.0)
+    average = max(0.0, size_estimate) / count_estimate
+    p = sampling_probability(average, sample_rate)
+    count_var = count_estimate * (1.0 - p) / p
+    return count_var * average * average, count_var
 
 
 def relative_error(samples: int, exact: bool) -> float:

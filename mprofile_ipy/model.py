@@ -7,32 +7,34 @@ gives exactly tracemalloc's answers. With ``sample_rate > 1`` every figure is an
 estimate that sums per-sample weights (:mod:`mprofile_ipy.estimate`). No dependency on the
 sampler, IPython, pandas or numpy.
 
-Invariants:
+Invariants (the frame order, units and estimate rules are in :mod:`mprofile_ipy.aggregate`):
 
-- A raw trace is ``(domain, size, frames, total_nframe[, allocator[, thread_id]])``; ``size``
-  is the real size in bytes of one *sampled* allocation, never scaled.
+- A raw trace given to ``Snapshot`` is ``(domain, size, frames, total_nframe[, allocator[,
+  thread_id]])``; it is normalised once, when the snapshot is built, to the 6-tuple
+  ``(domain, size, frames, total_nframe, allocator, thread_id)`` (``allocator`` MEM and
+  ``thread_id`` 0 when absent): ``Snapshot.raw_traces`` and every consumer read that one
+  shape. ``snapshot.traces`` keeps the tuples as given (tracemalloc equality).
+- ``size`` is the real size in bytes of one *sampled* allocation, never scaled.
 - Raw ``frames`` are most recent first, as tracemalloc's; ``Traceback`` stores and iterates
   them oldest first. A raw frame is ``(filename, lineno[, name[, firstlineno]])``.
-- ``Frame`` and ``Traceback`` compare, hash and sort on ``(filename, lineno)`` only.
 - ``Statistic.size``/``.count`` are rounded estimates (ints); ``.size_estimate`` and
   ``.count_estimate`` keep the unrounded floats.
-- Objects are built only when looked at: ``statistics()`` sums raw tuples per distinct
-  traceback object once (cached), then groups those few sums.
+- All summing is :mod:`mprofile_ipy.aggregate`'s: ``statistics()``, ``compare_to()`` and
+  ``allocated_statistics()`` format its records (built once per snapshot and cached).
 """
 
 from __future__ import annotations
 
 import fnmatch
-import linecache
 import os.path
-from collections import Counter
+from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Sequence
 from enum import IntEnum
-from functools import total_ordering
-from operator import itemgetter
+from itertools import accumulate
 from typing import IO, Any
 
-from . import estimate
+from . import aggregate, estimate
+from .aggregate import Frame, Traceback, frames_key
 from .units import format_size_tracemalloc as _format_size
 from .units import parse_size
 
@@ -56,9 +58,6 @@ NUMPY_DOMAIN = 389047
 #: Domain of ``malloc``/``mmap`` memory seen by native mode ("nat" in ASCII).
 NATIVE_DOMAIN = 0x6E6174
 
-_KEY_TYPES = ("traceback", "filename", "lineno")
-_get_size = itemgetter(1)
-_get_frames = itemgetter(2)
 _UNKNOWN_FRAME = ("<unknown>", 0)
 
 
@@ -76,164 +75,38 @@ class Allocator(IntEnum):
 # Frames and tracebacks
 
 
-@total_ordering
-class Frame:
-    """One frame of a traceback: ``filename``, ``lineno`` and, when recorded, ``name``
-    (the function's qualified name) and ``firstlineno`` (its first line).
-
-    Equality, hashing and ordering use ``(filename, lineno)`` only, as tracemalloc's.
-    """
-
-    __slots__ = ("_frame", "_key")
-
-    def __init__(self, frame: tuple) -> None:
-        if isinstance(frame, Frame):
-            frame = frame._frame
-        elif isinstance(frame, list):
-            frame = tuple(frame)
-        if not isinstance(frame, tuple) or not 2 <= len(frame) <= 4:
-            raise TypeError(
-                "a raw frame is a tuple (filename, lineno[, name[, firstlineno]]), "
-                f"not {frame!r}"
-            )
-        self._frame = frame
-        self._key = frame[:2]
-
-    @property
-    def filename(self) -> str:
-        return self._frame[0]
-
-    @property
-    def lineno(self) -> int:
-        return self._frame[1]
-
-    @property
-    def name(self) -> str | None:
-        """The function's qualified name, or None if the tracer did not record it."""
-        return self._frame[2] if len(self._frame) > 2 else None
-
-    @property
-    def firstlineno(self) -> int | None:
-        """The function's first line, or None if the tracer did not record it."""
-        return self._frame[3] if len(self._frame) > 3 else None
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Frame):
-            return NotImplemented
-        return self._key == other._key
-
-    def __lt__(self, other: object) -> bool:
-        if not isinstance(other, Frame):
-            return NotImplemented
-        return self._key < other._key
-
-    def __hash__(self) -> int:
-        return hash(self._key)
-
-    def __str__(self) -> str:
-        return f"{self.filename}:{self.lineno}"
-
-    def __repr__(self) -> str:
-        text = f"<Frame filename={self.filename!r} lineno={self.lineno!r}"
-        if self.name is not None:
-            text += f" name={self.name!r}"
-        return text + ">"
-
-
-def _frames_key(frames: tuple) -> tuple:
-    """The ``(filename, lineno)`` pairs of raw frames: what equality looks at."""
-    return tuple([f[:2] for f in frames])
-
-
-@total_ordering
-class Traceback(Sequence):
-    """Sequence of :class:`Frame`, oldest first (as tracemalloc's since Python 3.7).
-
-    ``frames`` are raw frames *most recent first*, as in raw traces; ``total_nframe`` is the
-    depth of the stack before truncation (None when unknown).
-    """
-
-    __slots__ = ("_frames", "_total_nframe", "_key")
-
-    def __init__(self, frames: Sequence[tuple], total_nframe: int | None = None) -> None:
-        Sequence.__init__(self)
-        self._frames = tuple(
-            f if type(f) is tuple else Frame(f)._frame for f in reversed(frames)
-        )
-        self._total_nframe = total_nframe
-        self._key: tuple | None = None
-
-    def _get_key(self) -> tuple:
-        key = self._key
-        if key is None:
-            key = self._key = _frames_key(self._frames)
-        return key
-
-    @property
-    def total_nframe(self) -> int | None:
-        return self._total_nframe
-
-    def __len__(self) -> int:
-        return len(self._frames)
-
-    def __getitem__(self, index):  # type: ignore[override]
-        if isinstance(index, slice):
-            return tuple(Frame(frame) for frame in self._frames[index])
-        return Frame(self._frames[index])
-
-    def __iter__(self) -> Iterator[Frame]:
-        return (Frame(frame) for frame in self._frames)
-
-    def __contains__(self, frame: object) -> bool:
-        return isinstance(frame, Frame) and frame._key in self._get_key()
-
-    def __hash__(self) -> int:
-        return hash(self._get_key())
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Traceback):
-            return NotImplemented
-        return self._get_key() == other._get_key()
-
-    def __lt__(self, other: object) -> bool:
-        if not isinstance(other, Traceback):
-            return NotImplemented
-        return self._get_key() < other._get_key()
-
-    def __str__(self) -> str:
-        # tracemalloc shows the oldest frame (for 'lineno' statistics, the only one).
-        return str(self[0]) if self._frames else "<no frames>"
-
-    def __repr__(self) -> str:
-        text = f"<Traceback {tuple(self)}"
-        if self._total_nframe is None:
-            return text + ">"
-        return text + f" total_nframe={self._total_nframe}>"
-
-    def format(self, limit: int | None = None, most_recent_first: bool = False) -> list[str]:
-        """Lines as in a Python traceback: ``  File "a.py", line 5`` then the source line.
-
-        ``limit > 0`` keeps the ``limit`` most recent frames, ``limit < 0`` the ``-limit``
-        oldest ones; source lines come from :mod:`linecache` (so IPython cells work too).
-        """
-        if limit is not None:
-            frames = self._frames[-limit:] if limit > 0 else self._frames[:limit]
-        else:
-            frames = self._frames
-        if most_recent_first:
-            frames = frames[::-1]
-        lines = []
-        for frame in frames:
-            filename, lineno = frame[0], frame[1]
-            lines.append(f'  File "{filename}", line {lineno}')
-            line = linecache.getline(filename, lineno).strip()
-            if line:
-                lines.append(f"    {line}")
-        return lines
+# Frame and Traceback live in ``aggregate`` (below this module) and are re-exported here,
+# under this module's name, so that ``mprofile_ipy.model.Frame`` stays their public home
+# (pickles of statistics written before the move load too).
+Frame.__module__ = Traceback.__module__ = __name__
 
 
 # ---------------------------------------------------------------------------------------------
 # Traces
+
+
+_PAD = {4: (int(Allocator.MEM), 0), 5: (0,), 6: ()}
+
+
+def _normalise(trace: tuple) -> tuple:
+    """One raw trace as the 6-tuple ``(domain, size, frames, total_nframe, allocator,
+    thread_id)``; 4- and 5-tuples get allocator MEM and thread 0."""
+    return trace + _PAD[len(trace)] if len(trace) != 6 else trace
+
+
+def _check_traces(raw: list) -> set[int]:
+    """The lengths of the raw traces; ``TypeError`` unless every item is a raw trace tuple
+    of 4 to 6 fields."""
+    lengths: set[int] = set()
+    if all(issubclass(t, tuple) for t in set(map(type, raw))):
+        lengths = set(map(len, raw))
+        if lengths <= {4, 5, 6}:
+            return lengths
+    bad = next(t for t in raw if not isinstance(t, tuple) or not 4 <= len(t) <= 6)
+    raise TypeError(
+        "traces must be raw trace tuples (domain, size, frames, total_nframe"
+        f"[, allocator[, thread_id]]), not {type(bad).__name__} {bad!r:.80}"
+    )
 
 
 class Trace:
@@ -246,7 +119,7 @@ class Trace:
     __slots__ = ("_trace", "_sample_rate")
 
     def __init__(self, trace: tuple, sample_rate: int = 1) -> None:
-        self._trace = trace
+        self._trace = _normalise(trace)
         self._sample_rate = sample_rate
 
     @property
@@ -268,7 +141,7 @@ class Trace:
     @property
     def allocator(self) -> int:
         """An :class:`Allocator` (a plain int for codes this version does not know)."""
-        code = self._trace[4] if len(self._trace) > 4 else Allocator.MEM
+        code = self._trace[4]
         try:
             return Allocator(code)
         except ValueError:
@@ -276,7 +149,7 @@ class Trace:
 
     @property
     def thread_id(self) -> int:
-        return self._trace[5] if len(self._trace) > 5 else 0
+        return self._trace[5]
 
     @property
     def sample_rate(self) -> int:
@@ -288,7 +161,7 @@ class Trace:
 
     @property
     def estimated_size(self) -> float:
-        return self._trace[1] * self.weight
+        return estimate.estimated_size(self._trace[1], self._sample_rate)
 
     @property
     def estimated_count(self) -> float:
@@ -296,7 +169,7 @@ class Trace:
 
     def _key(self) -> tuple:
         t = self._trace
-        return (t[0], t[1], _frames_key(t[2]), t[3], int(self.allocator), self.thread_id,
+        return (t[0], t[1], frames_key(t[2]), t[3], t[4], t[5],
                 self._sample_rate if self._sample_rate > 1 else 1)
 
     def __eq__(self, other: object) -> bool:
@@ -321,38 +194,94 @@ class Trace:
                 f"traceback={self.traceback!r}>")
 
 
-class _Traces(Sequence):
-    """Read-only sequence of :class:`Trace`, built on access from the raw tuples."""
+def _check_counts(counts: list, n: int) -> list[int] | None:
+    """Multiplicities of ``n`` raw traces: positive ints (None when all are 1)."""
+    if len(counts) != n:
+        raise ValueError(f"counts must hold one number per trace ({n}), not {len(counts)}")
+    if set(map(type, counts)) - {int} or (counts and min(counts) < 1):
+        raise ValueError("counts must be positive ints (how many allocations each trace is)")
+    return None if not counts or max(counts) == 1 else counts
 
-    def __init__(self, traces: list[tuple], sample_rate: int = 1) -> None:
+
+class _Repeated(Sequence):
+    """``records[i]`` repeated ``counts[i]`` times, without building the long list."""
+
+    def __init__(self, records: list[tuple], counts: list[int]) -> None:
+        self._records = records
+        self._counts = counts
+        self._ends: list[int] | None = None
+
+    def __len__(self) -> int:
+        return sum(self._counts)
+
+    def __iter__(self) -> Iterator[tuple]:
+        for record, n in zip(self._records, self._counts, strict=True):
+            for _ in range(n):
+                yield record
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        total = len(self)
+        if index < 0:
+            index += total
+        if not 0 <= index < total:
+            raise IndexError("trace index out of range")
+        if self._ends is None:
+            self._ends = list(accumulate(self._counts))
+        return self._records[bisect_right(self._ends, index)]
+
+
+class _Traces(Sequence):
+    """Read-only sequence of :class:`Trace`, built on access from the raw tuples.
+
+    ``_traces`` are the tuples as given (what tracemalloc's ``_traces`` would hold),
+    ``_records`` the same traces normalised (the very same list when all are 6-tuples),
+    ``_counts`` how many identical allocations each stands for (None: one each).
+    """
+
+    _counts: list[int] | None = None  # instances pickled before counts existed
+
+    def __init__(self, traces: list[tuple], sample_rate: int = 1,
+                 records: list[tuple] | None = None, counts: list[int] | None = None) -> None:
         Sequence.__init__(self)
         self._traces = traces
         self._sample_rate = sample_rate
+        if records is None:
+            lengths = _check_traces(traces)
+            records = traces if lengths <= {6} else list(map(_normalise, traces))
+        self._records = records
+        self._counts = counts
+
+    def _expanded(self) -> Sequence[tuple]:
+        """The normalised traces, one per allocation (repeated lazily when counted)."""
+        return self._records if self._counts is None else _Repeated(self._records, self._counts)
 
     def __len__(self) -> int:
-        return len(self._traces)
+        return len(self._traces) if self._counts is None else sum(self._counts)
 
     def __getitem__(self, index):  # type: ignore[override]
         rate = self._sample_rate
         if isinstance(index, slice):
-            return tuple(Trace(trace, rate) for trace in self._traces[index])
-        return Trace(self._traces[index], rate)
+            return tuple(Trace(trace, rate) for trace in self._expanded()[index])
+        return Trace(self._expanded()[index], rate)
 
     def __iter__(self) -> Iterator[Trace]:
         rate = self._sample_rate
-        return (Trace(trace, rate) for trace in self._traces)
+        return (Trace(trace, rate) for trace in self._expanded())
 
     def __contains__(self, trace: object) -> bool:
         if not isinstance(trace, Trace):
             return False
-        if trace._sample_rate == self._sample_rate and trace._trace in self._traces:
+        if trace._sample_rate == self._sample_rate and trace._trace in self._records:
             return True
         return any(trace == other for other in self)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, _Traces):
             return NotImplemented
-        return self._traces == other._traces and self._sample_rate == other._sample_rate
+        return (self._traces == other._traces and self._sample_rate == other._sample_rate
+                and self._counts == other._counts)
 
     def __repr__(self) -> str:
         return f"<Traces len={len(self)}>"
@@ -648,8 +577,13 @@ def _make_keep(filters: list[BaseFilter]):
 # ---------------------------------------------------------------------------------------------
 # Snapshot
 
-# Per distinct frames object: [frames, size_estimate, count_estimate, samples, size_variance].
-_Sums = list
+_ALLOC_PAD = {4: (None, None, None), 5: (None, None), 6: (None,), 7: ()}
+
+
+def _normalise_allocated(entry: tuple) -> tuple:
+    """An allocation total as the 7-tuple ``(frames, total_nframe, count, size, samples,
+    size_variance, domain)``, None where the entry had no such field."""
+    return entry + _ALLOC_PAD[len(entry)] if len(entry) != 7 else entry
 
 
 class Snapshot:
@@ -660,6 +594,9 @@ class Snapshot:
     since start per traceback, freed allocations included: raw tuples
     ``(frames, total_nframe, count_estimate, size_estimate[, samples[, size_variance[,
     domain]]])``; None when not tracked. ``meta`` is a JSON-able dict about the run.
+    ``counts`` (optional) says how many identical sampled allocations each raw trace stands
+    for, a multiplicity kept as a number (a pprof sample of 20 million allocations is one
+    trace, not a list of 20 million); ``len(traces)`` and ``samples`` count them all.
     """
 
     def __init__(
@@ -670,31 +607,32 @@ class Snapshot:
         sample_rate: int | str = 1,
         allocated: Iterable[tuple] | None = None,
         meta: dict[str, Any] | None = None,
+        counts: Iterable[int] | None = None,
     ) -> None:
         raw = list(traces)
-        if raw and not (isinstance(raw[0], tuple) and 4 <= len(raw[0]) <= 6):
-            raise TypeError(
-                "traces must be raw trace tuples (domain, size, frames, total_nframe"
-                f"[, allocator[, thread_id]]), not {type(raw[0]).__name__} {raw[0]!r:.80}"
-            )
         rate = parse_size(sample_rate)
         self._sample_rate = rate
-        self.traces = _Traces(raw, rate)
+        self.traces = _Traces(raw, rate,
+                              counts=None if counts is None else _check_counts(list(counts),
+                                                                               len(raw)))
         self.traceback_limit = traceback_limit
+        alloc_records = None
         if allocated is not None:
             allocated = tuple(allocated)
-            for entry in allocated[:1]:
+            for entry in allocated:
                 if not (isinstance(entry, tuple) and 4 <= len(entry) <= 7):
                     raise TypeError(
                         "allocated must hold tuples (frames, total_nframe, count_estimate, "
                         f"size_estimate[, samples[, size_variance[, domain]]]), not {entry!r:.80}"
                     )
+            alloc_records = tuple(map(_normalise_allocated, allocated))
         self._allocated: tuple | None = allocated
+        self._alloc_records: tuple | None = alloc_records
         if meta is not None and not isinstance(meta, dict):
             raise TypeError(f"meta must be a dict or None, not {type(meta).__name__}")
         self.meta: dict[str, Any] = dict(meta) if meta else {}
-        self._trace_sums: list[_Sums] | None = None
-        self._alloc_sums: list[_Sums] | None = None
+        self._records: list[aggregate.Record] | None = None  # aggregate.by_traceback's cache
+        self._size_counts: dict | None = None  # aggregate.diff's cache
 
     @classmethod
     def from_tracemalloc(cls, snapshot: Any) -> Snapshot:
@@ -703,8 +641,22 @@ class Snapshot:
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_trace_sums"] = state["_alloc_sums"] = None
+        state["_records"] = state["_size_counts"] = None
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state.setdefault("_records", None)
+        state.setdefault("_size_counts", None)
+        state.pop("_trace_sums", None)  # caches of older versions
+        state.pop("_alloc_sums", None)
+        if "_alloc_records" not in state:
+            allocated = state.get("_allocated")
+            state["_alloc_records"] = (None if allocated is None
+                                       else tuple(map(_normalise_allocated, allocated)))
+        self.__dict__.update(state)
+        traces = self.traces
+        if not hasattr(traces, "_records"):
+            self.traces = _Traces(traces._traces, traces._sample_rate)
 
     def __repr__(self) -> str:
         mode = "exact" if self.is_exact else f"sample_rate={self._sample_rate}"
@@ -715,9 +667,21 @@ class Snapshot:
 
     @property
     def raw_traces(self) -> Sequence[tuple]:
-        """The raw trace tuples (``docs/architecture.md``), for exporters and storage that
-        must not build a ``Trace`` per allocation. Read-only by convention."""
-        return self.traces._traces
+        """The raw traces, normalised: 6-tuples ``(domain, size, frames, total_nframe,
+        allocator, thread_id)`` (``docs/architecture.md``), one per sampled allocation
+        (repeated lazily for counted traces), for code that must not build a ``Trace`` per
+        allocation. Read-only by convention; prefer :mod:`mprofile_ipy.aggregate`."""
+        return self.traces._expanded()
+
+    @property
+    def trace_records(self) -> list[tuple]:
+        """The normalised raw traces, each once; see :attr:`trace_counts`."""
+        return self.traces._records
+
+    @property
+    def trace_counts(self) -> list[int] | None:
+        """How many allocations each of :attr:`trace_records` stands for (None: one each)."""
+        return self.traces._counts
 
     @property
     def sample_rate(self) -> int:
@@ -731,23 +695,35 @@ class Snapshot:
 
     @property
     def allocated(self) -> tuple | None:
-        """Raw allocation totals since start per traceback, or None when not tracked."""
+        """Raw allocation totals since start per traceback (as given), or None when not
+        tracked."""
         return self._allocated
+
+    @property
+    def allocated_records(self) -> tuple | None:
+        """The allocation totals normalised to 7-tuples ``(frames, total_nframe, count,
+        size, samples, size_variance, domain)`` (None for a missing field), or None."""
+        return self._alloc_records
 
     @property
     def samples(self) -> int:
         """Number of sampled allocations alive (every allocation, when exact)."""
-        return len(self.raw_traces)
+        return len(self.traces)
 
     @property
     def total_size(self) -> int:
         """Estimated bytes alive (exact when the snapshot is exact)."""
-        return round(sum(s[1] for s in self._get_trace_sums()))
+        return round(sum(r.live.size for r in self.records()))
 
     @property
     def total_count(self) -> int:
         """Estimated number of allocations alive (exact when the snapshot is exact)."""
-        return round(sum(s[2] for s in self._get_trace_sums()))
+        return round(sum(r.live.count for r in self.records()))
+
+    def records(self) -> list[aggregate.Record]:
+        """One :class:`~mprofile_ipy.aggregate.Record` per distinct traceback (cached):
+        what every statistic, view and export of this snapshot is computed from."""
+        return aggregate.by_traceback(self)
 
     # -- persistence and export ---------------------------------------------------------------
 
@@ -790,73 +766,44 @@ class Snapshot:
                     f"not {type(trace_filter).__name__}"
                 )
         raw = self.traces._traces
+        counts = self.traces._counts
         allocated = self._allocated
         if filters:
             keep = _make_keep(filters)
             pure = all(type(f)._match in _PURE_MATCHES for f in filters)
-            raw = _filter_raw(raw, keep, pure)
+            if counts is None:
+                raw = _filter_raw(raw, keep, pure)
+            else:
+                kept = [i for i, trace in enumerate(raw) if keep(trace)]
+                raw, counts = [raw[i] for i in kept], [counts[i] for i in kept]
             if allocated is not None:
                 allocated = tuple(
-                    entry for entry in allocated
-                    if keep((entry[6] if len(entry) > 6 else None, round(entry[3]),
-                             entry[0], entry[1]))
+                    entry for entry, norm in zip(allocated, self._alloc_records, strict=True)
+                    if keep((norm[6], round(norm[3]), norm[0], norm[1]))
                 )
         else:
             raw = raw.copy()
         return Snapshot(raw, self.traceback_limit, sample_rate=self._sample_rate,
-                        allocated=allocated, meta=self.meta)
+                        allocated=allocated, meta=self.meta, counts=counts)
 
     # -- grouping -----------------------------------------------------------------------------
 
-    def _get_trace_sums(self) -> list[_Sums]:
-        if self._trace_sums is None:
-            self._trace_sums = _sum_traces(self.traces._traces, self._sample_rate)
-        return self._trace_sums
+    def _statistic(self, record: aggregate.Record, totals: aggregate.Totals,
+                   key_type: str) -> Statistic:
+        return Statistic(
+            _statistic_traceback(record.key, key_type), round(totals.size),
+            round(totals.count), samples=totals.samples,
+            size_estimate=float(totals.size), count_estimate=float(totals.count),
+            relative_error=totals.relative_error, exact=self.is_exact,
+        )
 
-    def _get_alloc_sums(self) -> list[_Sums]:
-        if self._allocated is None:
-            raise ValueError(
-                "this snapshot has no allocation totals (allocated=None): only snapshots "
-                "taken by the sampler, or built with allocated=..., have them"
-            )
-        if self._alloc_sums is None:
-            self._alloc_sums = _sum_allocated(self._allocated, self._sample_rate)
-        return self._alloc_sums
-
-    def _group_by(self, key_type: str, cumulative: bool, allocated: bool = False
-                  ) -> dict[Any, list]:
-        """Group key -> [Traceback, size_est, count_est, samples, size_variance]."""
+    def _groups(self, key_type: str, cumulative: bool) -> list[aggregate.Record]:
         if key_type not in _KEY_TYPES:
             raise ValueError(
                 f"unknown key_type: {key_type!r}; use 'lineno', 'filename' or 'traceback'"
             )
-        if cumulative and key_type == "traceback":
-            raise ValueError(
-                f"cumulative mode cannot be used with key type {key_type!r}; "
-                "use 'lineno' or 'filename'"
-            )
-        sums = self._get_alloc_sums() if allocated else self._get_trace_sums()
-        return _group(sums, key_type, cumulative)
-
-    def _statistic(self, group: list, allocated: bool) -> Statistic:
-        traceback, size, count, samples, variance = group
-        exact = self.is_exact
-        return Statistic(
-            traceback, round(size), round(count),
-            samples=samples, size_estimate=float(size), count_estimate=float(count),
-            relative_error=self._rel_error(size, count, samples, variance, allocated),
-            exact=exact,
-        )
-
-    def _rel_error(self, size: float, count: float, samples: int, variance: float | None,
-                   allocated: bool) -> float:
-        if self.is_exact:
-            return 0.0
-        if variance is None:  # allocation totals without a variance: approximate
-            return estimate.group_relative_error(count, size, self._sample_rate)
-        if size > 0:
-            return estimate.relative_error_from_variance(variance, size)
-        return estimate.relative_error(samples, False)
+        aggregate.check_key_type(key_type, cumulative)
+        return aggregate.group(self.records(), key_type, cumulative)
 
     def statistics(self, key_type: str, cumulative: bool = False) -> list[Statistic]:
         """Statistics of the live allocations grouped by ``key_type``, largest first.
@@ -865,8 +812,8 @@ class Snapshot:
         ``cumulative=True`` counts each trace under every frame of its traceback, as
         tracemalloc does (once per occurrence, so a recursive frame counts more than once).
         """
-        groups = self._group_by(key_type, cumulative)
-        stats = [self._statistic(group, False) for group in groups.values()]
+        stats = [self._statistic(r, r.live, key_type)
+                 for r in self._groups(key_type, cumulative) if r.live.samples]
         stats.sort(reverse=True, key=Statistic._sort_key)
         return stats
 
@@ -875,10 +822,15 @@ class Snapshot:
 
         Needs allocation totals (``allocated`` is not None). Their ``samples`` and
         ``relative_error`` are exact when the totals carry sample counts and variances, else
-        approximated from each group's average size (see ``estimate.group_relative_error``).
+        approximated from each entry's average size (see ``estimate.approx_variances``).
         """
-        groups = self._group_by(key_type, cumulative, allocated=True)
-        stats = [self._statistic(group, True) for group in groups.values()]
+        if self._allocated is None:
+            raise ValueError(
+                "this snapshot has no allocation totals (allocated=None): only snapshots "
+                "taken by the sampler, or built with allocated=..., have them"
+            )
+        stats = [self._statistic(r, r.allocated, key_type)
+                 for r in self._groups(key_type, cumulative) if not r.allocated.empty]
         stats.sort(reverse=True, key=Statistic._sort_key)
         return stats
 
@@ -896,31 +848,45 @@ class Snapshot:
                 f"old_snapshot must be an mprofile_ipy Snapshot, not "
                 f"{type(old_snapshot).__name__}{hint}"
             )
-        new_groups = self._group_by(key_type, cumulative)
-        old_groups = old_snapshot._group_by(key_type, cumulative)
+        self._groups(key_type, cumulative)  # tracemalloc's errors for bad key types
         exact = self.is_exact and old_snapshot.is_exact
         diffs = []
-        for key, (traceback, size, count, samples, variance) in new_groups.items():
-            old = old_groups.pop(key, None)
-            old_size, old_count = (old[1], old[2]) if old is not None else (0, 0)
-            new_size_int, new_count_int = round(size), round(count)
+        for d in aggregate.diff(self, old_snapshot, key_type, cumulative, variances=False):
+            new, old = d.new, d.old
+            traceback = _statistic_traceback(d.key, key_type)
+            if not new.samples:
+                diffs.append(StatisticDiff(
+                    traceback, 0, -round(old.size), 0, -round(old.count), samples=0,
+                    size_estimate=0.0, size_diff_estimate=-float(old.size),
+                    count_estimate=0.0, count_diff_estimate=-float(old.count),
+                    relative_error=0.0, exact=exact,
+                ))
+                continue
+            size, count = round(new.size), round(new.count)
             diffs.append(StatisticDiff(
-                traceback, new_size_int, new_size_int - round(old_size),
-                new_count_int, new_count_int - round(old_count),
-                samples=samples, size_estimate=float(size),
-                size_diff_estimate=float(size - old_size), count_estimate=float(count),
-                count_diff_estimate=float(count - old_count),
-                relative_error=self._rel_error(size, count, samples, variance, False),
-                exact=exact,
-            ))
-        for traceback, size, count, _samples, _variance in old_groups.values():
-            diffs.append(StatisticDiff(
-                traceback, 0, -round(size), 0, -round(count), samples=0,
-                size_estimate=0.0, size_diff_estimate=-float(size), count_estimate=0.0,
-                count_diff_estimate=-float(count), relative_error=0.0, exact=exact,
+                traceback, size, size - round(old.size), count, count - round(old.count),
+                samples=new.samples, size_estimate=float(new.size),
+                size_diff_estimate=float(new.size - old.size),
+                count_estimate=float(new.count),
+                count_diff_estimate=float(new.count - old.count),
+                relative_error=new.relative_error, exact=exact,
             ))
         diffs.sort(reverse=True, key=StatisticDiff._sort_key)
         return diffs
+
+
+_KEY_TYPES = ("traceback", "filename", "lineno")
+
+
+def _statistic_traceback(key: Any, key_type: str) -> Traceback:
+    """The ``Statistic.traceback`` of a group key, as tracemalloc builds it: the frame for
+    'lineno', ``(filename, 0)`` for 'filename', the frames (no total_nframe) for
+    'traceback'."""
+    if key_type == "lineno":
+        return Traceback((key._frame,))
+    if key_type == "filename":
+        return Traceback(((key, 0),))
+    return Traceback(key.raw_frames)
 
 
 def _filter_raw(raw: list[tuple], keep, pure: bool) -> list[tuple]:
@@ -938,114 +904,3 @@ def _filter_raw(raw: list[tuple], keep, pure: bool) -> list[tuple]:
         if verdict:
             append(trace)
     return out
-
-
-def _sum_traces(raw: list[tuple], sample_rate: int) -> list[_Sums]:
-    """Sum raw traces per distinct frames tuple: the one pass over every trace.
-
-    Each entry is ``[frames, size_estimate, count_estimate, samples, size_variance]``.
-    Traces from the sampler (and from ``load``) share their frames objects, so they are
-    keyed by identity, which costs no hashing of deep tuples; when most frames objects are
-    distinct (hand-built traces), equal ones are first replaced by one of them (one hash
-    per trace, as tracemalloc pays).
-    Frames that differ only in ``name`` are merged later, by :func:`_group`.
-    """
-    if not raw:
-        return []
-    frames_col = list(map(_get_frames, raw))
-    keys: list[Any] = list(map(id, frames_col))
-    samples = Counter(keys)
-    if len(samples) > max(1000, len(raw) // 4):
-        canonical: dict[tuple, tuple] = {}
-        frames_col = [canonical.setdefault(frames, frames) for frames in frames_col]
-        keys = list(map(id, frames_col))
-        samples = Counter(keys)
-    frames_of = dict(zip(keys, frames_col, strict=True))
-    sizes = map(_get_size, raw)
-    if sample_rate <= 1:
-        size_sum = dict.fromkeys(samples, 0)
-        for key, size in zip(keys, sizes, strict=True):
-            size_sum[key] += size
-        return [[frames_of[k], size_sum[k], n, n, 0.0] for k, n in samples.items()]
-    size_sum = dict.fromkeys(samples, 0.0)
-    count_sum = dict.fromkeys(samples, 0.0)
-    var_sum = dict.fromkeys(samples, 0.0)
-    per_size: dict[int, tuple[float, float, float]] = {}
-    for key, size in zip(keys, sizes, strict=True):
-        terms = per_size.get(size)
-        if terms is None:
-            w = estimate.weight(size, sample_rate)
-            terms = per_size[size] = (size * w, w, float(size) * size * w * (w - 1.0))
-        size_sum[key] += terms[0]
-        count_sum[key] += terms[1]
-        var_sum[key] += terms[2]
-    return [[frames_of[k], size_sum[k], count_sum[k], n, var_sum[k]]
-            for k, n in samples.items()]
-
-
-def _sum_allocated(allocated: tuple, sample_rate: int) -> list[_Sums]:
-    """Allocation totals per distinct frames object, same layout as :func:`_sum_traces`.
-
-    A missing sample count is estimated from the group's average size; a missing variance
-    stays None (the relative error is then approximated from the totals).
-    """
-    sums: dict[int, _Sums] = {}
-    for entry in allocated:
-        frames, _total, count, size = entry[:4]
-        if sample_rate <= 1:
-            samples = round(count)
-        elif len(entry) > 4 and entry[4] is not None:
-            samples = entry[4]
-        else:
-            average = size / count if count > 0 else 0.0
-            samples = max(1, round(count * estimate.sampling_probability(average, sample_rate)))
-        variance = entry[5] if len(entry) > 5 else None
-        if sample_rate <= 1:
-            variance = 0.0
-        old = sums.get(id(frames))
-        if old is None:
-            sums[id(frames)] = [frames, size, count, samples, variance]
-        else:
-            old[1] += size
-            old[2] += count
-            old[3] += samples
-            old[4] = None if old[4] is None or variance is None else old[4] + variance
-    return list(sums.values())
-
-
-def _group(sums: Iterable[_Sums], key_type: str, cumulative: bool) -> dict[Any, list]:
-    """Merge per-traceback sums into groups: key -> [Traceback, size, count, samples, var].
-
-    Keys use ``(filename, lineno)`` only, so frames that differ in ``name`` merge, and the
-    group's ``Traceback`` keeps the first frames seen.
-    """
-    groups: dict[Any, list] = {}
-
-    def add(key: Any, make_frames, entry: _Sums) -> None:
-        group = groups.get(key)
-        if group is None:
-            groups[key] = [make_frames, entry[1], entry[2], entry[3], entry[4]]
-        else:
-            group[1] += entry[1]
-            group[2] += entry[2]
-            group[3] += entry[3]
-            group[4] = None if group[4] is None or entry[4] is None else group[4] + entry[4]
-
-    for entry in sums:
-        frames = entry[0] or (_UNKNOWN_FRAME,)
-        if not cumulative:
-            if key_type == "traceback":
-                add(_frames_key(frames), frames, entry)
-            elif key_type == "lineno":
-                add(frames[0][:2], (frames[0],), entry)
-            else:
-                add(frames[0][0], ((frames[0][0], 0),), entry)
-        elif key_type == "lineno":
-            for frame in frames:
-                add(frame[:2], (frame,), entry)
-        else:
-            for frame in frames:
-                add(frame[0], ((frame[0], 0),), entry)
-    for group in groups.values():
-        group[0] = Traceback(group[0])
-    return groups

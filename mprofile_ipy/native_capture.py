@@ -74,6 +74,20 @@ NUMPY_CORE_MODULES = ("numpy._core._multiarray_umath", "numpy.core._multiarray_u
 ARROW_LIB_MODULE = "pyarrow.lib"
 
 _lock = threading.RLock()
+
+# A pause of the calling thread's sampling, as a cffi object: `with pause():` pauses when
+# cffi creates the object and resumes when it is released, both in C, so an exception
+# (a KeyboardInterrupt from a signal handler) cannot separate the two; a pause that is
+# never released ends when the object is garbage, or at the next start().
+# native/sampler.c (mp_pause_alloc) explains.
+_new_pause = ffi.new_allocator(alloc=lib.mp_pause_alloc, free=lib.mp_pause_free,
+                               should_clear_after_alloc=False)
+
+
+def pause() -> Any:
+    """A context manager that pauses sampling on the calling thread (nests)."""
+    return _new_pause("char[1]")
+
 _state: dict[str, Any] = {
     "installed": False,
     "native": False,
@@ -168,19 +182,15 @@ def _needs_watch() -> bool:
 
 
 def _on_import() -> None:
-    lib.mp_thread_ignore(1)  # wiring is the profiler's work, not the user's memory
-    try:
-        with _lock:
-            if not _state["installed"]:
-                return
-            _wire_numpy()
-            if _state["native"]:
-                _wire_arrow()
-                lib.mp_native_rescan()  # libraries loaded by a path that bypassed dlopen
-            if not _needs_watch():
-                _remove_watcher()
-    finally:
-        lib.mp_thread_ignore(0)
+    with pause(), _lock:  # wiring is the profiler's work, not the user's memory
+        if not _state["installed"]:
+            return
+        _wire_numpy()
+        if _state["native"]:
+            _wire_arrow()
+            lib.mp_native_rescan()  # libraries loaded by a path that bypassed dlopen
+        if not _needs_watch():
+            _remove_watcher()
 
 
 def _add_watcher() -> None:
@@ -201,25 +211,21 @@ def install(native: bool = False) -> None:
     """
     if not isinstance(native, bool):
         raise TypeError(f"native must be True or False, not {native!r}")
-    lib.mp_thread_ignore(1)
-    try:
-        with _lock:
-            if _state["installed"] and _state["native"] and not native:
-                _uninstall_native()
-            main = threading.main_thread().ident or 0
-            lib.mp_capture_set_main_thread(main)
-            _state["installed"] = True
-            _state["numpy_error"] = None
-            _wire_numpy()
-            if native and not _state["native"]:
-                if lib.mp_native_install() != 0:
-                    raise RuntimeError(_error())
-                _state["native"] = True
-                _wire_arrow()
-            if _needs_watch():
-                _add_watcher()
-    finally:
-        lib.mp_thread_ignore(0)
+    with pause(), _lock:  # wiring is the profiler's work, not the user's memory
+        if _state["installed"] and _state["native"] and not native:
+            _uninstall_native()
+        main = threading.main_thread().ident or 0
+        lib.mp_capture_set_main_thread(main)
+        _state["installed"] = True
+        _state["numpy_error"] = None
+        _wire_numpy()
+        if native and not _state["native"]:
+            if lib.mp_native_install() != 0:
+                raise RuntimeError(_error())
+            _state["native"] = True
+            _wire_arrow()
+        if _needs_watch():
+            _add_watcher()
 
 
 def _uninstall_native() -> None:
@@ -234,17 +240,13 @@ def uninstall() -> None:
     The records of blocks captured here are dropped (their frees would no longer be
     seen). Safe to call when nothing is installed.
     """
-    lib.mp_thread_ignore(1)
-    try:
-        with _lock:
-            _remove_watcher()
-            if _state["native"]:
-                _uninstall_native()
-            lib.mp_numpy_uninstall()
-            _state["installed"] = False
-            _state["numpy_error"] = None
-    finally:
-        lib.mp_thread_ignore(0)
+    with pause(), _lock:  # wiring is the profiler's work, not the user's memory
+        _remove_watcher()
+        if _state["native"]:
+            _uninstall_native()
+        lib.mp_numpy_uninstall()
+        _state["installed"] = False
+        _state["numpy_error"] = None
 
 
 def is_installed() -> bool:

@@ -25,6 +25,13 @@ from .units import parse_size
 DEFAULT_SAMPLE_RATE = 128 * 1024
 DEFAULT_MAX_FRAMES = 128
 MAX_FRAMES_LIMIT: int = lib.mp_max_frames_limit()
+SUPPORTED_PYTHONS = ((3, 10), (3, 11), (3, 12), (3, 13))
+
+
+def _built_for_this_python() -> bool:
+    """The extension reads this interpreter's frame structs: built for this 3.x?"""
+    built = lib.mp_python_version_built()
+    return (built >> 24, (built >> 16) & 0xFF) == sys.version_info[:2]
 
 NO_STACK_FRAME = ("<unknown>", 0, "<no Python frame>", 0)
 
@@ -43,9 +50,8 @@ _DOMAIN_OF_ALLOCATOR = {
 }
 
 # Settings of the last start(), reported while stopped as tracemalloc does.
+# (The rate and the traceback limit are the C sampler's: see get_sample_rate().)
 _settings: dict[str, Any] = {
-    "sample_rate": DEFAULT_SAMPLE_RATE,
-    "max_frames": DEFAULT_MAX_FRAMES,
     "seed": None,
     "started_at": None,
     "native": False,
@@ -83,7 +89,7 @@ def _error() -> str:
 
 def start(
     max_frames: int = DEFAULT_MAX_FRAMES,
-    sample_rate: int | str = DEFAULT_SAMPLE_RATE,
+    sample_rate: int | str | None = None,
     *,
     seed: int | None = None,
     native: bool = False,
@@ -93,14 +99,24 @@ def start(
     ``max_frames`` limits each traceback (1..1024; tracemalloc's ``nframe``, so
     ``start(25)`` works as it does for tracemalloc). ``sample_rate`` is the mean number of
     bytes between samples (an int or a size such as ``"64KiB"``); 0 or 1 traces every
-    allocation, exactly as tracemalloc does. ``seed`` makes the sampling reproducible.
+    allocation, exactly as tracemalloc does; None means the default, 128 KiB (or, while
+    tracing, the current rate). ``seed`` makes the sampling reproducible; without it
+    every start draws fresh samples (the seed comes from the operating system).
 
     NumPy array data is always captured (domain ``NUMPY_DOMAIN``). ``native=True`` also
     samples ``malloc``/``mmap`` calls made by native extension libraries (Arrow, PyTorch,
     ...; domain ``NATIVE_DOMAIN``); it needs Linux with glibc and raises ``RuntimeError``
     elsewhere. :mod:`mprofile_ipy.native_capture` says what each mode sees and misses.
-    Calling ``start`` while tracing only changes ``max_frames`` and the native mode.
+    Calling ``start`` while tracing only changes ``max_frames`` and the native mode
+    (``start(5)`` works at any rate, as for tracemalloc; a different ``sample_rate``
+    raises ``RuntimeError``).
     """
+    if sys.version_info[:2] not in SUPPORTED_PYTHONS or not _built_for_this_python():
+        raise RuntimeError(
+            f"mprofile-ipy supports CPython 3.10 to 3.13; this is "
+            f"{sys.implementation.name} {sys.version.split()[0]}, whose frame layout its "
+            "stack walker does not know"
+        )
     max_frames = _check_int("max_frames", max_frames)
     if not 1 <= max_frames <= MAX_FRAMES_LIMIT:
         hint = ""
@@ -108,6 +124,8 @@ def start(
             hint = f" (did you mean sample_rate={max_frames}?)"
         raise ValueError(f"max_frames must be between 1 and {MAX_FRAMES_LIMIT}, "
                          f"got {max_frames}{hint}")
+    if sample_rate is None:
+        sample_rate = _stats().sample_rate if is_tracing() else DEFAULT_SAMPLE_RATE
     try:
         rate = parse_size(sample_rate)
     except (TypeError, ValueError) as exc:
@@ -118,16 +136,13 @@ def start(
         seed = _check_int("seed", seed) % 2**64
     if not isinstance(native, bool):
         raise TypeError(f"native must be True or False, not {native!r}")
-    settings = {"sample_rate": rate, "max_frames": max_frames, "seed": seed,
-                "started_at": time.time(), "native": native}
+    settings = {"seed": seed, "started_at": time.time(), "native": native}
     with _lock:
         was_tracing = is_tracing()
         if lib.mp_start(rate, max_frames, seed or 0, seed is not None) != 0:
             raise RuntimeError(_error())
-        with paused():  # the profiler's own bookkeeping is not the user's memory
-            if was_tracing:
-                _settings["max_frames"] = max_frames
-            else:
+        if not was_tracing:
+            with paused():  # the profiler's own bookkeeping is not the user's memory
                 _settings.update(settings)
         try:
             native_capture.install(native)
@@ -138,30 +153,16 @@ def start(
         _settings["native"] = native
 
 
-class _Paused:
-    """Context manager of :func:`paused`; one shared instance, so entering it allocates
-    nothing that a snapshot taken inside the block could see."""
-
-    __slots__ = ()
-
-    def __enter__(self) -> None:
-        lib.mp_thread_ignore(1)
-
-    def __exit__(self, *exc_info: object) -> None:
-        lib.mp_thread_ignore(0)
-
-
-_PAUSED = _Paused()
-
-
-def paused() -> _Paused:
+def paused() -> Any:
     """Don't sample the calling thread's allocations inside ``with paused():``.
 
     For tools built on the sampler: their own bookkeeping (reports, stored snapshots) is
     not the user's memory. Other threads go on being sampled; frees are still seen, so
-    nothing goes stale. Blocks nest.
+    nothing goes stale. Blocks nest. The pause begins and ends in C (it is a cffi object,
+    see ``native/sampler.c``), so an exception raised by a signal handler, such as a
+    ``KeyboardInterrupt``, cannot leave the thread paused; ``start()`` ends every pause.
     """
-    return _PAUSED
+    return native_capture.pause()
 
 
 def stop() -> None:
@@ -175,12 +176,13 @@ def stop() -> None:
 
 def is_tracing() -> bool:
     """True while the sampler is on."""
-    return bool(_stats().tracing)
+    with paused():
+        return bool(_stats().tracing)
 
 
 def clear_traces() -> None:
     """Forget the traces and counters collected so far; sampling goes on."""
-    with _lock:
+    with paused(), _lock:
         lib.mp_clear()
 
 
@@ -190,13 +192,17 @@ def reset_peak() -> None:
 
 
 def get_sample_rate() -> int:
-    """The sample rate of the current (or last) run, in bytes; 1 or 0 mean exact."""
-    return int(_settings["sample_rate"])
+    """The sample rate of the current (or last) run, in bytes; 1 or 0 mean exact.
+
+    Read from the C sampler, so it is right even if this module was reloaded."""
+    with paused():
+        return int(_stats().sample_rate)
 
 
 def get_traceback_limit() -> int:
     """The maximum number of frames stored per traceback."""
-    return int(_settings["max_frames"])
+    with paused():
+        return int(_stats().max_frames)
 
 
 def _stats() -> Any:
@@ -205,15 +211,21 @@ def _stats() -> Any:
     return out
 
 
+# The getters below run paused: the ints and tuples they build are the profiler's work,
+# not the user's memory (tracemalloc leaves its own out as well), so that after
+# clear_traces() or stop() get_traced_memory() is (0, 0).
+
 def get_traced_memory() -> tuple[int, int]:
     """Estimated (current, peak) bytes of the allocations traced since start."""
-    s = _stats()
-    return int(round(s.current_bytes)), int(round(s.peak_bytes))
+    with paused():
+        s = _stats()
+        return int(round(s.current_bytes)), int(round(s.peak_bytes))
 
 
 def get_profiler_memory() -> int:
     """Bytes used by the sampler's own tables (tracemalloc's get_tracemalloc_memory)."""
-    return int(_stats().profiler_memory)
+    with paused():
+        return int(_stats().profiler_memory)
 
 
 get_tracemalloc_memory = get_profiler_memory
@@ -221,7 +233,11 @@ get_tracemalloc_memory = get_profiler_memory
 
 def get_stats() -> SamplerStats:
     """All counters at once, consistent with each other."""
-    s = _stats()
+    with paused():
+        return _stats_of(_stats())
+
+
+def _stats_of(s: Any) -> SamplerStats:
     return SamplerStats(
         tracing=bool(s.tracing),
         exact=bool(s.exact),
@@ -324,10 +340,7 @@ def take_snapshot() -> Snapshot:
     Building it is not itself sampled (the calling thread pauses sampling meanwhile), so
     the profiler's own work does not show up in later snapshots.
     """
-    # Not `with paused()`: the bound __exit__ it creates would be alive in this very
-    # snapshot. A plain call allocates nothing.
-    lib.mp_thread_ignore(1)
-    try:
+    with paused():
         if not is_tracing():
             raise RuntimeError(
                 "the profiler must be tracing to take a snapshot; call start() first"
@@ -355,8 +368,6 @@ def take_snapshot() -> Snapshot:
             allocated=allocated,
             meta=meta,
         )
-    finally:
-        lib.mp_thread_ignore(0)
 
 
 @dataclass(frozen=True)
@@ -384,8 +395,7 @@ def live_blocks() -> list[LiveBlock]:
     The profiler's own allocations while building the list are not sampled. Returns an
     empty list when the profiler is not tracing.
     """
-    lib.mp_thread_ignore(1)
-    try:
+    with paused():
         if not is_tracing():
             return []
         snap = lib.mp_snapshot_take()
@@ -401,8 +411,6 @@ def live_blocks() -> list[LiveBlock]:
                       frames=t[2])
             for addr, t in zip(addresses, traces, strict=True)
         ]
-    finally:
-        lib.mp_thread_ignore(0)
 
 
 def get_object_traceback(obj: object) -> Traceback | None:

@@ -6,7 +6,7 @@ interned in tables; ``load_snapshot`` gives back an equal snapshot. A file that 
 truncated, corrupt, of another format or of a newer format version raises
 :class:`SnapshotFormatError` naming the file and the problem; loading never runs code.
 
-Layout (``version`` 1), one JSON object::
+Layout (``version`` 2), one JSON object::
 
     {"format": "mprofile-ipy-snapshot", "version": 1,
      "traceback_limit": int, "sample_rate": int, "meta": {...},
@@ -19,26 +19,56 @@ Layout (``version`` 1), one JSON object::
 
 Trace columns are parallel lists; ``allocator``/``thread_id`` are absent when every trace
 is a 4-tuple and hold ``null`` where a trace is shorter (4- or 5-tuples), so each raw trace
-comes back with its own length.
+comes back with its own length. Version 2 adds an optional ``count`` column (how many
+identical allocations each trace stands for, ``Snapshot(counts=...)``); version 1 files
+load as before.
+
+Loading is bounded and complete. The file may inflate to at most ``MAX_INFLATED_BYTES``
+and declare at most ``MAX_TRACES`` traces (``load_snapshot(max_bytes=, max_traces=)``
+raise both); inflating is streamed, so a gzip bomb stops at the cap. Every field is
+checked for its type and range (sizes, domains, thread ids, line numbers, sample rate,
+known ``meta`` keys) and the estimates must fit in 64 bits, so a snapshot that loads
+works in every statistic, view and export; anything else raises
+:class:`SnapshotFormatError` naming the file and the field. File names that are not valid
+UTF-8 (kept by Python as lone surrogates, ``surrogateescape``) are written as JSON
+escapes and come back unchanged.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+import math
 import os
+import sys
 import zlib
+from collections.abc import Callable
 from operator import itemgetter
 from typing import IO, Any
 
+from . import aggregate
 from .errors import SnapshotFormatError
 from .model import Snapshot
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "SnapshotFormatError", "load_snapshot",
-           "save_snapshot"]
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "MAX_INFLATED_BYTES", "MAX_TRACES",
+           "SnapshotFormatError", "load_snapshot", "read_capped", "save_snapshot"]
 
 FORMAT_NAME = "mprofile-ipy-snapshot"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: A file may inflate to at most this many bytes (``max_bytes=`` raises it). About 30
+#: bytes of JSON per trace: 256 MiB holds some 8 million traces.
+MAX_INFLATED_BYTES = 256 * 1024**2
+#: A file may declare at most this many traces (``max_traces=`` raises it); each costs
+#: about 100 bytes of memory once loaded.
+MAX_TRACES = 10_000_000
+#: Largest sample rate a file may declare (the sampler's own limit).
+MAX_SAMPLE_RATE = 2**62
+_INT64_MAX = 2**63 - 1
+_INT32_MAX = 2**31 - 1
+_FLOAT_MAX = sys.float_info.max  # JSON ints beyond it would overflow float sums
+# Estimates that are floats must stay below this: sums of floats near 2**63 round up to
+# 2**63, one past the largest int64 (found by fuzzing, in to_pprof's running rounding).
+_FLOAT_ESTIMATE_MAX = 2.0**62
 
 _GZIP_MAGIC = b"\x1f\x8b"
 
@@ -98,7 +128,7 @@ class _Tables:
 
 def _encode(snapshot: Snapshot) -> dict[str, Any]:
     tables = _Tables()
-    raw = snapshot.raw_traces
+    raw = snapshot.traces._traces  # as given: 4-, 5- or 6-tuples come back as they were
     lengths = set(map(len, raw))
     frames_col = list(map(itemgetter(2), raw))
     ids = list(map(id, frames_col))
@@ -116,6 +146,9 @@ def _encode(snapshot: Snapshot) -> dict[str, Any]:
     elif lengths - {4}:
         columns["allocator"] = [t[4] if len(t) > 4 else None for t in raw]
         columns["thread_id"] = [t[5] if len(t) > 5 else None for t in raw]
+    counts = snapshot.trace_counts
+    if counts is not None:
+        columns["count"] = list(counts)
     allocated = None
     if snapshot.allocated is not None:
         allocated = [[tables.traceback(entry[0]), *entry[1:]] for entry in snapshot.allocated]
@@ -176,118 +209,236 @@ def _describe(filename: Any) -> str:
     return repr(os.fspath(filename))
 
 
-def _read_bytes(filename: Any) -> bytes:
-    if hasattr(filename, "read"):
-        data = filename.read()
-        if not isinstance(data, bytes):
+_CHUNK = 1 << 20
+
+
+def _cap_text(limit: int) -> str:
+    return f"{limit:,} bytes ({limit / 1024**2:.4g} MiB)"
+
+
+def read_capped(source: Any, max_bytes: int, error: Callable[[str], Exception],
+                *, what: str = "max_bytes") -> tuple[bytes, bool]:
+    """The content of ``source`` (a path or a binary file object), inflated if gzipped,
+    reading and inflating at most ``max_bytes`` bytes.
+
+    Inflating is streamed chunk by chunk, so a gzip bomb costs ``max_bytes`` of memory at
+    most before ``error`` (the caller's format error, naming the file) is raised with the
+    cap and ``what`` raises it. Empty input, truncated or corrupt gzip data raise ``error``
+    too; ``OSError`` if the file cannot be read. Concatenated gzip members are read as one
+    stream (as :func:`gzip.decompress` does). Returns the bytes and whether they were
+    gzipped.
+    """
+    if hasattr(source, "read"):
+        data = source.read(max_bytes + 1)
+        if not isinstance(data, (bytes, bytearray)):
             raise TypeError("the file object must be opened in binary mode ('rb')")
-        return data
-    with open(filename, "rb") as fp:
-        return fp.read()
-
-
-def _decompress(data: bytes, error: Any) -> bytes:
+        data = bytes(data)
+    else:
+        with open(source, "rb") as fp:
+            data = fp.read(max_bytes + 1)
+    too_big = (f"it holds more than {_cap_text(max_bytes)}, the cap on what a file may "
+               f"hold or inflate to; if the file is genuine, pass a larger {what}=")
+    if len(data) > max_bytes:
+        raise error(too_big)
     if not data:
         raise error("the file is empty")
     if data[:2] != _GZIP_MAGIC:
-        if data.lstrip()[:1] == b"{":
-            return data  # uncompressed JSON, e.g. unpacked by hand with gunzip
-        if data[:1] == b"\x80":
-            raise error(
-                "it looks like a pickle (tracemalloc's Snapshot.dump format); pickles are "
-                "never loaded because loading one can run code: load it with "
-                "tracemalloc.Snapshot.load and convert it with Snapshot.from_tracemalloc"
-            )
-        raise error(f"not a gzip file (starts with {data[:8]!r})")
-    try:
-        return gzip.decompress(data)
-    except EOFError as exc:
-        raise error("the file is truncated (the compressed data ends early)") from exc
-    except (OSError, zlib.error) as exc:
-        raise error(f"the compressed data is corrupt ({exc})") from exc
+        return data, False
+    out = bytearray()
+    pending = data
+    while pending:
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            while True:
+                room = max_bytes - len(out) + 1
+                out += inflater.decompress(pending, min(room, _CHUNK))
+                if len(out) > max_bytes:
+                    raise error(too_big)
+                pending = inflater.unconsumed_tail
+                if inflater.eof or not pending:
+                    break
+        except zlib.error as exc:
+            raise error(f"the compressed (gzip) data is corrupt ({exc})") from exc
+        if not inflater.eof:
+            raise error("the file is truncated (the gzip data ends early)")
+        pending = inflater.unused_data
+        if pending and pending[:2] != _GZIP_MAGIC:
+            if pending.strip(b"\0"):
+                raise error("the file has trailing data after the compressed stream")
+            break
+    return bytes(out), True
 
 
-_INT = frozenset({int})
-_INT_OR_NULL = frozenset({int, type(None)})
+def _plain_json(data: bytes, error: Any) -> bytes:
+    if data.lstrip()[:1] == b"{":
+        return data  # uncompressed JSON, e.g. unpacked by hand with gunzip
+    if data[:1] == b"\x80":
+        raise error(
+            "it looks like a pickle (tracemalloc's Snapshot.dump format); pickles are "
+            "never loaded because loading one can run code: load it with "
+            "tracemalloc.Snapshot.load and convert it with Snapshot.from_tracemalloc"
+        )
+    raise error(f"not a gzip file (starts with {data[:8]!r})")
 
 
-def _int_column(values: Any, name: str, error: Any, *, nullable: bool = False) -> list:
-    if not isinstance(values, list):
-        raise error(f"traces column {name!r} is not a list")
-    allowed = _INT_OR_NULL if nullable else _INT
-    if not set(map(type, values)) <= allowed:  # type(), not isinstance: JSON true is no int
-        raise error(f"traces column {name!r} holds values that are not integers")
-    return values
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number a snapshot may hold")
 
 
-def _check_ids(ids: list, bound: int, what: str, error: Any) -> None:
-    if ids and (min(ids) < 0 or max(ids) >= bound):
-        raise error(f"a {what} id is out of range (0..{bound - 1})")
+class _Checker:
+    """Type and range checks that raise the loader's error naming the field."""
+
+    def __init__(self, error: Callable[[str], Exception], prefix: str = "invalid content"
+                 ) -> None:
+        self.error = error
+        self.prefix = prefix
+
+    def int(self, value: Any, field: str, low: int, high: int, *, null: bool = False) -> Any:
+        if value is None and null:
+            return None
+        if type(value) is not int or not low <= value <= high:  # type(): JSON true is no int
+            raise self.error(f"{self.prefix}: {field} is out of range or not an integer "
+                             f"(must be from {low} to {high}), got {_short(value)}")
+        return value
+
+    def number(self, value: Any, field: str, high: float, *, null: bool = False) -> Any:
+        if value is None and null:
+            return None
+        if (type(value) not in (int, float) or not 0 <= value <= high
+                or (type(value) is float and not math.isfinite(value))):
+            raise self.error(f"{self.prefix}: {field} is out of range or not a number "
+                             f"(must be from 0 to {high:.4g}), got {_short(value)}")
+        return value
+
+    def column(self, columns: dict, name: str, n: int | None, low: int, high: int,
+               *, null: bool = False) -> list:
+        values = columns.get(name)
+        if not isinstance(values, list):
+            raise self.error(f"traces column {name!r} is missing or not a list")
+        if n is not None and len(values) != n:
+            raise self.error("the trace columns have different lengths")
+        allowed = {int, type(None)} if null else {int}
+        if not set(map(type, values)) <= allowed:
+            raise self.error(f"traces column {name!r} holds values that are not integers")
+        present = [v for v in values if v is not None] if null else values
+        if present and (min(present) < low or max(present) > high):
+            negative = f": a negative {name}" if min(present) < 0 else ""
+            raise self.error(f"traces column {name!r} holds a value out of range "
+                             f"({low} to {high}){negative}")
+        return values
 
 
-def _decode(doc: Any, error: Any) -> Snapshot:
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+# Known meta keys: (kind, bound). Other keys may hold any JSON value.
+_META_NUMBERS = {"started_at": 1e11, "taken_at": 1e11, "samples_total": _INT64_MAX,
+                 "peak_bytes": _INT64_MAX, "allocated_bytes": _INT64_MAX,
+                 "allocated_count": _INT64_MAX}
+_META_INTS = {"seed": 2**64 - 1, "pid": _INT64_MAX, "sample_rate": MAX_SAMPLE_RATE,
+              "max_frames": _INT32_MAX}
+_META_STRINGS = ("python", "implementation", "source")
+_META_BOOLS = ("foreign_hooks", "native")
+
+
+def _check_meta(meta: Any, check: _Checker) -> dict:
+    if meta is None:
+        return {}
+    if not isinstance(meta, dict):
+        raise check.error("'meta' must be an object")
+    for key, high in _META_NUMBERS.items():
+        check.number(meta.get(key), f"meta.{key}", high, null=True)
+    for key, high in _META_INTS.items():
+        check.int(meta.get(key), f"meta.{key}", 0, high, null=True)
+    for key in _META_STRINGS:
+        if meta.get(key) is not None and not isinstance(meta[key], str):
+            raise check.error(f"meta.{key} must be a string")
+    for key in _META_BOOLS:
+        if meta.get(key) is not None and not isinstance(meta[key], bool):
+            raise check.error(f"meta.{key} must be true or false")
+    threads = meta.get("threads")
+    if threads is not None and not (
+        isinstance(threads, dict) and all(isinstance(v, str) for v in threads.values())
+    ):
+        raise check.error("meta.threads must be an object of thread id -> name strings")
+    return meta
+
+
+def _decode(doc: Any, error: Any, max_traces: int) -> Snapshot:
     if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
         found = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
-        raise error(f"not an mprofile-ipy snapshot (format is {found!r}, "
+        raise error(f"not an mprofile-ipy snapshot (format is {_short(found)}, "
                     f"expected {FORMAT_NAME!r})")
     version = doc.get("version")
     if type(version) is not int or version < 1:
-        raise error(f"invalid format version {version!r}")
+        raise error(f"invalid format version {_short(version)}")
     if version > FORMAT_VERSION:
         raise error(
             f"written by a newer mprofile-ipy (format version {version}; this version reads "
             f"up to {FORMAT_VERSION}): upgrade mprofile-ipy to load it"
         )
+    check = _Checker(error)
     try:
         strings = doc["strings"]
         if not isinstance(strings, list) or not all(isinstance(s, str) for s in strings):
             raise error("'strings' must be a list of strings")
 
-        def text(sid: Any) -> str | None:
-            if sid is None:
+        def text(sid: Any, field: str, null: bool) -> str | None:
+            if sid is None and null:
                 return None
-            if type(sid) is not int or not 0 <= sid < len(strings):
-                raise error(f"string id {sid!r} is out of range")
+            check.int(sid, field, 0, len(strings) - 1)
             return strings[sid]
 
         frames = []
-        for row in doc["frames"]:
+        rows = doc["frames"]
+        if not isinstance(rows, list):
+            raise error("'frames' must be a list")
+        for row in rows:
             if not isinstance(row, list) or not 2 <= len(row) <= 4:
-                raise error(f"invalid frame {row!r}")
-            frame: tuple = (text(row[0]), row[1])
+                raise error(f"invalid frame {_short(row)}")
+            filename = text(row[0], "a frame's file name", False)
+            if "\0" in filename:  # type: ignore[operator]
+                raise error(f"invalid content: a frame's file name holds a NUL character "
+                            f"({_short(filename)}), which no file name can")
+            frame: tuple = (filename,
+                            check.int(row[1], "a frame's line number", 0, _INT32_MAX))
             if len(row) > 2:
-                frame += (text(row[2]),)
+                frame += (text(row[2], "a frame's function name", True),)
             if len(row) > 3:
-                frame += (row[3],)
+                frame += (check.int(row[3], "a frame's first line", 0, _INT32_MAX, null=True),)
             frames.append(frame)
 
         tracebacks = []
-        for row in doc["tracebacks"]:
+        rows = doc["tracebacks"]
+        if not isinstance(rows, list):
+            raise error("'tracebacks' must be a list")
+        for row in rows:
             if not isinstance(row, list):
-                raise error(f"invalid traceback {row!r}")
-            _int_column(row, "tracebacks", error)
-            _check_ids(row, len(frames), "frame", error)
+                raise error(f"invalid traceback {_short(row)}")
+            if not set(map(type, row)) <= {int} or (
+                row and (min(row) < 0 or max(row) >= len(frames))
+            ):
+                raise error(f"a traceback refers to a frame id out of range "
+                            f"(0..{len(frames) - 1})")
             tracebacks.append(tuple([frames[i] for i in row]))
 
         columns = doc["traces"]
         if not isinstance(columns, dict):
             raise error("'traces' must be an object of columns")
-        domain = _int_column(columns["domain"], "domain", error)
-        size = _int_column(columns["size"], "size", error)
-        tb_ids = _int_column(columns["traceback"], "traceback", error)
-        total = _int_column(columns["total_nframe"], "total_nframe", error, nullable=True)
+        domain = check.column(columns, "domain", None, 0, 2**32 - 1)
         n = len(domain)
-        if any(len(col) != n for col in (size, tb_ids, total)):
-            raise error("the trace columns have different lengths")
-        if size and min(size) < 0:
-            raise error("a trace has a negative size")
-        _check_ids(tb_ids, len(tracebacks), "traceback", error)
+        if n > max_traces:
+            raise error(f"it declares {n:,} traces, more than the cap of {max_traces:,}; "
+                        "if the file is genuine, pass a larger max_traces=")
+        size = check.column(columns, "size", n, 0, _INT64_MAX)
+        tb_ids = check.column(columns, "traceback", n, 0, len(tracebacks) - 1)
+        total = check.column(columns, "total_nframe", n, 0, _INT32_MAX, null=True)
         tb_col = list(map(tracebacks.__getitem__, tb_ids))
         if "allocator" in columns:
-            allocator = _int_column(columns["allocator"], "allocator", error, nullable=True)
-            thread = _int_column(columns["thread_id"], "thread_id", error, nullable=True)
-            if len(allocator) != n or len(thread) != n:
-                raise error("the trace columns have different lengths")
+            allocator = check.column(columns, "allocator", n, 0, _INT32_MAX, null=True)
+            thread = check.column(columns, "thread_id", n, 0, 2**64 - 1, null=True)
             rows = zip(domain, size, tb_col, total, allocator, thread, strict=True)
             if None in set(allocator) or None in set(thread):
                 # null allocator: a 4-tuple; null thread_id only: a 5-tuple.
@@ -300,54 +451,99 @@ def _decode(doc: Any, error: Any) -> Snapshot:
                 traces = list(rows)
         else:
             traces = list(zip(domain, size, tb_col, total, strict=True))
+        counts = None
+        if "count" in columns:
+            counts = check.column(columns, "count", n, 1, _INT64_MAX)
+            if sum(counts) > _INT64_MAX:
+                raise error("the trace counts add up to more than 2**63 - 1")
 
         allocated = None
         if doc.get("allocated") is not None:
+            if not isinstance(doc["allocated"], list):
+                raise error("'allocated' must be a list or null")
             allocated = []
+            total_check = _Checker(error, "invalid allocation total")
             for row in doc["allocated"]:
                 if not isinstance(row, list) or not 4 <= len(row) <= 7:
-                    raise error(f"invalid allocation total {row!r:.80}")
-                _check_ids([row[0]] if type(row[0]) is int else [-1], len(tracebacks),
-                           "traceback", error)
-                if not all(isinstance(v, (int, float)) or v is None for v in row[1:]):
-                    raise error(f"invalid allocation total {row!r:.80}")
+                    raise error(f"invalid allocation total {_short(row)}")
+                check = total_check
+                check.int(row[0], "an allocation total's traceback id", 0, len(tracebacks) - 1)
+                check.int(row[1], "an allocation total's total_nframe", 0, _INT32_MAX,
+                          null=True)
+                check.number(row[2], "an allocation total's count", _INT64_MAX)
+                check.number(row[3], "an allocation total's size", _INT64_MAX)
+                if len(row) > 4:
+                    check.int(row[4], "an allocation total's samples", 0, _INT64_MAX, null=True)
+                if len(row) > 5:
+                    check.number(row[5], "an allocation total's variance", _FLOAT_MAX,
+                                 null=True)
+                if len(row) > 6:
+                    check.int(row[6], "an allocation total's domain", 0, 2**32 - 1, null=True)
                 allocated.append((tracebacks[row[0]], *row[1:]))
 
-        meta = doc.get("meta") or {}
-        if not isinstance(meta, dict):
-            raise error("'meta' must be an object")
-        return Snapshot(traces, doc["traceback_limit"], sample_rate=doc["sample_rate"],
-                        allocated=allocated, meta=meta)
+        check = _Checker(error)
+        meta = _check_meta(doc.get("meta"), check)
+        limit = check.int(doc["traceback_limit"], "traceback_limit", 0, _INT32_MAX)
+        rate = check.int(doc["sample_rate"], "sample_rate", 0, MAX_SAMPLE_RATE)
+        snapshot = Snapshot(traces, limit, sample_rate=rate, allocated=allocated, meta=meta,
+                            counts=counts)
     except KeyError as exc:
         raise error(f"the field {exc.args[0]!r} is missing") from exc
     except (TypeError, ValueError, IndexError) as exc:
         if isinstance(exc, SnapshotFormatError):
             raise
         raise error(f"invalid content ({exc})") from exc
+    check_estimates(snapshot, error)
+    return snapshot
 
 
-def load_snapshot(filename: str | os.PathLike | IO[bytes]) -> Snapshot:
+def check_estimates(snapshot: Snapshot, error: Callable[[str], Exception]) -> None:
+    """Raise ``error`` unless every estimate of ``snapshot`` is finite and fits in a signed
+    64-bit integer (pprof values, DataFrame columns): exact integers up to ``2**63 - 1``,
+    floating-point estimates up to ``2**62`` (room for their rounding). Runs the
+    aggregation, whose records the snapshot keeps: later statistics cost nothing more."""
+    live = alloc = aggregate.Totals()
+    for record in aggregate.by_traceback(snapshot):
+        live = live + record.live
+        alloc = alloc + record.allocated
+    for what, totals in (("alive", live), ("allocated", alloc)):
+        for name, value in (("bytes", totals.size), ("allocations", totals.count)):
+            limit = _INT64_MAX if isinstance(value, int) else _FLOAT_ESTIMATE_MAX
+            if not (math.isfinite(value) and value <= limit):
+                raise error(f"the estimated {name} {what} ({value:.4g}) do not fit in 64 "
+                            "bits: the sample rate or the sizes are out of range")
+
+
+def load_snapshot(filename: str | os.PathLike | IO[bytes], *,
+                  max_bytes: int = MAX_INFLATED_BYTES, max_traces: int = MAX_TRACES
+                  ) -> Snapshot:
     """Read a snapshot written by :func:`save_snapshot` (a path or a binary file object).
 
     Raises :class:`SnapshotFormatError` (a ``ValueError``) for files that are empty,
-    truncated, corrupt, not snapshots, or written by a newer format version, and
-    ``OSError`` if the file cannot be read at all.
+    truncated, corrupt, not snapshots, written by a newer format version, hold a value out
+    of its type or range, or exceed ``max_bytes`` (inflated) or ``max_traces`` (see the
+    module doc); ``OSError`` if the file cannot be read at all.
     """
     where = _describe(filename)
 
     def error(problem: str) -> SnapshotFormatError:
         return SnapshotFormatError(f"cannot load snapshot {where}: {problem}")
 
-    data = _decompress(_read_bytes(filename), error)
+    data, gzipped = read_capped(filename, max_bytes, error)
+    if not gzipped:
+        data = _plain_json(data, error)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise error("the content is not UTF-8 text, so not a snapshot") from exc
+    del data
     try:
-        doc = json.loads(text)
+        doc = json.loads(text, parse_constant=_reject_constant)
     except ValueError as exc:
         raise error(f"the content is not valid JSON ({exc})") from exc
     except RecursionError as exc:
         raise error("the content is nested too deeply") from exc
-    return _decode(doc, error)
-
+    except MemoryError as exc:
+        raise error(f"not enough memory to parse its {len(text):,} bytes of JSON") from exc
+    del text
+    return _decode(doc, error, max_traces)

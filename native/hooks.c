@@ -2,29 +2,60 @@
  *
  * Each wrapper calls the allocator it replaced, then asks the sampler whether this block is
  * a sample. Frees ask a lock-free filter first (table.c), so an unsampled free costs one
- * load. The hooked functions are declared once (mp_domains) and used for install,
- * uninstall and naming, so they cannot drift apart.
+ * load.
+ *
+ * Torn allocator structs. PyMem_SetAllocator copies a {ctx, malloc, calloc, realloc, free}
+ * struct with plain stores, while threads that released the GIL (bz2, lzma, zlib, NumPy)
+ * keep calling PyMem_RawMalloc, which reads the function pointer and the ctx separately.
+ * Such a thread can see any mix of the old and the new struct. Two rules make every mix
+ * harmless:
+ *  - our hooks never use their ctx: each (domain, slot) has its own set of functions,
+ *    generated from one list (MP_FOR_EACH_SLOT), which find their layer statically;
+ *  - the struct we install carries the ctx of the allocator it wraps, so a thread that
+ *    pairs the old function with our ctx hands it the ctx it expects.
  *
  * Layers. Another tool (tracemalloc) may stack its hooks on top of ours, or remove ours
- * when it stops. We therefore never overwrite a layer that may still be called: when our
- * hook is no longer the top of a domain at stop(), that layer stays installed as a
- * pass-through (sampling off costs one relaxed load), and the next start() installs a new
- * layer with its own saved "previous" allocator. Only the newest layer samples.
+ * when it stops. A layer that may still be called is never rewritten: when our hook is not
+ * the top of a domain at stop(), a probe (one allocation through the current allocator,
+ * noted by our slow paths) tells whether the layer is still reachable. A reachable layer
+ * stays as a pass-through (sampling off costs one relaxed load); an unreachable one is
+ * retired. A retired slot is reused at once when the allocator it wrapped is the one to
+ * wrap now (nothing is written, so a thread still inside it sees no change), otherwise only
+ * after MP_RETIRE_GRACE_NS, long after any thread that read the old function pointer has
+ * left. Only the newest layer samples.
+ *
+ * Layer records live in static storage and are written only while their slot is neither
+ * installed nor (within the grace period) retired, before the store that publishes them
+ * (PyMem_SetAllocator, an external call: the compiler cannot move the record's stores past
+ * it; x86-64 keeps stores in order). Hooks read them with the same number of instructions
+ * as a read through ctx (RIP-relative loads instead of loads off a register).
  */
 #include "core.h"
 
-#define MP_MAX_LAYERS 8
+#include <string.h>
+#include <time.h>
+
+#define MP_MAX_LAYERS 8                        /* slots per domain (MP_FOR_EACH_SLOT) */
+#define MP_RETIRE_GRACE_NS 2000000000ll        /* 2 s before a retired slot is rewritten */
 
 typedef struct {
-    PyMemAllocatorEx prev;   /* the allocator this layer wraps */
-    int allocator;           /* MP_ALLOC_RAW / MEM / OBJ */
-    int active;              /* 1 for the newest layer of this domain */
-    int installed;           /* 1 while it may still be called */
+    PyMemAllocatorEx prev;   /* the allocator this layer wraps; see "Layer records" above */
 } mp_layer_t;
 
-/* Written only with the GIL held (start/stop); read by hooks through their ctx. */
+enum { SLOT_FREE = 0, SLOT_INSTALLED = 1, SLOT_RETIRED = 2 };
+
+/* Records: read by hooks without a lock; written only as explained above, GIL held. */
 static mp_layer_t g_layers[3][MP_MAX_LAYERS];
-static int g_nlayers[3];
+/* 1 for the newest layer of a domain while sampling: relaxed loads in the slow paths. */
+static int g_active[3][MP_MAX_LAYERS];
+/* Bookkeeping, GIL held (start/stop/stats only). */
+static int g_slot_state[3][MP_MAX_LAYERS];
+static int g_slot_used[3][MP_MAX_LAYERS];        /* the record has been written once */
+static int64_t g_slot_retired_at[3][MP_MAX_LAYERS];
+static int g_top[3] = {-1, -1, -1};              /* the newest layer, -1 if none */
+/* Reachability probe: while the probing thread's t_state.probe is set, every slow path of
+ * ours that it passes through marks its slot here. Written by that thread only. */
+static uint32_t g_probe_hits[3];
 
 static const PyMemAllocatorDomain mp_domains[3] = {
     PYMEM_DOMAIN_RAW, PYMEM_DOMAIN_MEM, PYMEM_DOMAIN_OBJ};
@@ -54,6 +85,8 @@ void mp_record_alloc(void *ptr, size_t size, int allocator) {
         mp_tb_account_locked(rec.tb, rec.weight, rec.size);
     }
     mp_unlock();
+    if (__builtin_expect(__atomic_load_n(&g_compact_wanted, __ATOMIC_RELAXED), 0))
+        mp_intern_maybe_schedule_compact();
     mp_leave();
 }
 
@@ -82,25 +115,33 @@ void mp_record_restore(const mp_live_t *saved) {
     mp_unlock();
 }
 
-static inline int layer_samples(const mp_layer_t *l) {
-    return l->active && __atomic_load_n(&g_enabled, __ATOMIC_RELAXED);
-}
-
 /* pymalloc serves requests up to 512 bytes from its own pools (arenas come from mmap, not
  * from PyMem_Raw*), so only larger requests can nest into the RAW domain; only those pay
  * for the reentrancy guard.
  *
  * Each hook is split in two. The inline fast path handles what almost every call is, a
  * small block that is not a sample: mp_fast_skip charges the countdown and the hook ends
- * in a tail call to the wrapped allocator (measured with callgrind on small-object churn:
- * ~37 instructions per malloc and ~25 per free before the split, ~12 and ~10 after). The
- * slow path, out of line, wraps the call in the guard when needed and asks the sampler. */
+ * in a tail call to the wrapped allocator (~12 instructions per malloc and ~10 per free on
+ * small-object churn). The slow path, out of line and shared by all slots, wraps the call
+ * in the guard when needed and asks the sampler. */
 #define MP_POOL_MAX 512
 #define MP_NOINLINE __attribute__((noinline))
+#define MP_INLINE static inline __attribute__((always_inline))
 #define MP_LIKELY(x) __builtin_expect(!!(x), 1)
+#define MP_UNLIKELY(x) __builtin_expect(!!(x), 0)
 
-static MP_NOINLINE void *hook_malloc_slow(mp_layer_t *l, size_t size) {
+static inline int layer_active(int d, int k) {
+    return __atomic_load_n(&g_active[d][k], __ATOMIC_RELAXED);
+}
+
+static inline void note_probe(int d, int k) {
+    if (MP_UNLIKELY(t_state.probe)) g_probe_hits[d] |= 1u << k;
+}
+
+static MP_NOINLINE void *hook_malloc_slow(int d, int k, size_t size) {
+    const mp_layer_t *l = &g_layers[d][k];
     void *p;
+    note_probe(d, k);
     if (size <= MP_POOL_MAX) {
         p = l->prev.malloc(l->prev.ctx, size);
     } else {
@@ -108,20 +149,23 @@ static MP_NOINLINE void *hook_malloc_slow(mp_layer_t *l, size_t size) {
         p = l->prev.malloc(l->prev.ctx, size);
         mp_leave();
     }
-    if (p != NULL && l->active && mp_should_sample(size)) mp_record_alloc(p, size, l->allocator);
+    if (p != NULL && layer_active(d, k) && mp_should_sample(size))
+        mp_record_alloc(p, size, mp_domain_allocator[d]);
     return p;
 }
 
-static void *hook_malloc(void *ctx, size_t size) {
-    mp_layer_t *l = ctx;
+MP_INLINE void *hook_malloc(int d, int k, size_t size) {
+    const mp_layer_t *l = &g_layers[d][k];
     if (MP_LIKELY(size <= MP_POOL_MAX && mp_fast_skip(size)))
         return l->prev.malloc(l->prev.ctx, size);
-    return hook_malloc_slow(l, size);
+    return hook_malloc_slow(d, k, size);
 }
 
-static MP_NOINLINE void *hook_calloc_slow(mp_layer_t *l, size_t nelem, size_t elsize,
+static MP_NOINLINE void *hook_calloc_slow(int d, int k, size_t nelem, size_t elsize,
                                           size_t size) {
+    const mp_layer_t *l = &g_layers[d][k];
     void *p;
+    note_probe(d, k);
     if (size <= MP_POOL_MAX) {
         p = l->prev.calloc(l->prev.ctx, nelem, elsize);
     } else {
@@ -129,22 +173,24 @@ static MP_NOINLINE void *hook_calloc_slow(mp_layer_t *l, size_t nelem, size_t el
         p = l->prev.calloc(l->prev.ctx, nelem, elsize);
         mp_leave();
     }
-    if (p != NULL && l->active && mp_should_sample(size)) mp_record_alloc(p, size, l->allocator);
+    if (p != NULL && layer_active(d, k) && mp_should_sample(size))
+        mp_record_alloc(p, size, mp_domain_allocator[d]);
     return p;
 }
 
-static void *hook_calloc(void *ctx, size_t nelem, size_t elsize) {
-    mp_layer_t *l = ctx;
+MP_INLINE void *hook_calloc(int d, int k, size_t nelem, size_t elsize) {
+    const mp_layer_t *l = &g_layers[d][k];
     size_t size;
     if (__builtin_mul_overflow(nelem, elsize, &size)) size = SIZE_MAX;
     if (MP_LIKELY(size <= MP_POOL_MAX && mp_fast_skip(size)))
         return l->prev.calloc(l->prev.ctx, nelem, elsize);
-    return hook_calloc_slow(l, nelem, elsize, size);
+    return hook_calloc_slow(d, k, nelem, elsize, size);
 }
 
-static void *hook_realloc(void *ctx, void *ptr, size_t size) {
-    mp_layer_t *l = ctx;
+static MP_NOINLINE void *hook_realloc_slow(int d, int k, void *ptr, size_t size) {
+    const mp_layer_t *l = &g_layers[d][k];
     mp_live_t saved;
+    note_probe(d, k);
     /* Remove the old record *before* the real realloc: once it returns, the old address
      * may already belong to another thread's new block. */
     int had = ptr != NULL && mp_maybe_tracked(ptr) && mp_record_take(ptr, &saved);
@@ -160,18 +206,24 @@ static void *hook_realloc(void *ctx, void *ptr, size_t size) {
     /* A realloc is a free of the old block and an allocation of `size` bytes, whether it
      * moved or not; the new block takes its chance like any other allocation (unless this
      * call is nested inside another hook, which accounts for it). */
-    if (!nested && layer_samples(l) && mp_should_sample(size))
-        mp_record_alloc(p, size, l->allocator);
+    if (!nested && layer_active(d, k) && __atomic_load_n(&g_enabled, __ATOMIC_RELAXED) &&
+        mp_should_sample(size))
+        mp_record_alloc(p, size, mp_domain_allocator[d]);
     return p;
 }
 
-static MP_NOINLINE void hook_free_slow(mp_layer_t *l, void *ptr) {
+MP_INLINE void *hook_realloc(int d, int k, void *ptr, size_t size) {
+    return hook_realloc_slow(d, k, ptr, size);
+}
+
+static MP_NOINLINE void hook_free_slow(int d, int k, void *ptr) {
+    const mp_layer_t *l = &g_layers[d][k];
     if (ptr != NULL) mp_record_free(ptr);
     l->prev.free(l->prev.ctx, ptr);
 }
 
-static void hook_free(void *ctx, void *ptr) {
-    mp_layer_t *l = ctx;
+MP_INLINE void hook_free(int d, int k, void *ptr) {
+    const mp_layer_t *l = &g_layers[d][k];
     /* Every layer, active or not, forgets a freed sampled pointer: removal is idempotent,
      * and a stale record would be reported as alive forever. An unsampled free is one
      * filter load and a tail call. */
@@ -179,34 +231,133 @@ static void hook_free(void *ctx, void *ptr) {
         l->prev.free(l->prev.ctx, ptr);
         return;
     }
-    hook_free_slow(l, ptr);
+    hook_free_slow(d, k, ptr);
 }
 
-static int is_layer(const PyMemAllocatorEx *a, int d, int k) {
-    return a->malloc == hook_malloc && a->ctx == &g_layers[d][k];
+/* One set of four functions per (domain, slot), each with its layer as constants. The ctx
+ * argument is ignored on purpose (see the top of this file). */
+#define MP_FOR_EACH_SLOT(X, d) X(d, 0) X(d, 1) X(d, 2) X(d, 3) X(d, 4) X(d, 5) X(d, 6) X(d, 7)
+#define MP_FOR_EACH_DOMAIN_SLOT(X) MP_FOR_EACH_SLOT(X, 0) MP_FOR_EACH_SLOT(X, 1) \
+    MP_FOR_EACH_SLOT(X, 2)
+
+#define MP_DEFINE_HOOKS(d, k)                                                              \
+    static void *hook_malloc_##d##_##k(void *ctx, size_t size) {                          \
+        return hook_malloc(d, k, size);                                                    \
+    }                                                                                      \
+    static void *hook_calloc_##d##_##k(void *ctx, size_t nelem, size_t elsize) {          \
+        return hook_calloc(d, k, nelem, elsize);                                           \
+    }                                                                                      \
+    static void *hook_realloc_##d##_##k(void *ctx, void *ptr, size_t size) {              \
+        return hook_realloc(d, k, ptr, size);                                              \
+    }                                                                                      \
+    static void hook_free_##d##_##k(void *ctx, void *ptr) { hook_free(d, k, ptr); }
+MP_FOR_EACH_DOMAIN_SLOT(MP_DEFINE_HOOKS)
+
+typedef struct {
+    void *(*malloc)(void *, size_t);
+    void *(*calloc)(void *, size_t, size_t);
+    void *(*realloc)(void *, void *, size_t);
+    void (*free)(void *, void *);
+} mp_hook_fns_t;
+
+#define MP_HOOK_FNS(d, k) [d][k] = {hook_malloc_##d##_##k, hook_calloc_##d##_##k,        \
+                                    hook_realloc_##d##_##k, hook_free_##d##_##k},
+static const mp_hook_fns_t g_hook_fns[3][MP_MAX_LAYERS] = {MP_FOR_EACH_DOMAIN_SLOT(MP_HOOK_FNS)};
+
+/* Which of our slots does this allocator struct call first? -1 if none (a foreign one).
+ * Decided by the function pointer alone: the ctx is the wrapped allocator's. */
+static int slot_of_allocator(int d, const PyMemAllocatorEx *a) {
+    for (int k = 0; k < MP_MAX_LAYERS; k++)
+        if (a->malloc == g_hook_fns[d][k].malloc) return k;
+    return -1;
+}
+
+static int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000ll + ts.tv_nsec;
+}
+
+static void retire(int d, int k) {
+    __atomic_store_n(&g_active[d][k], 0, __ATOMIC_RELAXED);
+    g_slot_state[d][k] = SLOT_RETIRED;
+    g_slot_retired_at[d][k] = now_ns();
+    if (g_top[d] == k) g_top[d] = -1;
+}
+
+/* Retire the installed layers of domain d that no call can reach any more (another tool
+ * replaced the chain above them). GIL held. A probe allocation of more than
+ * MP_POOL_MAX bytes (always our slow path) goes through the current allocator; each of
+ * our layers it passes marks itself. If the probe fails, everything counts as reachable. */
+static void retire_unreachable(int d) {
+    uint32_t installed = 0;
+    for (int k = 0; k < MP_MAX_LAYERS; k++)
+        if (g_slot_state[d][k] == SLOT_INSTALLED) installed |= 1u << k;
+    if (installed == 0) return;
+    PyMemAllocatorEx cur;
+    PyMem_GetAllocator(mp_domains[d], &cur);
+    g_probe_hits[d] = 0;
+    mp_enter();                 /* the probe itself is never a sample */
+    t_state.probe = 1;
+    void *p = cur.malloc(cur.ctx, MP_POOL_MAX + 64);
+    t_state.probe = 0;
+    if (p != NULL) cur.free(cur.ctx, p);
+    mp_leave();
+    if (p == NULL) return;
+    for (int k = 0; k < MP_MAX_LAYERS; k++)
+        if ((installed >> k & 1) && !(g_probe_hits[d] >> k & 1)) retire(d, k);
+}
+
+/* A slot for a new layer wrapping `prev`: a retired one that wrapped the very same
+ * allocator (reused without writing), else a never used one, else one retired for longer
+ * than the grace period. -1 if none. */
+static int pick_slot(int d, const PyMemAllocatorEx *prev) {
+    for (int k = 0; k < MP_MAX_LAYERS; k++)
+        if (g_slot_state[d][k] != SLOT_INSTALLED && g_slot_used[d][k] &&
+            memcmp(&g_layers[d][k].prev, prev, sizeof(*prev)) == 0)
+            return k;
+    for (int k = 0; k < MP_MAX_LAYERS; k++)
+        if (g_slot_state[d][k] == SLOT_FREE && !g_slot_used[d][k]) return k;
+    int64_t now = now_ns();
+    for (int k = 0; k < MP_MAX_LAYERS; k++)
+        if (g_slot_state[d][k] == SLOT_RETIRED &&
+            now - g_slot_retired_at[d][k] >= MP_RETIRE_GRACE_NS)
+            return k;
+    return -1;
 }
 
 int mp_hooks_install(void) {
     for (int d = 0; d < 3; d++) {
+        retire_unreachable(d);
         PyMemAllocatorEx cur;
         PyMem_GetAllocator(mp_domains[d], &cur);
-        int top = g_nlayers[d] - 1;
-        if (top >= 0 && is_layer(&cur, d, top) && g_layers[d][top].installed) {
-            g_layers[d][top].active = 1;            /* our pass-through layer is on top */
+        int k = slot_of_allocator(d, &cur);
+        if (k >= 0 && g_slot_state[d][k] == SLOT_INSTALLED) {
+            /* One of our layers is on top (a pass-through left by an earlier stop()). */
+            if (g_top[d] >= 0 && g_top[d] != k)
+                __atomic_store_n(&g_active[d][g_top[d]], 0, __ATOMIC_RELAXED);
+            g_top[d] = k;
+            __atomic_store_n(&g_active[d][k], 1, __ATOMIC_RELAXED);
             continue;
         }
-        if (g_nlayers[d] == MP_MAX_LAYERS) {
+        k = pick_slot(d, &cur);
+        if (k < 0) {
             mp_set_error("too many allocator layers: another tool keeps replacing the "
                          "hooks; stop it (e.g. tracemalloc.stop()) and start again");
             return -1;
         }
-        if (top >= 0) g_layers[d][top].active = 0;   /* buried: pass-through from now */
-        mp_layer_t *l = &g_layers[d][g_nlayers[d]++];
-        l->prev = cur;
-        l->allocator = mp_domain_allocator[d];
-        l->active = 1;
-        l->installed = 1;
-        PyMemAllocatorEx hook = {l, hook_malloc, hook_calloc, hook_realloc, hook_free};
+        if (g_top[d] >= 0)   /* buried under a foreign layer: a pass-through from now on */
+            __atomic_store_n(&g_active[d][g_top[d]], 0, __ATOMIC_RELAXED);
+        if (!g_slot_used[d][k] || memcmp(&g_layers[d][k].prev, &cur, sizeof(cur)) != 0) {
+            g_layers[d][k].prev = cur;      /* nobody can be inside this slot (see top) */
+            g_slot_used[d][k] = 1;
+            __atomic_thread_fence(__ATOMIC_RELEASE);
+        }
+        g_slot_state[d][k] = SLOT_INSTALLED;
+        g_top[d] = k;
+        __atomic_store_n(&g_active[d][k], 1, __ATOMIC_RELAXED);
+        const mp_hook_fns_t *f = &g_hook_fns[d][k];
+        PyMemAllocatorEx hook = {cur.ctx, f->malloc, f->calloc, f->realloc, f->free};
         PyMem_SetAllocator(mp_domains[d], &hook);
     }
     return 0;
@@ -214,33 +365,34 @@ int mp_hooks_install(void) {
 
 void mp_hooks_uninstall(void) {
     for (int d = 0; d < 3; d++) {
-        int top = g_nlayers[d] - 1;
-        if (top < 0) continue;
-        mp_layer_t *l = &g_layers[d][top];
-        l->active = 0;
-        PyMemAllocatorEx cur;
-        PyMem_GetAllocator(mp_domains[d], &cur);
-        if (is_layer(&cur, d, top)) {
-            PyMem_SetAllocator(mp_domains[d], &l->prev);
-            l->installed = 0;
-            g_nlayers[d]--;
+        if (g_top[d] >= 0) __atomic_store_n(&g_active[d][g_top[d]], 0, __ATOMIC_RELAXED);
+        g_top[d] = -1;
+        /* Unhook every layer of ours that is on top, newest first (a pass-through left
+         * under a tool that has gone since is on top again now). */
+        for (;;) {
+            PyMemAllocatorEx cur;
+            PyMem_GetAllocator(mp_domains[d], &cur);
+            int k = slot_of_allocator(d, &cur);
+            if (k < 0 || g_slot_state[d][k] != SLOT_INSTALLED) break;
+            PyMem_SetAllocator(mp_domains[d], &g_layers[d][k].prev);
+            retire(d, k);
         }
-        /* else: someone stacked on top of us (or unhooked us): leave this layer as a
-         * pass-through rather than cut the chain under their feet. */
+        /* Someone else is on top: layers still reachable through them stay as
+         * pass-throughs rather than cut the chain under their feet; the others go. */
+        retire_unreachable(d);
     }
 }
 
 int mp_hooks_foreign(void) {
     /* True while sampling and another allocator sits on top of ours, or replaced it. */
-    int foreign = 0;
-    for (int d = 0; d < 3 && !foreign; d++) {
-        int top = g_nlayers[d] - 1;
-        if (top < 0 || !g_layers[d][top].active) continue;
+    for (int d = 0; d < 3; d++) {
+        int top = g_top[d];
+        if (top < 0 || !layer_active(d, top)) continue;
         PyMemAllocatorEx cur;
         PyMem_GetAllocator(mp_domains[d], &cur);
-        if (!is_layer(&cur, d, top)) foreign = 1;
+        if (slot_of_allocator(d, &cur) != top) return 1;
     }
-    return foreign;
+    return 0;
 }
 
 /* ---- test entry points: RAW-domain calls from a thread that does not hold the GIL ---- */

@@ -40,9 +40,13 @@ void mp_reset_peak(void);
 void mp_get_stats(mp_stats_t *out);
 const char *mp_last_error(void);
 int mp_max_frames_limit(void);
-/* Stop (1) or resume (0) sampling on the calling thread only: the profiler's own Python
- * code uses it so that building a snapshot is not sampled into the next one. */
-void mp_thread_ignore(int on);
+unsigned long mp_python_version_built(void);   /* PY_VERSION_HEX of the headers built against */
+/* Pauses of the calling thread's sampling, for the profiler's own Python code: used as
+ * ffi.new_allocator(alloc=mp_pause_alloc, free=mp_pause_free), so that a pause is a cffi
+ * object whose creation and release run in C (sampler.c says why). */
+void *mp_pause_alloc(size_t size);
+void mp_pause_free(void *ptr);
+int mp_thread_paused(void);   /* the calling thread's pause depth (0: sampled) */
 
 /* Snapshots: a consistent copy of the live table and the interned tracebacks. */
 mp_snapshot *mp_snapshot_take(void);

@@ -10,6 +10,7 @@
 #include "core.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <pthread.h>
 #include <time.h>
 
@@ -72,6 +73,12 @@ void mp_sampler_configure(int64_t rate, uint64_t seed) {
 }
 
 int mp_sample_slow(mp_tls_t *t, size_t size) {
+    /* Paused by the profiler's own Python code: checked here, out of line, because an
+     * allocation that does not reach a sample point needs no answer. */
+    if (__builtin_expect(t->pause > 0, 0)) {
+        if (t->pause_gen == __atomic_load_n(&g_generation, __ATOMIC_RELAXED)) return 0;
+        t->pause = 0;                  /* a pause from before the last start() */
+    }
     if (__atomic_load_n(&g_exact, __ATOMIC_RELAXED)) return 1;
     if (t->generation != __atomic_load_n(&g_generation, __ATOMIC_RELAXED))
         reseed(t, __atomic_fetch_add(&g_thread_seq, 1, __ATOMIC_RELAXED));
@@ -83,9 +90,47 @@ int mp_sample_slow(mp_tls_t *t, size_t size) {
     return 1;
 }
 
-void mp_thread_ignore(int on) {
-    if (on) t_state.busy++;
-    else if (t_state.busy > 0) t_state.busy--;
+/* Pauses. The profiler's Python code (snapshots, the magics' bookkeeping) must not be
+ * sampled, and a KeyboardInterrupt may land between any two Python-level steps: a pause
+ * taken by one call and ended by another can be left on forever. So a pause is a cffi
+ * object (ffi.new_allocator(alloc=mp_pause_alloc, free=mp_pause_free)): it begins when
+ * cffi creates it, in C, and ends when it is released (`with` exit, also in C) or garbage,
+ * whichever comes first; nothing Python runs in between can separate the two. Each block
+ * remembers its thread and generation: freed on another thread, or after a start() (which
+ * ends every thread's pauses, see mp_sample_slow), it changes nothing. */
+typedef struct {
+    uint64_t thread;
+    uint32_t generation;
+} mp_pause_t;
+
+void *mp_pause_alloc(size_t size) {
+    mp_pause_t *p = malloc(size > sizeof(mp_pause_t) ? size : sizeof(mp_pause_t));
+    if (p == NULL) return NULL;
+    mp_tls_t *t = &t_state;
+    uint32_t gen = __atomic_load_n(&g_generation, __ATOMIC_RELAXED);
+    if (t->pause_gen != gen) {
+        t->pause = 0;
+        t->pause_gen = gen;
+    }
+    t->pause++;
+    p->thread = mp_thread_ident();
+    p->generation = gen;
+    return p;
+}
+
+void mp_pause_free(void *ptr) {
+    mp_pause_t *p = ptr;
+    if (p == NULL) return;
+    mp_tls_t *t = &t_state;
+    if (p->thread == mp_thread_ident() && p->generation == t->pause_gen && t->pause > 0)
+        t->pause--;
+    free(p);
+}
+
+int mp_thread_paused(void) {
+    mp_tls_t *t = &t_state;
+    return t->pause > 0 && t->pause_gen == __atomic_load_n(&g_generation, __ATOMIC_RELAXED)
+               ? t->pause : 0;
 }
 
 uint64_t mp_thread_ident(void) { return (uint64_t)pthread_self(); }

@@ -3,12 +3,20 @@
 #
 #   bash scripts/test.sh
 #
-# 1. A venv (.venv) on the default python3 with the package installed editable (this
+# 1. System tools, installed when missing and the machine allows it (root + apt):
+#    Debian's golang-go (`go tool pprof`, for the pprof reader tests), chromium (for the
+#    browser tests of the HTML report) and valgrind (the callgrind harness's smoke test).
+#    Without them those tests skip and say why.
+# 2. A venv (.venv) on the default python3 with the package installed editable (this
 #    compiles the C sampler with cffi) and its test extras; the whole suite runs there.
-# 2. `go tool pprof` (Debian's golang-go) for the pprof tests, installed when missing and
-#    the machine allows it (root + apt); without it those tests skip and say why.
-# 3. The sampler's core tests again on every other CPython 3.10-3.13 found (pyenv or
+# 3. Packaging: the sdist is built, a wheel is built FROM THAT SDIST, and the wheel is
+#    installed into two fresh venvs outside the repository: the plain install (with its
+#    dependencies) and the lean one (cffi + the wheel, --no-deps). scripts/smoke_installed.py
+#    runs in each (API; in the plain one also %load_ext and a %%mprofile cell in a real
+#    InteractiveShell, and a pprof round trip).
+# 4. The sampler's core tests again on every other CPython 3.10-3.13 found (pyenv or
 #    PATH), each in its own venv (.venv-3.X): CPython's frame internals differ per version.
+# Every stage runs even if an earlier one failed; the exit status is non-zero if any did.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,23 +25,45 @@ CORE_TESTS=(tests/test_sampler.py tests/test_vs_tracemalloc.py tests/test_robust
             tests/test_model.py tests/test_estimate.py tests/test_units.py tests/test_storage.py
             tests/test_numpy_capture.py tests/test_native_mode.py)
 source scripts/common.sh
+status=0
+stage_started=$SECONDS
 
-echo "== setting up .venv with $("$PYTHON" --version)"
+banner() {  # banner TEXT: a stage's header, with the time the previous stage took
+    echo
+    echo "=================================================================================="
+    echo "== $* (after $((SECONDS - stage_started)) s)"
+    echo "=================================================================================="
+}
+
+apt_install() {  # apt_install COMMAND PACKAGE WHY: install a Debian package when missing
+    local command=$1 package=$2 why=$3
+    command -v "$command" >/dev/null 2>&1 && return 0
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "   installing Debian's $package ($why)"
+        if [ -z "${APT_UPDATED:-}" ]; then
+            apt-get update -qq >/dev/null 2>&1 || true
+            APT_UPDATED=1
+        fi
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$package" >/dev/null 2>&1 \
+            || echo "!! could not install $package: $why will skip"
+    else
+        echo "!! $command is missing and cannot be installed here: $why will skip"
+    fi
+}
+
+banner "system tools"
+apt_install go golang-go "the pprof reader tests (go tool pprof)"
+apt_install chromium chromium "the browser tests of the HTML report"
+apt_install valgrind valgrind "the smoke test of benchmarks/callgrind.py"
+
+banner "setting up .venv with $("$PYTHON" --version)"
 setup_venv "$PYTHON" .venv "[test,numpy]"
 
-if ! command -v go >/dev/null 2>&1; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        echo "== installing golang-go (for go tool pprof)"
-        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-go) \
-            >/dev/null || echo "!! could not install golang-go: pprof reader tests will skip"
-    else
-        echo "!! go is missing and cannot be installed here: pprof reader tests will skip"
-    fi
-fi
-
-status=0
-echo "== full suite on $(.venv/bin/python --version)"
+banner "full suite on $(.venv/bin/python --version)"
 .venv/bin/python -m pytest -q || status=$?
+
+banner "packaging: sdist -> wheel from the sdist -> fresh venvs outside the repository"
+bash scripts/test_packaging.sh .venv/bin/python || status=$?
 
 main_version=$(.venv/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 for version in 3.10 3.11 3.12 3.13; do
@@ -49,10 +79,11 @@ for version in 3.10 3.11 3.12 3.13; do
         echo "!! Python $version not found: its core tests are not run"
         continue
     fi
-    echo "== core tests on $("$py" --version)"
+    banner "core tests on $("$py" --version)"
     setup_venv "$py" ".venv-$version" "" pytest pytest-timeout numpy
     existing=()
     for f in "${CORE_TESTS[@]}"; do [ -e "$f" ] && existing+=("$f"); done
     ".venv-$version/bin/python" -m pytest -q -p no:cacheprovider "${existing[@]}" || status=$?
 done
+banner "done: exit status $status"
 exit $status

@@ -15,9 +15,8 @@ import pandas
 import pytest
 import traitlets
 from ipykernel.compiler import XCachingCompiler
-from IPython.testing import globalipapp
 
-import mprofile_ipy.magics as magics_module
+import mprofile_ipy.ipython.magic as magic_module
 from mprofile_ipy import attribution
 from mprofile_ipy.attribution import (
     Attributor,
@@ -29,15 +28,9 @@ from mprofile_ipy.attribution import (
 )
 
 
-def get_ipython():
-    """The process-wide test shell (globalipapp replaces its own get_ipython once started)."""
-    globalipapp.start_ipython()
-    return globalipapp.get_ipython()
-
-
 @pytest.fixture(scope="module")
-def ip():
-    return get_ipython()
+def ip(ipython_shell):
+    return ipython_shell
 
 
 def _frame_of_cell(ip, source: str):
@@ -135,7 +128,7 @@ def test_cell_label_format():
         runpy.__file__,
         "<frozen importlib._bootstrap>",
         "<frozen runpy>",
-        magics_module.__file__,
+        magic_module.__file__,
         attribution.__file__,
         # not imported here, recognised by its place in site-packages
         "/somewhere/lib/python3.11/site-packages/tornado/ioloop.py",
@@ -190,3 +183,17 @@ def test_frames_of_this_process_are_resolved_once():
     first = attributor.locate(__file__, 1)
     assert attributor.locate(__file__, 1) is first
     assert sys.modules["mprofile_ipy.attribution"] is attribution
+
+
+def test_sources_are_read_from_regular_files_only(tmp_path):
+    """A snapshot from elsewhere may name a device or a FIFO: reading it must not hang."""
+    import os
+
+    from mprofile_ipy import Snapshot
+    from mprofile_ipy.result import ProfileResult
+
+    fifo = tmp_path / "pipe.py"
+    os.mkfifo(fifo)
+    snap = Snapshot([(0, 64, (("/dev/zero", 1),), 1), (0, 64, ((str(fifo), 2),), 1)], 1)
+    text = ProfileResult(snap, show_all=True).to_text()
+    assert "dev/zero:1" in text and "Top 2 of 2" in text

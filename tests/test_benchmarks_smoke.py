@@ -1,4 +1,5 @@
-"""Smoke test of the benchmark scripts: their --quick runs finish and print complete tables.
+"""Smoke test of the benchmark scripts: their --quick runs finish and print complete tables;
+the callgrind harness runs a tiny workload under valgrind (skipped without valgrind).
 
 No timing is asserted (the machine is shared and noisy); only that every workload and
 configuration, and every accuracy site, shows up with numbers, and that the JSON is written.
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -112,3 +115,78 @@ def test_bench_native_quick(tmp_path: Path) -> None:
         assert float(row[1]) > 0 and row[3].startswith("x") and row[5].startswith("x")
     assert "native mode install:" in text and "import slots patched" in text
     assert out.exists() and json.loads(out.read_text())
+
+
+# ---- callgrind.py: instruction counts under valgrind --------------------------------------
+
+def load_callgrind_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_callgrind", BENCH / "callgrind.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_callgrind"] = module     # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_floor_counts_the_allocator_calls_of_a_workload(tmp_path: Path) -> None:
+    # GIVEN the floor extension, built for this interpreter in a scratch folder
+    pytest.importorskip("cffi")
+    env = dict(os.environ, MPROFILE_FLOOR_BUILD=str(tmp_path / "floor"))
+    # WHEN its counting hooks watch one run of the churn workload at scale 0.05 (n = 200)
+    cg = load_callgrind_module()
+    os.environ["MPROFILE_FLOOR_BUILD"] = env["MPROFILE_FLOOR_BUILD"]
+    try:
+        cg.build_floor()
+    finally:
+        del os.environ["MPROFILE_FLOOR_BUILD"]
+    proc = subprocess.run([sys.executable, str(BENCH / "callgrind_child.py"), "count", "churn",
+                           "0.05"], env=env, capture_output=True, text=True, timeout=110)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    counts = json.loads(proc.stdout.strip().splitlines()[-1])
+    # THEN every object the workload makes is an allocation: 3 rounds x 200 x (dict, tuple
+    # and its str, list, instance and its str, tuple and __dict__), plus the four lists
+    assert counts["allocs"] >= 3 * 200 * 7
+    assert counts["allocs"] < 3 * 200 * 20
+    # AND nearly everything allocated is freed again (the workload keeps nothing)
+    assert abs(counts["frees"] - counts["allocs"]) < 0.05 * counts["allocs"]
+    assert counts["domains"]["obj"]["malloc"] > counts["domains"]["raw"]["malloc"]
+
+
+@pytest.mark.timeout(600)
+def test_callgrind_harness_tiny_run(tmp_path: Path) -> None:
+    if shutil.which("valgrind") is None:
+        pytest.skip("valgrind is not installed (apt-get install valgrind)")
+    cg = load_callgrind_module()
+    out = tmp_path / "cg.json"
+    keep = tmp_path / "outs"
+    env = dict(os.environ, MPROFILE_FLOOR_BUILD=str(tmp_path / "floor"))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    # WHEN the harness runs a tiny churn under no profiler, the floor and mprofile_ipy
+    proc = subprocess.run([sys.executable, str(BENCH / "callgrind.py"), "--workloads", "churn",
+                           "--configs", "floor,mprofile_ipy", "--scale", "0.05", "--jobs", "2",
+                           "--breakdown", "3", "--keep", str(keep), "--output", str(out)],
+                          env=env, capture_output=True, text=True, timeout=590)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # THEN the ratio table has the churn row with a count and a ratio per configuration
+    rows = table_rows(proc.stdout, "| workload | none (instr/run)")
+    assert [r[0] for r in rows] == ["churn"]
+    assert int(rows[0][1].replace(",", "")) > 1_000_000
+    assert all(re.fullmatch(r"x\d\.\d{3}", cell) for cell in rows[0][2:])
+    # AND the floor table has the allocator counts and the per-call figures
+    floor_rows = table_rows(proc.stdout, "| workload | allocs/run")
+    assert floor_rows[0][0] == "churn" and int(floor_rows[0][1].replace(",", "")) > 4000
+    assert "Where mprofile_ipy's added instructions go, churn" in proc.stdout
+    data = json.loads(out.read_text())
+    churn = data["rows"][0]
+    assert {"floor", "mprofile_ipy"} <= set(churn["configs"])
+    for entry in churn["configs"].values():
+        assert 0.9 < entry["ratio"] < 3
+    # AND the parser's per-function self costs add up to callgrind's own total
+    for path in keep.glob("callgrind.*.out"):
+        total, functions = cg.parse_callgrind(path)
+        assert total > 10_000_000
+        assert sum(functions.values()) == total
+    hooks = [f for (obj, f) in cg.parse_callgrind(
+        keep / "callgrind.churn.mprofile_ipy.3.out")[1] if obj.startswith("_native")]
+    assert any("malloc" in f for f in hooks) and any("free" in f for f in hooks)

@@ -42,8 +42,10 @@ def test_weight_tends_to_one_for_huge_sizes():
     assert 1.0 < est.weight(4096, 4096) < 2.0
 
 
-def test_size_zero_weighs_as_one_byte():
-    assert est.weight(0, 1000) == est.weight(1, 1000)
+def test_size_zero_weighs_one_as_in_the_c_sampler():
+    # native/sampler.c mp_weight(): a zero-byte block stands for itself only.
+    assert est.weight(0, 1000) == 1.0 and est.sampling_probability(0, 1000) == 1.0
+    assert est.count_variance(0, 1000) == 0.0
     assert est.estimated_size(0, 1000) == 0.0
     assert est.size_variance(0, 1000) == 0.0
 

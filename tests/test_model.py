@@ -534,7 +534,8 @@ def test_to_pprof_delegates(monkeypatch, tmp_path):
 
 
 def w(size, rate):
-    return 1 / -math.expm1(-max(size, 1) / rate)
+    # A sampled zero-byte allocation weighs 1, as in the C sampler (mp_weight).
+    return 1.0 if size == 0 else 1 / -math.expm1(-size / rate)
 
 
 def test_sampled_statistics_hand_computed():
@@ -544,7 +545,7 @@ def test_sampled_statistics_hand_computed():
         (0, 100, (("a.py", 1),), 1),
         (0, 5000, (("a.py", 1),), 1),
         (0, 10, (("b.py", 2),), 1),
-        (0, 0, (("b.py", 2),), 1),  # size 0 weighs as one byte, adds no bytes
+        (0, 0, (("b.py", 2),), 1),  # size 0 weighs 1 (as in C), adds no bytes
     ]
     snap = Snapshot(raw, 1, sample_rate=rate)
     assert not snap.is_exact
@@ -722,8 +723,31 @@ def test_filter_traces_keeps_rate_meta_and_filters_allocated():
 def test_statistics_share_one_pass_over_the_traces():
     snap = Snapshot(RAW1 * 1000, 2)
     first = stat_view(snap.statistics("lineno"))
-    with mock.patch("mprofile_ipy.model._sum_traces", side_effect=AssertionError("again")):
+    with mock.patch("mprofile_ipy.aggregate._live_sums", side_effect=AssertionError("again")):
         assert stat_view(snap.statistics("lineno")) == first
         snap.statistics("filename", cumulative=True)
         snap.compare_to(snap, "traceback")
         assert snap.total_size == 105_000
+
+
+def test_counted_traces_equal_the_same_traces_repeated():
+    # GIVEN traces with multiplicities WHEN viewed THEN every figure equals the snapshot
+    # holding each trace that many times, without building that list.
+    a, b = (0, 100, ALLOC_A, 2, 1, 0), (0, 8, ALLOC_B, 1, 2, 5)
+    counted = Snapshot([a, b], 4, sample_rate=512, counts=[3, 2])
+    repeated = Snapshot([a, a, a, b, b], 4, sample_rate=512)
+    assert len(counted.traces) == 5 and counted.samples == 5
+    assert list(counted.traces) == list(repeated.traces)
+    assert counted.traces[3] == repeated.traces[3] and counted.traces[-1].size == 8
+    assert list(counted.raw_traces) == list(repeated.raw_traces)
+    for key_type in ("lineno", "filename", "traceback"):
+        assert stat_view(counted.statistics(key_type)) == stat_view(repeated.statistics(key_type))
+    assert [str(d) for d in counted.compare_to(repeated, "lineno")] == [
+        str(d) for d in repeated.compare_to(repeated, "lineno")]
+    kept = counted.filter_traces([Filter(True, "b.py")])
+    assert kept.trace_counts == [2] and len(kept.traces) == 2
+    assert Snapshot([a], 1, counts=[1]).trace_counts is None
+    with pytest.raises(ValueError, match="one number per trace"):
+        Snapshot([a], 1, counts=[1, 2])
+    with pytest.raises(ValueError, match="positive ints"):
+        Snapshot([a], 1, counts=[0])

@@ -32,8 +32,11 @@ def cell_starting(nb, prefix: str):
 @pytest.fixture(scope="module")
 def executed(tmp_path_factory):
     work = tmp_path_factory.mktemp("notebook")
+    temp = tmp_path_factory.mktemp("kernel-tmp")
     env_path = os.environ.get("PYTHONPATH", "")
+    env_tmp = os.environ.get("TMPDIR")
     os.environ["PYTHONPATH"] = str(ROOT) + (os.pathsep + env_path if env_path else "")
+    os.environ["TMPDIR"] = str(temp)  # the kernel's temporary files go here
     try:
         nb = nbformat.read(QUICKSTART, as_version=4)
         client = NotebookClient(nb, timeout=120, startup_timeout=60, kernel_name="python3",
@@ -44,6 +47,11 @@ def executed(tmp_path_factory):
             os.environ["PYTHONPATH"] = env_path
         else:
             del os.environ["PYTHONPATH"]
+        if env_tmp is None:
+            del os.environ["TMPDIR"]
+        else:
+            os.environ["TMPDIR"] = env_tmp
+    nb.metadata["mprofile_test_tmp"] = str(temp)
     return nb
 
 
@@ -97,3 +105,14 @@ def test_widget_has_a_static_fallback(executed):
     data = cell_starting(executed, "pd_res.widget()").outputs[0].data
     assert "application/vnd.jupyter.widget-view+json" in data
     assert data["text/html"].startswith("<div class='mprofile-report'")
+
+
+def test_the_notebook_cleans_up_its_files(executed):
+    temp = Path(executed.metadata["mprofile_test_tmp"])
+    assert list(temp.glob("mprofile-quickstart-*")) == []
+
+
+def test_dataframes_display_readably(executed):
+    cell = cell_starting(executed, "np_res.to_dataframe()")
+    shown = cell.outputs[0].data["text/plain"]
+    assert "MiB" in shown and "e+0" not in shown and "±" in shown

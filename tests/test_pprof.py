@@ -13,6 +13,8 @@ import os
 import re
 import shutil
 import subprocess
+import sys
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -320,6 +322,22 @@ def test_alloc_values_from_allocation_totals():
     assert "bytes" not in labels(profile, gone[0])
     comments = [strings(profile)[c] for c in profile.comment]
     assert any("freed allocations included" in c for c in comments)
+
+
+def test_alloc_values_sit_on_the_first_sample_of_their_stack():
+    # GIVEN totals for stacks of several frames WHEN exported THEN each live stack carries
+    # its totals on its first sample, and only the freed stack gets a sample of its own.
+    snap = make_snapshot(rate=4096, allocated=ALLOCATED)
+    profile = to_profile(snap)
+    live_groups = len({(t[2], t[0], t[1], t[4], t[5]) for t in RAW_TRACES})
+    assert len(profile.sample) == live_groups + 1
+    first = {}
+    for sample in profile.sample:
+        first.setdefault(tuple(function_names(profile, sample)), list(sample.value))
+    by_leaf = {names[0]: values for names, values in first.items()}
+    want = {frames[0][2]: (count, size) for frames, _, count, size in ALLOCATED}
+    for leaf, (count, size) in want.items():
+        assert abs(by_leaf[leaf][0] - count) <= 1 and abs(by_leaf[leaf][1] - size) <= 1
 
 
 def test_labels():
@@ -721,3 +739,136 @@ def test_go_pprof_shows_cell_names(tmp_path):
     rows = parse_top(go_pprof("-top", "-unit=B", str(path)))
     assert rows["In [12]"] == (300, 300)
     assert "In [12]:2" in go_pprof("-top", "-lines", str(path))
+
+
+def test_without_protobuf_one_clear_error_says_what_to_install(tmp_path):
+    # GIVEN a Python where protobuf cannot be imported WHEN exporting or loading THEN the
+    # package still imports, and both raise one error naming the package to install.
+    profile = tmp_path / "x.pb"
+    profile.write_bytes(b"\x0a\x00")
+    code = f"""
+import sys
+for name in ("google", "google.protobuf", "mprofile_ipy.export.profile_pb2"):
+    sys.modules[name] = None
+import mprofile_ipy
+from mprofile_ipy.errors import MissingDependencyError
+from mprofile_ipy.export import pprof
+snap = mprofile_ipy.Snapshot([(0, 8, (("a.py", 1),), 1)], 1)
+for call in (lambda: snap.to_pprof({str(tmp_path / "out.pb.gz")!r}),
+             lambda: pprof.load_pprof({str(profile)!r})):
+    try:
+        call()
+    except MissingDependencyError as exc:
+        assert isinstance(exc, ImportError)
+        print(exc)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert len(lines) == 2
+    assert all("pip install 'protobuf>=4.21'" in line for line in lines)
+
+
+# ------------------------------------------------------------------ hostile input (issue 15)
+
+
+def _foreign(values, *, period=0, line=5, labels=(), n_types=4):
+    """A one-sample foreign heap profile (Go-like, no mprofile labels)."""
+    p = profile_pb2.Profile()
+    p.string_table.extend(["", "alloc_objects", "count", "alloc_space", "bytes",
+                           "inuse_objects", "inuse_space", "f", "f.go", "domain"])
+    for t, u in [(1, 2), (3, 4), (5, 2), (6, 4)][4 - n_types:]:
+        p.sample_type.add(type=t, unit=u)
+    p.function.add(id=1, name=7, filename=8)
+    p.location.add(id=1).line.add(function_id=1, line=line)
+    sample = p.sample.add(location_id=[1], value=values)
+    for key, num in labels:
+        sample.label.add(key=key, num=num)
+    p.period = period
+    return p.SerializeToString()
+
+
+def test_a_tiny_file_asking_for_millions_of_allocations_stays_tiny():
+    # GIVEN a 2-type profile of ~130 bytes whose one sample stands for 19,999,999 objects
+    # WHEN loaded THEN it is one trace with a count: right totals, little memory.
+    data = _foreign([19_999_999, 19_999_999 * 16], n_types=2)
+    assert len(data) < 200
+    tracemalloc.start()
+    try:
+        loaded = load_pprof(io.BytesIO(data))
+        (stat,) = loaded.statistics("lineno")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (stat.count, stat.size, stat.samples) == (19_999_999, 19_999_999 * 16, 19_999_999)
+    assert len(loaded.trace_records) == 1 and loaded.trace_counts == [19_999_999]
+    assert len(loaded.traces) == 19_999_999 and loaded.traces[-1].size == 16
+    assert peak < 2 << 20
+
+
+def test_int64_values_stay_exact_through_load_and_export():
+    big = 2**63 - 1
+    loaded = load_pprof(io.BytesIO(_foreign([1, big, 1, big])))
+    (stat,) = loaded.allocated_statistics("lineno")
+    assert stat.size == big and type(loaded.allocated[0][3]) is int
+    profile = to_profile(loaded)
+    assert [list(s.value) for s in profile.sample] == [[1, big, 1, big]]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (_foreign([1, -5, 1, 8]), "negative alloc_space"),
+        (_foreign([1, 8, -1, 8]), "negative inuse_objects"),
+        (_foreign([1, 8, 1, 8], line=-1), r"location.line.line -1 is out of range"),
+        (_foreign([1, 8, 1, 8], line=2**40), "out of range"),
+        (_foreign([1, 8, 1, 8], labels=[(9, 2**40)]), "label 'domain' = 1099511627776"),
+        (_foreign([1, 8, 1, 8], labels=[(9, -1)]), "label 'domain' = -1"),
+        (_foreign([1, 8, 1, 8], period=2**63 - 1), "period .* out of range"),
+    ],
+    ids=["negative alloc", "negative count", "negative line", "huge line", "domain 2**40",
+         "negative domain", "period"],
+)
+def test_out_of_range_values_are_refused_at_load(tmp_path, data, message):
+    path = tmp_path / "hostile.pb"
+    path.write_bytes(data)
+    with pytest.raises(PprofFormatError, match=message) as info:
+        load_pprof(path)
+    assert "hostile.pb" in str(info.value)
+
+
+def test_frame_references_are_bounded_by_the_file_size():
+    # GIVEN a location with 2,000 (inlined) lines named 2,000 times by each of 50 samples
+    # (200 million frame references from ~100 KB) WHEN loaded THEN a format error.
+    p = profile_pb2.Profile(string_table=["", "inuse_space", "bytes", "f", "f.go"])
+    p.sample_type.add(type=1, unit=2)
+    p.function.add(id=1, name=3, filename=4)
+    location = p.location.add(id=1)
+    for line in range(2000):
+        location.line.add(function_id=1, line=line)
+    for i in range(50):
+        p.sample.add(location_id=[1] * (2000 - i), value=[8])
+    with pytest.raises(PprofFormatError, match="frames in all"):
+        load_pprof(io.BytesIO(p.SerializeToString()))
+
+
+def test_pprof_gzip_bomb_stops_at_the_cap(tmp_path):
+    path = tmp_path / "bomb.pb.gz"
+    path.write_bytes(gzip.compress(b"\x00" * (8 << 20), compresslevel=9))
+    with pytest.raises(PprofFormatError, match=r"bomb.pb.gz: .*more than 1,048,576 bytes"):
+        load_pprof(path, max_bytes=1 << 20)
+
+
+def test_names_that_are_not_utf8_are_escaped_not_fatal():
+    name = "mod\udcff.py"
+    profile = to_profile(make_snapshot(traces=[(0, 64, ((name, 3, "f\udcfe", 1),), 1, 1, 0)]))
+    table = strings(profile)
+    assert "mod\\xff.py" in table and "f\\xfe" in table
+
+
+def test_odd_meta_does_not_break_the_writer():
+    snap = make_snapshot()
+    snap.meta.update(threads=[1, 2], started_at=1e300, taken_at=float("nan"))
+    profile = to_profile(snap)
+    assert profile.time_nanos > 0 and profile.duration_nanos == 0

@@ -430,3 +430,126 @@ def test_live_blocks_do_not_record_their_own_allocations():
     new = {b.address for b in second} - {b.address for b in first}
     assert not new, [b for b in second if b.address in new][:5]
     assert id(first) - _preheader(first) not in {b.address for b in second}
+
+
+def test_reloading_the_module_keeps_the_rate_of_the_running_sampler():
+    # Issue 15: after a reload the snapshot claimed the default rate (sizes x1000).
+    code = """
+import importlib
+import mprofile_ipy as mp
+from mprofile_ipy import sampler
+mp.start(sample_rate=1)
+keep = [bytearray(1000) for _ in range(100)]
+importlib.reload(sampler)
+snap = sampler.take_snapshot()
+total = sum(s.size for s in snap.statistics("filename"))
+print(sampler.get_sample_rate(), snap.sample_rate, 100_000 <= total < 1_000_000)
+sampler.stop()
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1", "1", "True"]
+
+
+def test_start_while_tracing_changes_only_max_frames_at_any_rate():
+    mp.start(10, sample_rate=1)
+    mp.start(5)
+    assert mp.get_traceback_limit() == 5
+    assert sampler.get_sample_rate() == 1
+    assert mp.get_stats().exact
+    mp.start(7, sample_rate=1)
+    assert mp.get_traceback_limit() == 7
+    with pytest.raises(RuntimeError, match="already tracing with sample_rate=1"):
+        mp.start(5, sample_rate=4096)
+    mp.stop()
+    mp.start(sample_rate=4096)
+    mp.start(3)
+    assert (sampler.get_sample_rate(), mp.get_traceback_limit()) == (4096, 3)
+
+
+def _sampled_sizes() -> list[int]:
+    keep = [bytearray(100 + (i * 37) % 3000) for i in range(3000)]
+    sizes = sorted(b.size for b in sampler.live_blocks() if b.frames[0][0] == HERE)
+    del keep
+    return sizes
+
+
+def test_every_start_without_a_seed_draws_new_samples():
+    # Issue 9: seeded from the clock, two starts in the same second drew the same samples.
+    draws = []
+    for _ in range(3):
+        mp.start(sample_rate=65536)
+        draws.append(_sampled_sizes())
+        mp.stop()
+    assert all(len(d) > 20 for d in draws)
+    assert draws[0] != draws[1] and draws[1] != draws[2] and draws[0] != draws[2]
+    seeded = []
+    for _ in range(2):
+        mp.start(sample_rate=65536, seed=42)
+        seeded.append(_sampled_sizes())
+        mp.stop()
+    assert seeded[0] == seeded[1]
+
+
+def test_the_profilers_own_calls_are_not_traced_memory():
+    # Issue 9: get_traced_memory()'s own ints showed up as traces, peak 72 B after a clear.
+    mp.start(sample_rate=1)
+    keep = [bytearray(1000) for _ in range(10)]
+    assert mp.get_traced_memory()[0] >= 10_000
+    mp.clear_traces()
+    assert mp.get_traced_memory() == (0, 0)
+    assert mp.get_traced_memory() == (0, 0)
+    mp.get_stats(), mp.is_tracing(), mp.get_traceback_limit(), sampler.get_sample_rate()
+    mp.get_profiler_memory()
+    assert mp.get_traced_memory() == (0, 0)
+    snap = mp.take_snapshot()
+    assert not [t for t in snap.traces if any(f.filename == sampler.__file__ for f in t.traceback)]
+    mp.stop()
+    assert mp.get_traced_memory() == (0, 0)
+    del keep
+
+
+def test_an_unknown_python_is_refused_at_start(monkeypatch):
+    monkeypatch.setattr(sampler, "SUPPORTED_PYTHONS", ((3, 10),) if
+                        sys.version_info[:2] != (3, 10) else ((3, 11),))
+    with pytest.raises(RuntimeError, match="supports CPython 3.10 to 3.13"):
+        mp.start()
+    assert not mp.is_tracing()
+    monkeypatch.undo()
+    assert sampler._built_for_this_python()
+
+
+def test_code_objects_only_the_profiler_holds_are_let_go_and_still_named():
+    # Issue 15: interned frames kept 100 k generated functions alive in exact mode.
+    import weakref
+
+    mp.start(sample_rate=1)
+    refs = []
+    keep = []
+    for i in range(300):
+        ns: dict = {}
+        exec(compile(f"def gen_{i}():\n    return bytearray({1000 + i})\n",
+                     f"<generated-{i}>", "exec"), ns)
+        keep.append(ns[f"gen_{i}"]())
+        refs.append(weakref.ref(ns[f"gen_{i}"].__code__))
+        del ns
+    gc.collect()
+    alive_before = sum(r() is not None for r in refs)
+    snap = mp.take_snapshot()
+    gc.collect()
+    assert sum(r() is not None for r in refs) == 0 < alive_before
+    named = {}
+    for stat in snap.statistics("lineno"):
+        frame = stat.traceback[0]
+        if frame.filename.startswith("<generated-"):
+            named[frame.filename] = (frame.lineno, stat.size)
+    assert len(named) == 300
+    assert named["<generated-7>"][0] == 2
+    assert named["<generated-7>"][1] >= 1007
+    # The names survive a clear() taken after the snapshot, and later snapshots too.
+    again = mp.take_snapshot()
+    assert len([s for s in again.statistics("filename")
+                if s.traceback[0].filename.startswith("<generated-")]) == 300
+    mp.stop()
+    del keep

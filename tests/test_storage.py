@@ -5,11 +5,15 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import math
+import os
 import pickle
 import tracemalloc
+import zlib
 
 import pytest
 
+from mprofile_ipy import storage
 from mprofile_ipy.model import NUMPY_DOMAIN, Allocator, Snapshot
 from mprofile_ipy.storage import (
     FORMAT_NAME,
@@ -274,3 +278,175 @@ def test_text_mode_file_object_is_rejected(tmp_path):
     path.write_text("x")
     with open(path) as fp, pytest.raises(TypeError, match="binary mode"):
         load_snapshot(fp)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile files (issue 15): bounded work, complete validation at load time
+
+
+def test_gzip_bomb_stops_at_the_cap_with_a_format_error(tmp_path):
+    # GIVEN 64 MiB of JSON whitespace compressed to ~64 KiB WHEN loaded with a 1 MiB cap
+    # THEN the inflating stops at the cap: a format error naming the file and the cap,
+    # and memory stays near the cap, not the inflated size.
+    path = tmp_path / "bomb.mprof"
+    chunk = zlib.compressobj(9, zlib.DEFLATED, 31)
+    parts = [chunk.compress(b"{" + b" " * (1 << 20)) for _ in range(1)]
+    parts += [chunk.compress(b" " * (1 << 20)) for _ in range(63)]
+    path.write_bytes(b"".join(parts) + chunk.flush())
+    assert path.stat().st_size < 200_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(SnapshotFormatError) as info:
+            load_snapshot(path, max_bytes=1 << 20)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    message = str(info.value)
+    assert "bomb.mprof" in message and "1,048,576 bytes" in message and "max_bytes=" in message
+    assert peak < 8 << 20
+    assert storage.MAX_INFLATED_BYTES == 256 << 20  # the documented default
+
+
+def test_plain_files_are_capped_too(tmp_path):
+    path = tmp_path / "big.json"
+    path.write_bytes(b"{" + b" " * 5000 + b"}")
+    with pytest.raises(SnapshotFormatError, match="more than 4,096 bytes"):
+        load_snapshot(path, max_bytes=4096)
+
+
+def test_concatenated_gzip_members_and_trailing_garbage(tmp_path):
+    buf = io.BytesIO()
+    save_snapshot(rich_snapshot(), buf)
+    text = gzip.decompress(buf.getvalue())
+    half = len(text) // 2
+    path = tmp_path / "members.mprof"
+    path.write_bytes(gzip.compress(text[:half]) + gzip.compress(text[half:]))
+    assert_same(load_snapshot(path), rich_snapshot())
+    path.write_bytes(buf.getvalue() + b"garbage")
+    with pytest.raises(SnapshotFormatError, match="trailing data"):
+        load_snapshot(path)
+
+
+def test_declared_traces_are_capped(tmp_path):
+    doc = good_doc()
+    path = tmp_path / "many.mprof"
+    path.write_bytes(gz(doc))
+    assert len(load_snapshot(path, max_traces=6).traces) == 6
+    with pytest.raises(SnapshotFormatError, match=r"declares 6 traces, more than the cap of 5"):
+        load_snapshot(path, max_traces=5)
+    assert storage.MAX_TRACES == 10_000_000
+
+
+def _set_column(name, value):
+    return lambda d: d["traces"][name].__setitem__(0, value)
+
+
+def _set_frame(index, value):
+    def change(d):
+        d["frames"][0] = list(d["frames"][0]) + [None] * (4 - len(d["frames"][0]))
+        d["frames"][0][index] = value
+    return change
+
+
+HOSTILE = {
+    # the cases of issue 15 that loaded and failed later, each with the field it names
+    "sample_rate 10**400": (lambda d: d.update(sample_rate=10**400), "sample_rate"),
+    "size 10**400": (_set_column("size", 10**400), "'size'"),
+    "size Infinity": (lambda d: d.update(x=math.inf), "Infinity"),
+    "size NaN": (lambda d: d.update(x=math.nan), "NaN"),
+    "allocated samples 1.5": (lambda d: d["allocated"][1].__setitem__(4, 1.5), "samples"),
+    "lineno [1]": (_set_frame(1, [1]), "line number"),
+    "lineno 'x'": (_set_frame(1, "x"), "line number"),
+    "lineno {}": (_set_frame(1, {}), "line number"),
+    "null filename": (_set_frame(0, None), "file name"),
+    "meta.threads a list": (lambda d: d["meta"].update(threads=[1]), "meta.threads"),
+    "started_at 1e300": (lambda d: d["meta"].update(started_at=1e300), "meta.started_at"),
+    "domain 2**64": (_set_column("domain", 2**64), "'domain'"),
+    "thread 2**64": (_set_column("thread_id", 2**64), "'thread_id'"),
+    "negative lineno": (_set_frame(1, -1), "line number"),
+    "first line 'x'": (_set_frame(3, "x"), "first line"),
+    "traceback_limit 'x'": (lambda d: d.update(traceback_limit="x"), "traceback_limit"),
+    "bool size": (_set_column("size", True), "not integers"),
+    "allocated size NaN-like": (lambda d: d["allocated"][0].__setitem__(3, -1.0), "size"),
+    "allocated variance": (lambda d: d["allocated"][1].__setitem__(5, "big"), "variance"),
+    "meta.peak_bytes 10**400": (lambda d: d["meta"].update(peak_bytes=10**400), "peak_bytes"),
+    "meta.python 3": (lambda d: d["meta"].update(python=3), "meta.python"),
+    "thread names": (lambda d: d["meta"].update(threads={"1": 5}), "meta.threads"),
+    "estimates too large": (
+        lambda d: d.update(sample_rate=2**62)
+        or d["traces"]["size"].__setitem__(0, 1) or d["traces"]["size"].__setitem__(1, 1)
+        or d["traces"]["size"].__setitem__(2, 1), "64 bits"),
+    "counts zero": (lambda d: d["traces"].update(count=[0] * 6), "'count'"),
+    "counts short": (lambda d: d["traces"].update(count=[1]), "different lengths"),
+}
+
+
+def _encode_hostile(doc) -> bytes:
+    text = json.dumps(doc)  # writes NaN/Infinity for the float cases
+    if "x" in doc:
+        text = text.replace('"size": [100,', f'"size": [{json.dumps(doc["x"])},', 1)
+        assert "Infinity" in text or "NaN" in text
+    return gzip.compress(text.encode())
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_hostile_values_are_refused_at_load_time_naming_the_field(tmp_path, case):
+    change, field = HOSTILE[case]
+    doc = good_doc()
+    change(doc)
+    message = load_bytes(tmp_path, _encode_hostile(doc))
+    assert field in message, message
+
+
+def test_every_loaded_snapshot_works_in_every_view(tmp_path):
+    # GIVEN the rich snapshot with counts and extreme but valid values WHEN dumped and
+    # loaded THEN statistics, compare_to, pprof, dump and str all work.
+    traces = [(2**32 - 1, 2**40, TB1, 2**31 - 1, 2**31 - 1, 2**64 - 1), (0, 0, (), 0, 0, 0)]
+    snap = Snapshot(traces, 2**31 - 1, sample_rate=2**20, counts=[3, 2**40],
+                    meta={"started_at": 9e9, "threads": {}})
+    path = tmp_path / "edge.mprof"
+    snap.dump(path)
+    loaded = load_snapshot(path)
+    assert loaded.trace_counts == [3, 2**40] and loaded.samples == 3 + 2**40
+    for key_type in ("lineno", "filename", "traceback"):
+        assert [str(s) for s in loaded.statistics(key_type)]
+        loaded.compare_to(snap, key_type)
+    loaded.to_pprof(tmp_path / "edge.pb.gz")
+    loaded.dump(tmp_path / "again.mprof")
+    assert repr(load_snapshot(tmp_path / "again.mprof")) == repr(loaded)
+
+
+def test_file_names_that_are_not_utf8_round_trip(tmp_path):
+    # GIVEN a module file name with a byte that is not UTF-8 (os.fsdecode keeps it as a
+    # lone surrogate) WHEN dumped, loaded and exported THEN nothing raises and the name
+    # comes back unchanged from the snapshot file.
+    name = os.fsdecode(b"/tmp/mod\xff.py")
+    snap = Snapshot([(0, 64, ((name, 3, "f", 1),), 1, 1, 0)], 1)
+    path = tmp_path / "names.mprof"
+    snap.dump(path)
+    loaded = load_snapshot(path)
+    assert loaded.statistics("lineno")[0].traceback[0].filename == name
+    loaded.to_pprof(tmp_path / "names.pb.gz")
+    from mprofile_ipy.export.pprof import load_pprof
+
+    again = load_pprof(tmp_path / "names.pb.gz")
+    assert again.statistics("lineno")[0].traceback[0].filename == "/tmp/mod\\xff.py"
+
+
+def test_a_snapshot_taken_by_the_sampler_round_trips(tmp_path):
+    """The sampler's own meta (booleans such as foreign_hooks and native) loads back."""
+    import mprofile_ipy as mp
+
+    mp.start(sample_rate=1)
+    try:
+        data = [bytearray(1000) for _ in range(10)]
+        snap = mp.take_snapshot()
+    finally:
+        mp.stop()
+    path = tmp_path / "real.snap"
+    snap.dump(path)
+    loaded = mp.Snapshot.load(path)
+    assert loaded.meta["foreign_hooks"] is False
+    assert loaded.meta["native"] is False
+    assert loaded.statistics("lineno") == snap.statistics("lineno")
+    del data

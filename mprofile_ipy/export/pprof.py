@@ -45,17 +45,16 @@ import os
 import secrets
 import sys
 import time
-import zlib
-from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
-from typing import IO, Any, Union
+from collections.abc import Callable, Iterable
+from typing import IO, TYPE_CHECKING, Any, Union
 
-from google.protobuf.message import DecodeError
-
-from .. import estimate
-from ..errors import PprofFormatError
+from .. import aggregate, estimate
+from ..errors import MissingDependencyError, PprofFormatError
 from ..model import Frame, Snapshot
-from . import profile_pb2
+from ..storage import MAX_INFLATED_BYTES, MAX_SAMPLE_RATE, check_estimates, read_capped
+
+if TYPE_CHECKING:
+    from . import profile_pb2
 
 __all__ = [
     "PprofFormatError",
@@ -81,17 +80,42 @@ _ALLOC_OBJECTS, _ALLOC_SPACE, _INUSE_OBJECTS, _INUSE_SPACE = range(4)
 _DEFAULT_SAMPLE_TYPE = "inuse_space"
 _UNKNOWN_NAME = "<unknown>"
 _NO_STACK_FRAME = ("<unknown>", 0, "<no Python frame>", 0)
-_GZIP_MAGIC = b"\x1f\x8b"
+_UNKNOWN_FRAME = ("<unknown>", 0)
 _ALLOCATOR_NAMES = ("raw", "mem", "obj", "numpy", "native")
-# load_pprof refuses to rebuild more traces than this (8 bytes each, plus the model's work):
-# a corrupt or hostile file could otherwise ask for billions.
-MAX_LOADED_TRACES = 20_000_000
+# load_pprof refuses profiles standing for more allocations than this in all. They are kept
+# as counts, never as lists, so this only keeps the total a valid length (len(traces)).
+MAX_LOADED_TRACES = 2**62
+_INT32_MAX = 2**31 - 1
 _MAPPING_ID = 1
 _MAPPING_NAME = "[python]"
 _DEFAULT_ALLOCATOR = 1  # MEM, as the model assumes for 4-tuple traces
 
 
 # --------------------------------------------------------------------------- writing
+
+
+def _pb2() -> Any:
+    """The generated ``profile_pb2`` module, imported on first use: protobuf is needed only
+    to write or read pprof files, and its absence is reported with what to install."""
+    try:
+        from . import profile_pb2
+    except ImportError as exc:
+        raise MissingDependencyError(
+            "pprof export and import need the 'protobuf' package (4.21 or newer), which "
+            "cannot be imported here: install it with  pip install 'protobuf>=4.21'"
+        ) from exc
+    return profile_pb2
+
+
+def _utf8(text: str) -> str:
+    """``text`` as valid UTF-8 for protobuf. File names that are not valid UTF-8 reach
+    Python as lone surrogates (``surrogateescape``); their bytes are written as ``\\xNN``
+    escapes, as Python shows them, instead of failing with ``UnicodeEncodeError``."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return text
 
 
 class _Strings:
@@ -105,18 +129,22 @@ class _Strings:
         index = self._index.get(text)
         if index is None:
             index = self._index[text] = len(self.table)
-            self.table.append(text)
+            self.table.append(_utf8(text))
         return index
 
 
 class _RunningRound:
-    """Rounds a column of floats so that the integers add up to the rounded total."""
+    """Rounds a column of floats so that the integers add up to the rounded total.
+
+    Integers stay exact (a loaded profile's ``2**63 - 1`` must not pass through a float)."""
 
     def __init__(self) -> None:
-        self._total = 0.0
+        self._total: float = 0
         self._emitted = 0
 
     def __call__(self, value: float) -> int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)  # 0.0 placeholders must not turn the column into floats
         self._total += value
         target = round(self._total)
         out = target - self._emitted
@@ -132,7 +160,7 @@ class _Builder:
     """Accumulates functions, locations and samples of one profile."""
 
     def __init__(self, frame_namer: FrameNamer | None) -> None:
-        self.profile = profile_pb2.Profile()
+        self.profile = _pb2().Profile()
         self.strings = _Strings()
         self._namer = frame_namer or _identity_namer
         self._functions: dict[tuple[str, str, str, int], int] = {}
@@ -245,38 +273,39 @@ def _comments(snapshot: Snapshot, alloc_tracked: bool, samples: int) -> list[str
     return lines
 
 
-def _raw_traces(snapshot: Snapshot) -> Sequence[tuple]:
-    """The snapshot's raw traces (``docs/architecture.md``), without building Trace objects.
-
-    Building a ``Trace`` and a ``Traceback`` per allocation costs ~20 s for a million exact
-    traces; the raw tuples cost ~1 s. Snapshots of other shapes go through the public API.
-    """
-    raw = getattr(snapshot, "raw_traces", None)
-    if raw is not None:
-        return raw
+def _as_snapshot(snapshot: Any) -> Snapshot:
+    """``snapshot`` itself, or for a snapshot-like object (``traces`` of ``Trace``,
+    ``sample_rate``, ``traceback_limit``, ``allocated``, ``meta``) an equal ``Snapshot``."""
+    if isinstance(snapshot, Snapshot):
+        return snapshot
     shared: dict[tuple, tuple] = {}  # one frames tuple per distinct stack, as the model has
-    out = []
+    raw = []
     for t in snapshot.traces:
         frames = tuple(
             (f.filename, f.lineno, f.name, f.firstlineno) for f in reversed(t.traceback)
         )
         frames = shared.setdefault(frames, frames)
-        out.append((t.domain, t.size, frames, t.total_nframe, int(t.allocator), t.thread_id))
-    return out
+        raw.append((t.domain, t.size, frames, t.total_nframe, int(t.allocator), t.thread_id))
+    return Snapshot(raw, getattr(snapshot, "traceback_limit", 1),
+                    sample_rate=snapshot.sample_rate,
+                    allocated=getattr(snapshot, "allocated", None),
+                    meta=getattr(snapshot, "meta", None))
 
 
-def _frames_key(frames: tuple) -> tuple:
-    """What traceback equality looks at: the (filename, lineno) of each frame."""
-    return tuple([frame[:2] for frame in frames])
+def _epoch(value: Any) -> float | None:
+    """A plausible Unix time in seconds (0 to 9e9, what int64 nanoseconds hold), or None."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 9e9:
+        return float(value)
+    return None
 
 
 def _time_fields(meta: dict[str, Any]) -> tuple[int, int]:
-    started = meta.get("started_at")
-    taken = meta.get("taken_at")
-    if isinstance(started, (int, float)) and started > 0:
-        end = taken if isinstance(taken, (int, float)) and taken >= started else started
+    started = _epoch(meta.get("started_at"))
+    taken = _epoch(meta.get("taken_at"))
+    if started is not None:
+        end = taken if taken is not None and taken >= started else started
         return int(started * 1e9), int((end - started) * 1e9)
-    if isinstance(taken, (int, float)) and taken > 0:
+    if taken is not None:
         return int(taken * 1e9), 0
     return time.time_ns(), 0
 
@@ -298,8 +327,11 @@ def to_profile(
     builder = _Builder(frame_namer)
     profile = builder.profile
     strings = builder.strings
+    snapshot = _as_snapshot(snapshot)
     meta = snapshot.meta or {}
-    threads = meta.get("threads") or {}
+    threads = meta.get("threads")
+    if not isinstance(threads, dict):
+        threads = {}
 
     for type_name, unit in SAMPLE_TYPES:
         profile.sample_type.add(type=strings(type_name), unit=strings(unit))
@@ -312,57 +344,34 @@ def to_profile(
         has_line_numbers=True,
     )
 
-    # Group sampled allocations: same stack, labels and size give the same weight.
-    # Frames tuples are keyed by identity (the model shares one per traceback).
-    raw = _raw_traces(snapshot)
-    frames_of: dict[int, tuple] = {}
-    groups: Counter[tuple] = Counter()
-    for trace in raw:
-        frames = trace[2]
-        frames_of[id(frames)] = frames
-        groups[
-            (
-                id(frames),
-                trace[3],
-                trace[0],
-                trace[4] if len(trace) > 4 else _DEFAULT_ALLOCATOR,
-                trace[5] if len(trace) > 5 else 0,
-                trace[1],
-            )
-        ] += 1
-
-    allocated = getattr(snapshot, "allocated", None)
-    keys_of: dict[int, tuple] = {}
+    # One pprof sample per group of identical sampled allocations (same frames object,
+    # labels and size), and the allocation totals per traceback: both from the aggregation.
+    allocated = snapshot.allocated_records
+    alloc_of: dict[tuple, aggregate.Record] = {}
+    keys_of: dict[int, tuple] = {}  # id(frames) -> key; frames stay alive in the snapshot
 
     def stack_key(frames: tuple) -> tuple:
         key = keys_of.get(id(frames))
         if key is None:
-            key = keys_of[id(frames)] = _frames_key(frames)
+            key = keys_of[id(frames)] = aggregate.frames_key(frames or (_UNKNOWN_FRAME,))
         return key
 
-    alloc_by_stack: dict[tuple, list] = {}  # frames key -> [frames, total_nframe, count, size]
-    for entry in allocated or ():
-        frames, total_nframe, count, size = entry[:4]
-        totals = alloc_by_stack.setdefault(stack_key(frames), [frames, total_nframe, 0.0, 0.0])
-        totals[2] += float(count)
-        totals[3] += float(size)
-
-    rate = snapshot.sample_rate
-    weights: dict[int, float] = {}
+    if allocated is not None:
+        for record in aggregate.by_traceback(snapshot):
+            if not record.allocated.empty:
+                raw_frames = record.traceback.raw_frames  # a new tuple: not via stack_key
+                alloc_of[aggregate.frames_key(raw_frames or (_UNKNOWN_FRAME,))] = record
     rounders = [_RunningRound() for _ in SAMPLE_TYPES]
     live_samples = 0
-    for (frames_id, total_nframe, domain, allocator, thread_id, size), n in groups.items():
-        frames = frames_of[frames_id]
-        weight = weights.get(size)
-        if weight is None:
-            weight = weights[size] = estimate.weight(size, rate)
-        count, space = n * weight, n * size * weight
-        live_samples += n
+    for g in aggregate.sample_groups(snapshot):
+        frames = g.frames
+        count, space = g.live.count, g.live.size
+        live_samples += g.n
         if allocated is None:
             alloc = (count, space)
         else:
-            totals = alloc_by_stack.pop(stack_key(frames), None)
-            alloc = (totals[2], totals[3]) if totals else (0.0, 0.0)
+            record = alloc_of.pop(stack_key(frames), None)
+            alloc = (record.allocated.count, record.allocated.size) if record else (0, 0)
         sample = profile.sample.add()
         sample.location_id.extend(builder.stack(frames))
         sample.value.extend(
@@ -373,19 +382,22 @@ def to_profile(
                 rounders[_INUSE_SPACE](space),
             ]
         )
-        builder.num_label(sample, "bytes", size, "bytes")
-        builder.num_label(sample, "samples", n, "count")
-        builder.num_label(sample, "thread_id", _int64(thread_id))
-        thread_name = threads.get(str(thread_id))
+        builder.num_label(sample, "bytes", g.size, "bytes")
+        builder.num_label(sample, "samples", g.n, "count")
+        builder.num_label(sample, "thread_id", _int64(g.thread_id))
+        thread_name = threads.get(str(g.thread_id))
         if isinstance(thread_name, str) and thread_name:
             builder.str_label(sample, "thread_name", thread_name)
-        builder.num_label(sample, "domain", domain)
-        builder.str_label(sample, "allocator", _allocator_name(allocator))
-        if total_nframe != len(frames):
-            builder.num_label(sample, "total_nframe", total_nframe)
+        builder.num_label(sample, "domain", _int64(g.domain))
+        builder.str_label(sample, "allocator", _allocator_name(g.allocator))
+        if g.total_nframe is not None and g.total_nframe != len(frames):
+            builder.num_label(sample, "total_nframe", g.total_nframe)
 
     # Allocation sites whose allocations were all freed: alloc_* only.
-    for frames, total_nframe, count, space in alloc_by_stack.values():
+    for record in alloc_of.values():
+        frames = record.traceback.raw_frames
+        total_nframe = record.traceback.total_nframe
+        count, space = record.allocated.count, record.allocated.size
         sample = profile.sample.add()
         sample.location_id.extend(builder.stack(frames))
         sample.value.extend(
@@ -470,38 +482,34 @@ def write_pprof(
 # --------------------------------------------------------------------------- reading
 
 
-def _read_input(path_or_file: PathOrFile) -> tuple[bytes, str]:
+def _read_input(path_or_file: PathOrFile, max_bytes: int) -> tuple[bytes, str]:
+    """The profile's bytes, inflated (streamed, at most ``max_bytes``), and its name."""
     if hasattr(path_or_file, "read"):
-        data = path_or_file.read()  # type: ignore[union-attr]
         name = str(getattr(path_or_file, "name", "<file object>"))
     elif isinstance(path_or_file, (str, os.PathLike)):
         name = os.fsdecode(os.fspath(path_or_file))
-        with open(name, "rb") as f:
-            data = f.read()
     else:
         raise TypeError(
             "path_or_file must be a path (str or os.PathLike) or a binary file object, "
             f"not {type(path_or_file).__name__}"
         )
-    if not isinstance(data, (bytes, bytearray)):
-        raise TypeError(f"{name}: expected a binary file, read {type(data).__name__}")
-    return bytes(data), name
 
+    def error(problem: str) -> PprofFormatError:
+        return PprofFormatError(f"{name}: {problem}")
 
-def _decompress(data: bytes, name: str) -> bytes:
-    if not data.startswith(_GZIP_MAGIC):
-        return data
-    try:
-        return gzip.decompress(data)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise PprofFormatError(f"{name}: corrupt or truncated gzip data ({exc})") from exc
+    data, _ = read_capped(path_or_file if hasattr(path_or_file, "read") else name, max_bytes,
+                          error)
+    return data, name
 
 
 def _parse(raw: bytes, name: str) -> Any:
+    pb2 = _pb2()
+    from google.protobuf.message import DecodeError
+
     if not raw:
         raise PprofFormatError(f"{name}: empty file, not a pprof profile")
     try:
-        profile = profile_pb2.Profile.FromString(raw)
+        profile = pb2.Profile.FromString(raw)
     except (DecodeError, RuntimeError, ValueError) as exc:
         raise PprofFormatError(
             f"{name}: not a pprof profile (gzipped or raw profile.proto): {exc}"
@@ -510,21 +518,31 @@ def _parse(raw: bytes, name: str) -> Any:
 
 
 class _Reader:
-    """Validated access to the parts of a parsed profile."""
+    """Validated access to the parts of a parsed profile.
 
-    def __init__(self, profile: Any, name: str) -> None:
+    ``max_frame_refs`` bounds the frames of all distinct stacks together: a location may
+    hold many (inlined) lines and a sample may name it many times, so a small file could
+    otherwise ask for billions of frame references."""
+
+    def __init__(self, profile: Any, name: str, max_frame_refs: int) -> None:
         self.profile = profile
         self.name = name
+        self.frame_refs = 0
+        self.max_frame_refs = max_frame_refs
         table = list(profile.string_table)
         if not table or table[0] != "":
             raise self.error('string_table must start with "" (is this a pprof profile?)')
         self.table = table
         self.functions = {}
         for function in profile.function:
+            filename = self.string(function.filename)
+            if "\0" in filename:
+                raise self.error(f"function.filename {filename!r} holds a NUL character, "
+                                 "which no file name can")
             self.functions[function.id] = (
                 self.string(function.name),
-                self.string(function.filename),
-                function.start_line,
+                filename,
+                self.line_number(function.start_line, "function.start_line"),
             )
         self.locations: dict[int, tuple] = {}
         self._stacks: dict[tuple, tuple] = {}
@@ -534,13 +552,26 @@ class _Reader:
                 fname, filename, start = self.functions.get(
                     line.function_id, (_UNKNOWN_NAME, _UNKNOWN_NAME, 0)
                 )
-                frames.append((filename or _UNKNOWN_NAME, line.line, fname, start))
+                frames.append((filename or _UNKNOWN_NAME,
+                               self.line_number(line.line, "location.line.line"), fname, start))
             if not frames:
                 frames.append((_UNKNOWN_NAME, 0, f"0x{location.address:x}", 0))
             self.locations[location.id] = tuple(frames)
 
     def error(self, message: str) -> PprofFormatError:
         return PprofFormatError(f"{self.name}: {message}")
+
+    def line_number(self, value: int, field: str) -> int:
+        if not 0 <= value <= _INT32_MAX:
+            raise self.error(f"{field} {value} is out of range (0 to {_INT32_MAX})")
+        return value
+
+    def num(self, nums: dict[str, int], key: str, default: int, low: int, high: int) -> int:
+        """A numeric label's value, checked against its range."""
+        value = nums.get(key, default)
+        if not low <= value <= high:
+            raise self.error(f"label {key!r} = {value} is out of range ({low} to {high})")
+        return value
 
     def string(self, index: int) -> str:
         if not 0 <= index < len(self.table):
@@ -558,6 +589,12 @@ class _Reader:
                 if location is None:
                     raise self.error(f"sample refers to missing location id {lid}")
                 out.extend(location)
+            self.frame_refs += len(out)
+            if self.frame_refs > self.max_frame_refs:
+                raise self.error(
+                    f"its stacks hold more than {self.max_frame_refs:,} frames in all, far "
+                    "more than the file's size can describe (locations named too many times)"
+                )
             frames = self._stacks[ids] = tuple(out)
         return frames
 
@@ -587,9 +624,10 @@ def _allocator_code(name: str | None) -> int:
     if name in _ALLOCATOR_NAMES:
         return _ALLOCATOR_NAMES.index(name)
     try:
-        return int(name)
+        code = int(name)
     except ValueError:
         return _DEFAULT_ALLOCATOR
+    return code if 0 <= code <= _INT32_MAX else _DEFAULT_ALLOCATOR
 
 
 def _ours(value: Any, nums: dict[str, int], rate: int, i_space: int, i_count: int | None) -> bool:
@@ -611,21 +649,27 @@ def _ours(value: Any, nums: dict[str, int], rate: int, i_space: int, i_count: in
     return all(abs(got - want) <= 1.0 + 1e-9 * want for got, want in checks)
 
 
-def load_pprof(path_or_file: PathOrFile) -> Snapshot:
+def load_pprof(path_or_file: PathOrFile, *, max_bytes: int = MAX_INFLATED_BYTES) -> Snapshot:
     """Read a pprof heap profile (gzipped or raw ``profile.proto``) into a ``Snapshot``.
 
     Files written by :func:`write_pprof` come back with the same sampled traces, sample rate
     and allocation totals, so ``statistics()`` and ``allocated_statistics()`` match the
     original within rounding. Other heap profiles (Go, ...) are loaded as exact snapshots
-    whose statistics equal their ``inuse_objects``/``inuse_space`` values. Raises
-    :class:`PprofFormatError` for empty, corrupt, truncated or non-pprof input, and for
-    profiles without an ``inuse_space`` sample type.
+    whose statistics equal their ``inuse_objects``/``inuse_space`` values.
+
+    Work and memory follow the file's content: a sample standing for many allocations
+    becomes one trace with a count (``Snapshot.trace_counts``), never a list; the file may
+    inflate to ``max_bytes`` at most (streamed). Everything is validated here (value
+    ranges, labels, line numbers, string indexes, estimates that fit in 64 bits), so a
+    loaded snapshot works in every statistic, view and export. Raises
+    :class:`PprofFormatError` naming the file and the field for empty, corrupt, truncated,
+    oversized or non-pprof input, negative values, and profiles without an ``inuse_space``
+    sample type; ``MissingDependencyError`` without protobuf.
     """
-    data, name = _read_input(path_or_file)
-    if not data:
-        raise PprofFormatError(f"{name}: empty file, not a pprof profile")
-    profile = _parse(_decompress(data, name), name)
-    reader = _Reader(profile, name)
+    data, name = _read_input(path_or_file, max_bytes)
+    profile = _parse(data, name)
+    reader = _Reader(profile, name, max_frame_refs=16 * len(data) + 1_000_000)
+    del data
 
     types = [reader.string(t.type) for t in profile.sample_type]
     if "inuse_space" not in types:
@@ -640,7 +684,12 @@ def load_pprof(path_or_file: PathOrFile) -> Snapshot:
     i_count = types.index("inuse_objects") if "inuse_objects" in types else None
     i_alloc_count = types.index("alloc_objects") if "alloc_objects" in types else None
     i_alloc_space = types.index("alloc_space") if "alloc_space" in types else None
+    used = [(i, types[i]) for i in (i_space, i_count, i_alloc_count, i_alloc_space)
+            if i is not None]
 
+    if profile.period > MAX_SAMPLE_RATE:
+        raise reader.error(f"period {profile.period} is out of range (at most "
+                           f"{MAX_SAMPLE_RATE}, the largest sample rate)")
     rate = profile.period if profile.period > 1 else 1
     samples = list(profile.sample)
     for sample in samples:
@@ -648,13 +697,18 @@ def load_pprof(path_or_file: PathOrFile) -> Snapshot:
             raise reader.error(
                 f"a sample has {len(sample.value)} values for {len(types)} sample types"
             )
+        for i, type_name in used:
+            if sample.value[i] < 0:
+                raise reader.error(f"a sample has a negative {type_name} value "
+                                   f"({sample.value[i]}); heap profiles hold none")
     parsed = [(sample, reader.frames(sample), *reader.labels(sample)) for sample in samples]
     ours = all(_ours(s.value, nums, rate, i_space, i_count) for s, _, nums, _ in parsed)
     if not ours:
         rate = 1
 
     traces: list[tuple] = []
-    allocated: dict[tuple, list[float]] = {}
+    counts: list[int] = []
+    allocated: dict[tuple, list[int]] = {}
     threads: dict[str, str] = {}
     has_alloc = i_alloc_count is not None and i_alloc_space is not None
     rebuilt = 0
@@ -662,8 +716,9 @@ def load_pprof(path_or_file: PathOrFile) -> Snapshot:
         if not frames or frames == (_NO_STACK_FRAME,):  # allocated with no Python stack
             frames, total_nframe = (_NO_STACK_FRAME,), 0
         else:
-            total_nframe = max(nums.get("total_nframe", 0), len(frames))
-        domain = nums.get("domain", 0)
+            total = reader.num(nums, "total_nframe", 0, 0, _INT32_MAX)
+            total_nframe = max(total, len(frames))
+        domain = reader.num(nums, "domain", 0, 0, 2**32 - 1)
         allocator = _allocator_code(strs.get("allocator"))
         thread_id = nums.get("thread_id", 0) % 2**64  # written as int64
         if "thread_name" in strs:
@@ -680,11 +735,11 @@ def load_pprof(path_or_file: PathOrFile) -> Snapshot:
                     f"too many allocations to rebuild (more than {MAX_LOADED_TRACES:,}); "
                     "is this a heap profile?"
                 )
-            trace = (domain, size, frames, total_nframe, allocator, thread_id)
-            traces.extend([trace] * n)
+            traces.append((domain, size, frames, total_nframe, allocator, thread_id))
+            counts.append(n)
         if has_alloc:
             key = (frames, total_nframe)
-            entry = allocated.setdefault(key, [0.0, 0.0])
+            entry = allocated.setdefault(key, [0, 0])  # ints: 2**63 - 1 must stay exact
             entry[0] += sample.value[i_alloc_count]
             entry[1] += sample.value[i_alloc_space]
 
@@ -693,14 +748,15 @@ def load_pprof(path_or_file: PathOrFile) -> Snapshot:
         "comments": [reader.string(c) for c in profile.comment],
         "sample_rate": rate,
     }
-    if profile.time_nanos:
+    if profile.time_nanos > 0:
         meta["started_at"] = profile.time_nanos / 1e9
-        meta["taken_at"] = (profile.time_nanos + profile.duration_nanos) / 1e9
+        end = profile.time_nanos + max(profile.duration_nanos, 0)
+        meta["taken_at"] = min(end, 2**63 - 1) / 1e9
     if threads:
         meta["threads"] = threads
     limit = max((len(t[2]) for t in traces), default=1)
     limit = max([limit, *(len(frames) for frames, _ in allocated)])
-    return Snapshot(  # the checks above leave the model nothing to reject
+    snapshot = Snapshot(  # the checks above leave the model nothing to reject
         traces,
         limit,
         sample_rate=rate,
@@ -711,4 +767,7 @@ def load_pprof(path_or_file: PathOrFile) -> Snapshot:
             else None
         ),
         meta=meta,
+        counts=counts,
     )
+    check_estimates(snapshot, reader.error)
+    return snapshot

@@ -1,21 +1,26 @@
-"""Renderers: each turns a profiling result into one kind of output (text, table, chart, widget).
+"""Renderers: each formats a :class:`~mprofile_ipy.report.Report` as one kind of output.
 
-``text``, ``html``, ``dataframe``, ``chart`` and ``widget`` each import their heavy library
-(pandas, matplotlib, ipywidgets) themselves, only when used. This package holds the number
-formats and words they share, so that a size or an interval reads the same in every view.
+``text``, ``html``, ``dataframe``, ``chart`` and ``widget`` read the report's plain values
+(summary, sites, notes, changes, call tree); none sums traces or decides what to say. Each
+imports its heavy library (pandas, matplotlib, ipywidgets) itself, only when used, through
+:func:`require`, which turns a missing library into one clear line
+(``errors.MissingDependencyError``). This package holds the number formats and words they share, so
+that a size or an interval reads the same in every view.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
+from typing import Any
 
+from ..errors import MissingDependencyError
+from ..report import Z95, Note
 from ..units import format_size
 
-__all__ = ["GROUP_WORDS", "Z95", "clip", "fmt_count", "fmt_error", "fmt_percent", "fmt_rate",
-           "fmt_size", "fmt_time"]
+__all__ = ["GROUP_WORDS", "Z95", "MissingDependencyError", "clip", "fmt_count", "fmt_error",
+           "fmt_percent", "fmt_rate", "fmt_size", "fmt_time", "note_text", "plural", "require"]
 
-#: The z-score of the ~95% intervals every view shows as ``±``.
-Z95 = 1.96
 #: How each grouping is named in sentences ("grouped by cell line").
 GROUP_WORDS = {
     "cell": "cell line",
@@ -26,9 +31,25 @@ GROUP_WORDS = {
 }
 
 
+def require(module: str, purpose: str, package: str | None = None) -> Any:
+    """Import ``module`` for ``purpose``, or raise ``MissingDependencyError`` (an
+    ``ImportError``) saying what to install (``package``, default: the module's top name)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        name = package or module.split(".")[0]
+        raise MissingDependencyError(f"{purpose} needs {name}, which is not installed "
+                                f"(pip install {name})") from None
+
+
 def clip(text: str, width: int) -> str:
     """``text`` cut to ``width`` characters, with an ellipsis when cut."""
     return text if len(text) <= width else text[: max(0, width - 1)] + "…"
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 sample``, ``2 samples``, ``1,024 samples``."""
+    return f"{count:,} {noun}" + ("" if count == 1 else "s")
 
 
 def fmt_size(n: float | None, signed: bool = False) -> str:
@@ -60,6 +81,8 @@ def fmt_error(rel_error: float, exact: bool = False) -> str:
     """The ~95% interval of an estimate, relative: ``±12%``; ``exact`` or ``±0%``."""
     if exact:
         return "exact"
+    if isinstance(rel_error, float) and math.isnan(rel_error):
+        return "-"
     half = Z95 * rel_error
     if half < 0.005:
         return "±0%"
@@ -85,3 +108,13 @@ def fmt_time(seconds: float | None) -> str:
         return f"{seconds:.2f} s"
     minutes, secs = divmod(seconds, 60)
     return f"{minutes:.0f} min {secs:.0f} s"
+
+
+def note_text(note: Note) -> str:
+    """A note as one sentence, with its suggested rate as the magic's option."""
+    if note.suggested_rate is None:
+        return note.text
+    hint = f"`--rate {fmt_rate(note.suggested_rate)}`"
+    if note.kind == "no-samples":
+        return f"{note.text}, for example {hint} (`--rate 1` traces every allocation)."
+    return f"{note.text}, for example {hint}."

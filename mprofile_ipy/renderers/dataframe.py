@@ -1,32 +1,34 @@
-"""pandas DataFrames of a result: one row per site, per sampled allocation, or per change.
+"""pandas DataFrames of a report: one row per site, per sampled allocation, or per change.
 
-Columns are tidy and numeric (bytes, counts, percents as floats; lines as nullable ints), so
-the user can sort, filter and plot them; ``readable`` returns a copy with units for display.
-Site columns: ``file`` (``In [3]`` or a path), ``line``, ``function``, ``source``, ``size``
-(estimated bytes still alive), ``count`` (estimated allocations), ``percent`` (of the
-snapshot's total), ``samples`` (sampled allocations behind the estimate), ``size_stderr``
-(standard error of ``size`` in bytes), ``rel_error``, ``cell``, ``filename``/``lineno`` (the
-frame's own values) and ``traceback`` (frames oldest first, one per line).
+Columns are tidy and numeric (bytes, counts, percents as floats; samples and real block sizes
+as ints; lines as nullable ints), so the user can sort, filter and plot them. The frames
+display readably (sizes with units, whole counts, errors as ``±12%``) through
+:class:`ReportFrame`, a DataFrame whose data stays numeric; ``readable`` returns that
+formatted copy. Site columns: ``file`` (``In [3]`` or a path), ``line``, ``function``,
+``source``, ``size`` (estimated bytes still alive), ``count`` (estimated allocations),
+``percent`` (of the snapshot's total), ``samples`` (sampled allocations behind the
+estimate), ``size_stderr`` and ``count_stderr`` (standard errors of ``size`` in bytes and of
+``count``), ``rel_error``, ``allocated``, ``allocated_count``, ``cell``, ``filename``/``lineno``
+(the frame's own values) and ``traceback`` (frames oldest first, one per line).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-import pandas as pd
+from collections.abc import Callable, Sequence
+from operator import attrgetter
+from typing import Any
 
 from ..estimate import weight
 from ..model import Allocator
-from ..result import normalize_group_by
-from . import fmt_count, fmt_error, fmt_percent, fmt_size
+from ..report import DiffReport, FrameInfo, Report
+from . import fmt_count, fmt_error, fmt_percent, fmt_size, require
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ..result import DiffResult, FrameInfo, ProfileResult
+pd = require("pandas", "a DataFrame")
 
 SITE_COLUMNS = [
     "file", "line", "function", "source", "size", "count", "percent", "samples",
-    "size_stderr", "rel_error", "allocated", "allocated_count", "cell", "filename", "lineno",
-    "traceback",
+    "size_stderr", "count_stderr", "rel_error", "allocated", "allocated_count", "cell",
+    "filename", "lineno", "traceback",
 ]
 TRACE_COLUMNS = [
     "file", "line", "function", "source", "size", "weight", "estimated_size",
@@ -35,7 +37,8 @@ TRACE_COLUMNS = [
 ]
 DIFF_COLUMNS = [
     "file", "line", "function", "source", "size", "size_diff", "count", "count_diff",
-    "samples", "old_samples", "size_diff_stderr", "cell", "filename", "lineno",
+    "samples", "old_samples", "size_diff_stderr", "count_diff_stderr", "significant", "cell",
+    "filename", "lineno",
 ]
 
 
@@ -44,18 +47,28 @@ def format_traceback(frames: tuple[FrameInfo, ...]) -> str:
     return "\n".join(frame.format() for frame in frames)
 
 
+def _text(value: str) -> str:
+    """A string pandas can store: file names that are not UTF-8 (kept by the model with
+    lone surrogates) become ``\\xNN`` escapes, as in pprof files."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return value
+
+
 def _frame_columns(frame: FrameInfo, group_by: str) -> dict[str, object]:
     if group_by == "file":
-        return {"file": frame.file, "line": pd.NA, "function": "", "source": "",
+        return {"file": _text(frame.file), "line": pd.NA, "function": "", "source": "",
                 "cell": frame.cell if frame.cell is not None else pd.NA,
-                "filename": frame.filename, "lineno": pd.NA}
+                "filename": _text(frame.filename), "lineno": pd.NA}
     return {
-        "file": frame.file,
+        "file": _text(frame.file),
         "line": frame.line,
-        "function": frame.name,
-        "source": frame.source if group_by != "function" else "",
+        "function": _text(frame.name),
+        "source": _text(frame.source) if group_by != "function" else "",
         "cell": frame.cell if frame.cell is not None else pd.NA,
-        "filename": frame.filename,
+        "filename": _text(frame.filename),
         "lineno": frame.lineno if group_by != "function" else pd.NA,
     }
 
@@ -65,58 +78,78 @@ def _frame_columns(frame: FrameInfo, group_by: str) -> dict[str, object]:
 _DTYPES = {
     **dict.fromkeys(("line", "cell", "lineno"), "Int64"),
     **dict.fromkeys(("samples", "old_samples", "thread_id", "domain"), "int64"),
-    **dict.fromkeys(("size", "count", "percent", "size_stderr", "rel_error", "size_diff",
-                     "count_diff", "size_diff_stderr", "weight", "estimated_size",
-                     "estimated_count", "allocated", "allocated_count"), "float64"),
+    "significant": "bool",
+    **dict.fromkeys(("size", "count", "percent", "size_stderr", "count_stderr", "rel_error",
+                     "size_diff", "count_diff", "size_diff_stderr", "count_diff_stderr",
+                     "weight", "estimated_size", "estimated_count", "allocated",
+                     "allocated_count"), "float64"),
 }
 
 
-def _typed(df: pd.DataFrame, **overrides: str) -> pd.DataFrame:
-    """``df`` with the dtypes of :data:`_DTYPES` (and ``overrides``) on its columns."""
+def _typed(df: Any, exact: bool, **overrides: str) -> ReportFrame:
+    """``df`` with the dtypes of :data:`_DTYPES` (and ``overrides``), displayed readably."""
     dtypes = {**_DTYPES, **overrides}
-    return df.astype({name: dtypes[name] for name in df.columns if name in dtypes})
+    typed = df.astype({name: dtypes[name] for name in df.columns if name in dtypes})
+    frame = ReportFrame(typed)
+    frame.attrs.update(df.attrs)
+    frame.attrs["exact"] = exact
+    return frame
 
 
-def sites_dataframe(result: ProfileResult, group_by: str | None = None,
-                    top: int | None = None) -> pd.DataFrame:
+#: Site column -> its value, read from a :class:`~mprofile_ipy.report.Site`.
+_SITE_VALUES: dict[str, Callable[[Any], Any]] = {
+    "size": attrgetter("size"), "count": attrgetter("count"), "percent": attrgetter("percent"),
+    "samples": attrgetter("samples"), "size_stderr": attrgetter("std_error"),
+    "count_stderr": attrgetter("count_std_error"), "rel_error": attrgetter("rel_error"),
+    "allocated": attrgetter("allocated"), "allocated_count": attrgetter("allocated_count"),
+    "traceback": lambda site: format_traceback(site.traceback),
+}
+#: Diff column -> its value, read from a :class:`~mprofile_ipy.report.SiteDiff`.
+_DIFF_VALUES: dict[str, Callable[[Any], Any]] = {
+    "size": attrgetter("size"), "size_diff": attrgetter("size_diff"),
+    "count": attrgetter("count"), "count_diff": attrgetter("count_diff"),
+    "samples": attrgetter("samples"), "old_samples": attrgetter("old_samples"),
+    "size_diff_stderr": attrgetter("std_error"),
+    "count_diff_stderr": attrgetter("count_std_error"),
+    "significant": attrgetter("significant"),
+}
+
+
+def _rows(items: Sequence[Any], values: dict[str, Callable[[Any], Any]],
+          top: int | None) -> list[dict[str, Any]]:
+    """One row per site (or change): its frame's columns and its values."""
+    chosen = items[:top] if top is not None else items
+    return [{**_frame_columns(item.frame, item.group_by),
+             **{name: _text(v) if isinstance(v := get(item), str) else v
+                for name, get in values.items()}} for item in chosen]
+
+
+def sites_dataframe(report: Report, group_by: str | None = None,
+                    top: int | None = None) -> ReportFrame:
     """One row per site (alive or only allocated), largest estimated size first."""
-    rows = []
-    for site in result.sites(group_by, top, by="all"):
-        row = _frame_columns(site.frame, site.group_by)
-        row.update(
-            size=site.size,
-            count=site.count,
-            percent=site.percent,
-            samples=site.samples,
-            size_stderr=site.std_error,
-            rel_error=site.rel_error,
-            allocated=site.allocated,
-            allocated_count=site.allocated_count,
-            traceback=format_traceback(site.traceback),
-        )
-        rows.append(row)
+    rows = _rows(report.sites(group_by, by="all"), _SITE_VALUES, top)
     df = pd.DataFrame(rows, columns=SITE_COLUMNS)
-    df.attrs.update(group_by=normalize_group_by(group_by or result.group_by),
-                    sample_rate=result.sample_rate, label=result.label)
-    return _typed(df)
+    df.attrs.update(group_by=report.options.group_by if group_by is None else group_by,
+                    sample_rate=report.sample_rate, label=report.summary.label)
+    return _typed(df, report.exact)
 
 
-def traces_dataframe(result: ProfileResult) -> pd.DataFrame:
+def traces_dataframe(report: Report) -> ReportFrame:
     """One row per sampled allocation still alive (those the views show)."""
     import numpy as np
 
-    rate = result.sample_rate
+    rate = report.sample_rate
     index_of: dict[tuple, int] = {}
     fixed_rows: list[dict[str, object]] = []
     which, sizes, domains, codes, threads = [], [], [], [], []
-    for trace, frames in result.iter_traces():
+    for trace, frames in report.iter_traces():
         if not frames:
             continue
         index = index_of.get(frames)
         if index is None:
             index = index_of[frames] = len(fixed_rows)
             row = _frame_columns(frames[-1], "line")
-            row["traceback"] = format_traceback(frames)
+            row["traceback"] = _text(format_traceback(frames))
             fixed_rows.append(row)
         which.append(index)
         sizes.append(trace[1])
@@ -137,42 +170,62 @@ def traces_dataframe(result: ProfileResult) -> pd.DataFrame:
     df["domain"] = np.asarray(domains, dtype=np.int64)
     df["allocator"] = [names.get(c, str(c)) for c in codes]
     df["thread_id"] = np.asarray(threads, dtype=np.uint64).astype(np.int64)
-    return _typed(df[TRACE_COLUMNS], size="int64")
+    return _typed(df[TRACE_COLUMNS], report.exact, size="int64")
 
 
-def diff_dataframe(diff: DiffResult, group_by: str | None = None,
-                   top: int | None = None) -> pd.DataFrame:
-    """One row per site of either result, largest absolute change first."""
-    rows = []
-    for item in diff.diffs(group_by, top):
-        row = _frame_columns(item.frame, item.group_by)
-        row.update(
-            size=item.size,
-            size_diff=item.size_diff,
-            count=item.count,
-            count_diff=item.count_diff,
-            samples=item.samples,
-            old_samples=item.old_samples,
-            size_diff_stderr=item.std_error,
-        )
-        rows.append(row)
-    return _typed(pd.DataFrame(rows, columns=DIFF_COLUMNS))
+def diff_dataframe(diff: DiffReport, group_by: str | None = None,
+                   top: int | None = None) -> ReportFrame:
+    """One row per site of either result, largest absolute change first; ``significant``
+    says whether the change lies outside its 95% interval (what the other views list)."""
+    rows = _rows(diff.rows(group_by), _DIFF_VALUES, top)
+    return _typed(pd.DataFrame(rows, columns=DIFF_COLUMNS), diff.exact)
 
 
-def readable(df: pd.DataFrame, exact: bool = False) -> pd.DataFrame:
-    """A copy for display: sizes with units, counts rounded, errors as ``±12%``."""
-    out = df.copy()
+def readable(df: Any, exact: bool | None = None) -> Any:
+    """A plain DataFrame copy for display: sizes with units, counts rounded, errors as
+    ``±12%`` (``exact``: say so; default: read from ``df.attrs``)."""
+    if exact is None:
+        exact = bool(df.attrs.get("exact", False))
+    out = pd.DataFrame(df).copy()
     for name in ("size", "size_diff", "estimated_size", "allocated"):
-        if name in out and out[name].dtype.kind == "f":
+        if name in out and out[name].dtype.kind in "fiu":
             out[name] = out[name].map(lambda v, n=name: fmt_size(v, signed=n == "size_diff"))
     for name in ("size_stderr", "size_diff_stderr"):
         if name in out:
             out[name] = out[name].map(fmt_size)
-    for name in ("count", "count_diff", "estimated_count", "allocated_count"):
+    for name in ("count", "count_diff", "estimated_count", "allocated_count", "count_stderr",
+                 "count_diff_stderr"):
         if name in out:
             out[name] = out[name].map(lambda v, n=name: fmt_count(v, signed=n == "count_diff"))
     if "rel_error" in out:
         out["rel_error"] = out["rel_error"].map(lambda v: fmt_error(v, exact))
     if "percent" in out:
         out["percent"] = out["percent"].map(fmt_percent)
+    if "weight" in out:
+        out["weight"] = out["weight"].map(lambda v: f"{v:,.1f}")
     return out
+
+
+class ReportFrame(pd.DataFrame):
+    """A DataFrame of a report: numeric data, shown with units (see :func:`readable`).
+
+    Everything pandas does works as on any DataFrame (results of its operations stay
+    ReportFrames where pandas keeps the type); only ``repr`` and the notebook's HTML
+    display the formatted copy. ``pd.DataFrame(frame)`` gives a plain DataFrame.
+    """
+
+    @property
+    def _constructor(self) -> type:
+        return ReportFrame
+
+    def _display(self) -> Any:
+        try:
+            return readable(self)
+        except (TypeError, ValueError):  # a column changed type: show the data as it is
+            return pd.DataFrame(self)
+
+    def __repr__(self) -> str:
+        return repr(self._display())
+
+    def _repr_html_(self) -> str | None:
+        return self._display()._repr_html_()

@@ -1,25 +1,42 @@
 """Static HTML reports: no scripts, no IFrames, no external files, inline styles only.
 
-They render the same in JupyterLab, Notebook, VS Code, Colab and saved notebooks, and serve
-as the fallback wherever widgets cannot run. Each site's tracebacks unfold with a
-``<details>`` element, so drill-down works without a kernel. Colors are translucent, so the
-reports read on light and dark themes. Every text that comes from the user's code, a path or
-a label is escaped.
+They format a :class:`~mprofile_ipy.report.Report` (or a ``DiffReport``) and render the same
+in JupyterLab, Notebook, VS Code, Colab and saved notebooks, and serve as the fallback
+wherever widgets cannot run. Each site's tracebacks unfold with a ``<details>`` element, so
+drill-down works without a kernel. Colors are translucent, so the reports read on light and
+dark themes. Every text that comes from the user's code, a path or a label is escaped.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from html import escape
-from typing import TYPE_CHECKING
 
-from . import GROUP_WORDS, Z95, fmt_count, fmt_error, fmt_percent, fmt_rate, fmt_size, fmt_time
-from .text import churn_sites
+from ..report import (
+    DiffReport,
+    FrameInfo,
+    Report,
+    Site,
+    SiteDiff,
+    TimelinePoint,
+    diff_data,
+    report_data,
+)
+from . import (
+    GROUP_WORDS,
+    Z95,
+    fmt_count,
+    fmt_error,
+    fmt_percent,
+    fmt_rate,
+    fmt_size,
+    fmt_time,
+    note_text,
+    plural,
+)
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ..result import DiffResult, FrameInfo, ProfileResult, Site, SiteDiff, TimelinePoint
-
-__all__ = ["diff_summary_html", "render_diff", "render_result", "sites_table_html",
+__all__ = ["diff_summary_html", "interactive_diff", "interactive_report", "render_diff",
+           "render_report", "sites_table_html",
            "summary_html", "timeline_html", "tracebacks_html"]
 
 _BOX = ("font-family: var(--jp-ui-font-family, -apple-system, 'Segoe UI', sans-serif);"
@@ -86,67 +103,78 @@ def _frame_html(frame: FrameInfo) -> str:
     return f"<div style='margin: 1px 0 3px 12px'>{where}{name}{source}</div>"
 
 
-def tracebacks_html(site: Site, limit: int = MAX_TRACEBACKS) -> str:
-    """The site's heaviest tracebacks, oldest frame first, with their size and samples."""
+def tracebacks_html(site: Site, limit: int = MAX_TRACEBACKS, allocated: bool = False) -> str:
+    """The site's heaviest tracebacks, oldest frame first, with their size and samples.
+
+    Only tracebacks with allocations still alive (``allocated``: with allocations at all,
+    sized by all they allocated)."""
+    if allocated:
+        tracebacks = [tb for tb in site.tracebacks if tb.allocated_samples > 0]
+    else:
+        tracebacks = list(site.live_tracebacks)
     parts = []
-    for tb in site.tracebacks[:limit]:
+    for tb in tracebacks[:limit]:
         frames = "".join(_frame_html(f) for f in tb.frames[-MAX_FRAMES:])
         cut = len(tb.frames) - MAX_FRAMES
         more = (f"<div style='{_MUTED} margin-left: 12px'>… {cut} older frames</div>"
                 if cut > 0 else "")
+        figure = (f"{fmt_size(tb.allocated)} allocated · {plural(tb.allocated_samples, 'sample')}"
+                  if allocated else f"{fmt_size(tb.size)} · {plural(tb.samples, 'sample')}")
         parts.append(f"<div style='margin: 4px 0 6px 0'><span style='{_MUTED}'>"
-                     f"{fmt_size(tb.size)} · {tb.samples:,} samples · oldest frame first"
-                     f"</span>{more}{frames}</div>")
-    if len(site.tracebacks) > limit:
-        parts.append(f"<div style='{_MUTED}'>… {len(site.tracebacks) - limit} more "
+                     f"{figure} · oldest frame first</span>{more}{frames}</div>")
+    if len(tracebacks) > limit:
+        parts.append(f"<div style='{_MUTED}'>… {len(tracebacks) - limit} more "
                      f"tracebacks</div>")
     return "".join(parts)
 
 
-def _site_cell(site: Site, drill: bool = True) -> str:
-    if not drill or not site.tracebacks:
+def _site_cell(site: Site, drill: bool = True, allocated: bool = False) -> str:
+    details = tracebacks_html(site, allocated=allocated) if drill else ""
+    if not details:
         return _title(site)
     return (f"<details><summary style='cursor: pointer'>{_title(site)}</summary>"
-            f"{tracebacks_html(site)}</details>")
+            f"{details}</details>")
 
 
-def summary_html(result: ProfileResult) -> str:
+def summary_html(report: Report) -> str:
     """The headline figures of a result, whether the code raised, and the notes."""
-    name = f"mprofile {escape(result.label)}" if result.label else "mprofile"
+    s = report.summary
+    name = f"mprofile {escape(s.label)}" if s.label else "mprofile"
     figures = [
-        ("still alive", fmt_size(result.current)),
-        ("peak", fmt_size(result.peak)),
-        ("allocated", fmt_size(result.allocated)),
+        ("still alive", fmt_size(s.current)),
+        ("peak", fmt_size(s.peak)),
+        ("allocated", fmt_size(s.allocated)),
     ]
-    if result.elapsed is not None:
-        figures.append(("time", fmt_time(result.elapsed)))
-    if result.is_exact:
-        figures.append(("traced", f"every allocation ({result.live_samples:,} alive)"))
+    if s.elapsed is not None:
+        figures.append(("time", fmt_time(s.elapsed)))
+    if s.exact:
+        figures.append(("traced", f"every allocation ({s.live_samples:,} alive)"))
     else:
-        figures.append(("samples", f"{result.samples:,} ({result.live_samples:,} alive), "
-                                   f"1 per {fmt_rate(result.sample_rate)}"))
+        figures.append(("samples", f"{s.samples:,} ({s.live_samples:,} alive), "
+                                   f"1 per {fmt_rate(s.sample_rate)}"))
     chips = " &nbsp;·&nbsp; ".join(
         f"<span style='{_MUTED}'>{escape(k)}</span> <b>{escape(v)}</b>" for k, v in figures
     )
     out = [f"<div><b>{name}</b> &nbsp; {chips}</div>"]
-    if result.error is not None:
-        out.append(_note(f"The code raised {result.error}; figures are up to the exception."))
-    out.extend(_note(note) for note in result.warnings())
+    if s.error is not None:
+        out.append(_note(f"The code raised {s.error}; figures are up to the exception."))
+    out.extend(_note(note_text(note)) for note in report.notes)
     return "".join(out)
 
 
-def sites_table_html(result: ProfileResult, sites: list[Site], drill: bool = True) -> str:
+def sites_table_html(report: Report, sites: Sequence[Site], drill: bool = True) -> str:
     """The table of sites with bars, uncertainty and (``drill``) their tracebacks."""
     if not sites:
         return ""
+    exact = report.exact
     biggest = max(s.size for s in sites) or 1.0
-    allocated = result.has_allocated
+    allocated = report.has_allocated
     headers = ["size", "±95%", "count", "share", "samples"] + (
         ["allocated"] if allocated else []) + ["site"]
     rows = []
     for site in sites:
         row = [_bar(site.size / biggest) + fmt_size(site.size),
-               fmt_error(site.rel_error, result.is_exact), fmt_count(site.count),
+               fmt_error(site.rel_error, exact), fmt_count(site.count),
                fmt_percent(site.percent), f"{site.samples:,}"]
         if allocated:
             row.append(fmt_size(site.allocated))
@@ -154,40 +182,39 @@ def sites_table_html(result: ProfileResult, sites: list[Site], drill: bool = Tru
     return _table(headers, rows)
 
 
-def render_result(result: ProfileResult, top: int | None = None,
+def render_report(report: Report, top: int | None = None,
                   group_by: str | None = None) -> str:
     """The whole report as one HTML fragment."""
-    top = top or result.top
-    sites = result.sites(group_by)
-    body = [summary_html(result)]
-    if sites:
-        body.append(f"<div style='margin-top: 6px'>Top {min(top, len(sites))} of {len(sites)} "
+    s = report.summary
+    listed = report.site_list(group_by, top)
+    body = [summary_html(report)]
+    if listed.shown:
+        body.append(f"<div style='margin-top: 6px'>Top {len(listed.shown)} of {listed.total} "
                     f"sites by memory still alive, grouped by "
-                    f"{escape(GROUP_WORDS[sites[0].group_by])}. Click a site for its "
+                    f"{escape(GROUP_WORDS[listed.group_by])}. Click a site for its "
                     f"tracebacks.</div>")
-        body.append(sites_table_html(result, sites[:top]))
-        rest = sites[top:]
-        if rest:
-            body.append(f"<div style='{_MUTED}'>… {len(rest)} more sites: "
-                        f"{fmt_size(sum(s.size for s in rest))}</div>")
-    elif result.live_samples:
+        body.append(sites_table_html(report, listed.shown))
+        if listed.rest:
+            body.append(f"<div style='{_MUTED}'>… {listed.rest} more sites: "
+                        f"{fmt_size(listed.rest_size)}</div>")
+    elif s.live_samples:
         body.append("<div>No site to show: every sampled allocation still alive was hidden or "
                     "filtered out.</div>")
-    churn = churn_sites(result, group_by, top)
+    churn = report.churn(group_by, top)
     if churn:
         body.append(f"<div style='margin-top: 6px'>Most allocated, freed included (all "
-                    f"allocated: {fmt_size(result.allocated)}):</div>")
+                    f"allocated: {fmt_size(s.allocated)}):</div>")
         body.append(_table(
             ["allocated", "±95%", "alive", "site"],
-            [[fmt_size(s.allocated), fmt_error(s.allocated_rel_error, result.is_exact),
-              fmt_size(s.size), _site_cell(s)] for s in churn]))
+            [[fmt_size(c.allocated), fmt_error(c.allocated_rel_error, s.exact),
+              fmt_size(c.size), _site_cell(c, allocated=True)] for c in churn]))
     foot = []
-    if result.hidden > 0:
-        foot.append(f"Hidden: {fmt_size(result.hidden)} alive that only IPython, kernel or "
+    if s.hidden > 0:
+        foot.append(f"Hidden: {fmt_size(s.hidden)} alive that only IPython, kernel or "
                     f"profiler frames allocated (<code>--all-frames</code> shows it).")
-    if result.filtered_out > 0:
-        foot.append(f"Filtered out by include/exclude: {fmt_size(result.filtered_out)}.")
-    if not result.is_exact and sites:
+    if s.filtered_out > 0:
+        foot.append(f"Filtered out by include/exclude: {fmt_size(s.filtered_out)}.")
+    if not s.exact and listed.shown:
         foot.append("Sizes and counts are unbiased estimates from samples; ± is a 95% "
                     "interval.")
     if foot:
@@ -195,28 +222,31 @@ def render_result(result: ProfileResult, top: int | None = None,
     return _report(body)
 
 
-def diff_summary_html(diff: DiffResult) -> str:
+def diff_summary_html(diff: DiffReport) -> str:
     """The change of the total, and the notes on the newer result's estimates."""
-    out = [f"<div><b>mprofile {escape(diff.label)}</b> &nbsp; "
-           f"<b>{fmt_size(diff.size_diff, signed=True)}</b> "
-           f"<span style='{_MUTED}'>({fmt_size(diff.old.total)} → {fmt_size(diff.new.total)})"
+    s = diff.summary
+    out = [f"<div><b>mprofile {escape(s.label)}</b> &nbsp; "
+           f"<b>{fmt_size(s.size_diff, signed=True)}</b> "
+           f"<span style='{_MUTED}'>({fmt_size(s.old_total)} → {fmt_size(s.new_total)})"
            f"</span></div>"]
-    out.extend(_note(note) for note in diff.new.warnings())
+    out.extend(_note(note_text(note)) for note in s.notes)
     return "".join(out)
 
 
-def render_diff(diff: DiffResult, top: int | None = None, group_by: str | None = None,
-                rows: list[SiteDiff] | None = None) -> str:
+def render_diff(diff: DiffReport, top: int | None = None, group_by: str | None = None,
+                rows: Sequence[SiteDiff] | None = None) -> str:
     """A comparison of two results as one HTML fragment (``rows``: a chosen subset)."""
-    if rows is None:
-        rows = diff.diffs(group_by)
-        shown = rows[:top or diff.top]
-    else:
-        shown = rows
+    changes, left_out = diff.changes(group_by)
+    shown = list(rows) if rows is not None else changes[:top or diff.top]
     body = [diff_summary_html(diff)]
     if not shown:
-        body.append("<div>No allocation site in either snapshot.</div>" if not rows else
-                    "<div>No change matches.</div>")
+        if rows is not None and changes:
+            body.append("<div>No change matches.</div>")
+        elif left_out:
+            body.append(f"<div>No change the samples can tell apart from zero "
+                        f"({plural(left_out, 'site')} within their 95% interval).</div>")
+        else:
+            body.append("<div>No allocation site in either snapshot.</div>")
         return _report(body)
     biggest = max(abs(r.size_diff) for r in shown) or 1.0
     table = []
@@ -224,11 +254,14 @@ def render_diff(diff: DiffResult, top: int | None = None, group_by: str | None =
         color = _RED if row.size_diff > 0 else _GREEN
         table.append([
             _bar(abs(row.size_diff) / biggest, color) + fmt_size(row.size_diff, signed=True),
-            "exact" if diff.is_exact else "±" + fmt_size(Z95 * row.std_error),
+            "exact" if diff.exact else "±" + fmt_size(Z95 * row.std_error),
             fmt_size(row.size), fmt_count(row.count_diff, signed=True), _title(row)])
-    body.append(f"<div style='margin-top: 6px'>Top {len(shown)} of {len(rows)} changes, "
+    body.append(f"<div style='margin-top: 6px'>Top {len(shown)} of {len(changes)} changes, "
                 f"grouped by {escape(GROUP_WORDS[shown[0].group_by])}.</div>")
     body.append(_table(["change", "±95%", "size now", "count change", "site"], table))
+    if left_out and rows is None:
+        body.append(f"<div style='{_MUTED}'>{plural(left_out, 'site')} left out: no change, "
+                    f"or a change within its 95% interval.</div>")
     return _report(body)
 
 
@@ -240,3 +273,18 @@ def timeline_html(points: Sequence[TimelinePoint]) -> str:
     rows = [[escape(p.label), _bar(p.current / biggest) + fmt_size(p.current), fmt_size(p.peak)]
             for p in points]
     return _report([_table(["after", "alive", "peak"], rows, text_column=0)])
+
+
+def interactive_report(report: Report, top: int | None = None) -> str:
+    """The self-contained interactive HTML report (``renderers.interactive``) of a report:
+    server-side table and flame graph, enhanced by an inline script where scripts run."""
+    from .interactive import render_report as render
+
+    return render(report_data(report, top=top, note_text=note_text))
+
+
+def interactive_diff(diff: DiffReport, top: int | None = None) -> str:
+    """The self-contained interactive HTML report of a comparison."""
+    from .interactive import render_report as render
+
+    return render(diff_data(diff, top=top, note_text=note_text))

@@ -4,20 +4,20 @@ The explorer has a group-by selector, a top-N slider, a filter box, a sort choic
 "show all frames" switch, the sorted table, and a site picker that shows the site's
 tracebacks. Its display bundle carries the widget *and* the static HTML and text reports, so
 a frontend without a widget manager (nbviewer, GitHub, Colab without custom widgets, a
-terminal) shows the static report instead of an error.
+terminal) shows the static report instead of an error. The explorers read the result's
+report (``result.report``) and ask the result for another view of itself
+(``result.filtered(show_all=...)``); they compute nothing themselves.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from html import escape
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from ..report import FrameInfo, Site, SiteDiff
 from . import fmt_size
 from .html import render_diff, sites_table_html, summary_html, tracebacks_html
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..result import DiffResult, FrameInfo, ProfileResult, Site, SiteDiff
 
 _SORTS = {"size": lambda s: -s.size, "count": lambda s: -s.count,
           "samples": lambda s: -s.samples, "error": lambda s: -s.rel_error}
@@ -70,7 +70,7 @@ class Explorer(_Fallback):
     whole layout.
     """
 
-    def __init__(self, result: ProfileResult) -> None:
+    def __init__(self, result: Any) -> None:
         import ipywidgets as w
 
         self.base = result
@@ -84,7 +84,7 @@ class Explorer(_Fallback):
         self.sort = w.Dropdown(options=list(_SORTS), value="size", description="Sort by")
         self.all_frames = w.Checkbox(value=result.show_all, description="Show all frames",
                                      indent=False)
-        self.summary = w.HTML(summary_html(result))
+        self.summary = w.HTML(summary_html(result.report))
         self.table = w.HTML()
         self.site = w.Dropdown(options=[], description="Site",
                                layout=w.Layout(width="95%"))
@@ -102,20 +102,20 @@ class Explorer(_Fallback):
     def shown_sites(self) -> list[Site]:
         """The sites the table shows: grouped, filtered, sorted and cut to top N."""
         needle = self.filter.value.strip().lower()
-        sites = [s for s in self.result.sites(self.group_by.value)
+        sites = [s for s in self.result.report.sites(self.group_by.value)
                  if _matches(_site_frames(s), needle)]
         sites.sort(key=_SORTS[self.sort.value])
         return sites[: self.top.value]
 
     def _toggle_frames(self, _change: Any = None) -> None:
         self.result = self.base.filtered(show_all=self.all_frames.value)
-        self.summary.value = summary_html(self.result)
+        self.summary.value = summary_html(self.result.report)
         self._refresh()
 
     def _refresh(self, _change: Any = None) -> None:
         sites = self.shown_sites()
         if sites:
-            self.table.value = sites_table_html(self.result, sites, drill=False)
+            self.table.value = sites_table_html(self.result.report, sites, drill=False)
         else:
             self.table.value = "<i>No site matches.</i>"
         self._sites = sites
@@ -144,7 +144,7 @@ class Explorer(_Fallback):
 class DiffExplorer(_Fallback):
     """The explorer of a comparison: group-by, top-N, filter, and the table of changes."""
 
-    def __init__(self, diff: DiffResult) -> None:
+    def __init__(self, diff: Any) -> None:
         import ipywidgets as w
 
         self.diff = diff
@@ -167,12 +167,13 @@ class DiffExplorer(_Fallback):
         """The changes the table shows: grouped, filtered and cut to top N."""
         needle = self.filter.value.strip().lower()
         keep = _DIRECTIONS[self.only.value]
-        rows = [row for row in self.diff.diffs(self.group_by.value)
+        rows = [row for row in self.diff.report.changes(self.group_by.value)[0]
                 if keep(row.size_diff) and _matches([row.frame], needle)]
         return rows[: self.top.value]
 
     def _refresh(self, _change: Any = None) -> None:
-        self.table.value = render_diff(self.diff, rows=self.shown_rows())
+        self.table.value = render_diff(self.diff.report, group_by=self.group_by.value,
+                                       rows=self.shown_rows())
 
     def static_html(self) -> str:
         """The comparison shown where widgets cannot render."""
@@ -183,7 +184,7 @@ class DiffExplorer(_Fallback):
         return self.diff.to_text(top=self.top.value, group_by=self.group_by.value)
 
 
-def explorer(result: ProfileResult) -> Any:
+def explorer(result: Any) -> Any:
     """The explorer of a result; the static report itself if ipywidgets is missing."""
     try:
         import ipywidgets  # noqa: F401
@@ -192,7 +193,7 @@ def explorer(result: ProfileResult) -> Any:
     return Explorer(result)
 
 
-def diff_explorer(diff: DiffResult) -> Any:
+def diff_explorer(diff: Any) -> Any:
     """The explorer of a comparison; the static comparison if ipywidgets is missing."""
     try:
         import ipywidgets  # noqa: F401

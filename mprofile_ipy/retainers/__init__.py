@@ -245,14 +245,13 @@ class _Paused:
 
     def __enter__(self) -> None:
         sampler = sys.modules.get("mprofile_ipy.sampler")
-        self._lib = None
-        if sampler is not None and sampler.is_tracing():
-            self._lib = sampler.lib
-            self._lib.mp_thread_ignore(1)
+        self._pause = sampler.paused() if sampler is not None else None
+        if self._pause is not None:
+            self._pause.__enter__()
 
     def __exit__(self, *exc: object) -> None:
-        if self._lib is not None:
-            self._lib.mp_thread_ignore(0)
+        if self._pause is not None:
+            self._pause.__exit__(*exc)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,163 @@
+"""Show, store and export results as the options say; degrade to text without a library.
+
+A view that needs an optional library (matplotlib for charts, ipywidgets for the explorer)
+that is not installed prints one line saying what to install and shows the text report
+instead; any other failure to show a report is explained in one line too. The user's value
+or exception always matters more than the report, so nothing here raises after the code ran.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from IPython.core.error import UsageError
+
+from ..errors import MissingDependencyError
+from ..renderers import require
+from ..report import TimelinePoint
+from ..result import DiffResult, ProfileResult
+from .options import Options
+
+__all__ = ["Bundle", "check_path", "finish", "show", "show_timeline", "write_pprof"]
+
+
+class Bundle:
+    """Something to display: HTML or a matplotlib figure (as PNG) with a text form for
+    terminals and frontends that show only text."""
+
+    def __init__(self, text: str, *, html: str | None = None, figure: Any = None) -> None:
+        self.text, self.html, self.figure = text, html, figure
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        bundle: dict[str, Any] = {"text/plain": self.text}
+        if self.html is not None:
+            bundle["text/html"] = self.html
+        if self.figure is not None:
+            from ..renderers.chart import to_png
+
+            bundle["image/png"] = to_png(self.figure)
+        return bundle
+
+
+def _display(obj: Any) -> None:
+    from IPython.display import display
+
+    display(obj)
+
+
+def _say(message: str) -> None:
+    print(f"mprofile: {message}", file=sys.stderr)
+
+
+def _show_chart(result: ProfileResult | DiffResult, view: str) -> None:
+    """The summary (figures and notes) as HTML/text, then the chart, whose text form is the
+    rest of the text report (so a terminal shows the whole report once)."""
+    from ..renderers import chart, html, text
+
+    if isinstance(result, DiffResult):
+        figure = chart.diff_bar(result.report)
+        summary = Bundle("\n".join(text.diff_summary(result.report)),
+                         html=html.diff_summary_html(result.report))
+        rest = text.render_diff(result.report, summary=False)
+    else:
+        figure = chart.plot_report(result.report, "flame" if view == "flame" else "bar")
+        summary = Bundle("\n".join(text.report_summary(result.report)),
+                         html=html.summary_html(result.report))
+        rest = text.render_report(result.report, summary=False)
+    _display(summary)
+    _display(Bundle(rest, figure=figure))
+
+
+def show(result: ProfileResult | DiffResult, view: str) -> None:
+    """Display a result in one of the views; the text report (and one line saying why)
+    when the view cannot be shown."""
+    if view == "none":
+        return
+    try:
+        if view == "text":
+            print(result.to_text())
+        elif view == "widget":
+            require("ipywidgets", "the widget view")
+            _display(result.widget())
+        elif view in ("chart", "flame"):
+            _show_chart(result, view)
+        else:
+            _display(result)
+        return
+    except MissingDependencyError as exc:
+        _say(f"{exc}; showing the text report instead.")
+    except Exception as exc:  # noqa: BLE001 - the user's value or exception comes first
+        _say(f"cannot show the {view} view ({type(exc).__name__}: {exc}); showing the text "
+             f"report instead.")
+    try:
+        print(result.to_text())
+    except Exception as exc:  # noqa: BLE001
+        _say(f"cannot show the report ({type(exc).__name__}: {exc})")
+
+
+def show_timeline(points: Sequence[TimelinePoint], view: str) -> None:
+    """A session's timeline as a chart, an HTML table or text."""
+    from ..renderers.text import render_timeline
+
+    text = render_timeline(points)
+    if view == "none":
+        return
+    if view == "text":
+        print(text)
+        return
+    if view == "table":
+        from ..renderers.html import timeline_html
+
+        _display(Bundle(text, html=timeline_html(points)))
+        return
+    try:
+        from ..renderers import chart
+
+        _display(Bundle(text, figure=chart.timeline(points)))
+    except MissingDependencyError as exc:
+        _say(f"{exc}; showing the text timeline instead.")
+        print(text)
+
+
+def finish(shell: Any, result: ProfileResult | DiffResult, opts: Options) -> None:
+    """Store, show and export a result as the options say. Never raises: a report that
+    cannot be shown or exported is explained in one line on stderr."""
+    if opts.output:
+        shell.user_ns[opts.output] = result
+    show(result, opts.view)
+    if opts.pprof and isinstance(result, ProfileResult):
+        try:
+            write_pprof(result, opts.pprof)
+        except UsageError as exc:
+            _say(str(exc))
+
+
+def check_path(path: str | None, what: str) -> None:
+    """Reject an unusable output path before anything runs; ``what`` names the option or
+    command the path came from (``--pprof``, ``export``)."""
+    if not path:
+        return
+    path = os.path.expanduser(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UsageError(f"{what}: the folder {folder!r} does not exist")
+    if os.path.isdir(path):
+        raise UsageError(f"{what}: {path!r} is a folder; give a file name such as "
+                         f"'profile.pb.gz'")
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"{what}: cannot write in {folder!r}")
+
+
+def write_pprof(result: ProfileResult, path: str) -> None:
+    """Write the result as pprof; a missing library or an unwritable file is a UsageError."""
+    path = os.path.expanduser(path)
+    try:
+        result.to_pprof(path)
+    except MissingDependencyError as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"cannot write the pprof profile to {path!r}: {exc}") from None
+    print(f"pprof profile written to {path}")

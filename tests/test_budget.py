@@ -1,0 +1,609 @@
+"""The memory budget and the safety net: measures, trip rules, the interrupt, real kernels.
+
+In-process tests drive the watcher with real allocations (a budget a few tens of MB above
+the test process's RSS) or with a fake probe (the safety net cannot be tested by starving
+the shared machine). Kernel tests run a real ipykernel through jupyter_client.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import mprofile_ipy as mp
+from mprofile_ipy import budget as B
+from mprofile_ipy.errors import MemoryBudgetExceeded, MprofileError
+
+ROOT = Path(__file__).resolve().parents[1]
+MiB = 1024 * 1024
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                reason="RSS, cgroups and MemAvailable come from /proc")
+
+
+@pytest.fixture(autouse=True)
+def _clean_watcher():
+    yield
+    B.shutdown()
+    if mp.is_tracing():
+        mp.stop()
+    assert not B.status().watching
+
+
+# ---------------------------------------------------------------------------------------------
+# Measures
+
+
+def test_read_memory_sees_this_process():
+    r = B.read_memory()
+    assert r.rss is not None and 5 * MiB < r.rss < 4096 * MiB
+    assert r.vm_size >= r.rss
+    assert r.available is not None and r.available > 0
+    assert r.traced is None  # sampler off
+    blob = bytearray(64 * MiB)
+    r2 = B.read_memory()
+    assert r2.rss - r.rss >= 60 * MiB
+    del blob
+
+
+def _fake_cgroup_tree(tmp_path, version: int, limit: str, current: int, inactive: int = 0):
+    """A /proc and a cgroup mount in tmp_path, with the process in /kube/pod1."""
+    proc = tmp_path / "proc"
+    (proc / "self").mkdir(parents=True)
+    (proc / "self" / "statm").write_text("25600 12800 100 1 0 100 0\n")  # 100 MiB, 50 MiB
+    (proc / "meminfo").write_text("MemTotal: 1000 kB\nMemAvailable: 204800 kB\n"
+                                  "SwapTotal: 10240 kB\nSwapFree: 10240 kB\n")
+    mount = tmp_path / "cg"
+    leaf = mount / "kube" / "pod1"
+    leaf.mkdir(parents=True)
+    names = (("memory.current", "memory.max", "inactive_file") if version == 2 else
+             ("memory.usage_in_bytes", "memory.limit_in_bytes", "total_inactive_file"))
+    for d in (mount, mount / "kube", leaf):
+        (d / names[0]).write_text("1\n")
+        (d / names[1]).write_text("max\n" if version == 2 else "9223372036854771712\n")
+    (mount / "kube" / names[0]).write_text(f"{current}\n")
+    (mount / "kube" / names[1]).write_text(f"{limit}\n")
+    (mount / "kube" / "memory.stat").write_text(f"anon 5\n{names[2]} {inactive}\n")
+    (leaf / names[0]).write_text(f"{current // 2}\n")
+    if version == 2:
+        (proc / "self" / "cgroup").write_text("0::/kube/pod1\n")
+        (proc / "self" / "mountinfo").write_text(
+            f"30 20 0:26 / {mount} rw,nosuid - cgroup2 cgroup2 rw\n")
+    else:
+        (proc / "self" / "cgroup").write_text("5:cpu:/x\n4:memory:/kube/pod1\n0::/\n")
+        (proc / "self" / "mountinfo").write_text(
+            f"30 20 0:26 / {tmp_path}/other rw - cgroup2 cgroup2 rw\n"
+            f"31 20 0:27 / {mount} rw - cgroup cgroup rw,memory\n")
+    return proc, mount, leaf
+
+
+@pytest.mark.parametrize("version", [2, 1])
+def test_cgroup_limit_of_a_parent_level_is_found(tmp_path, version):
+    # GIVEN a process in /kube/pod1 (no limit) under /kube (limit 1 GiB, 900 MiB used)
+    proc, mount, leaf = _fake_cgroup_tree(tmp_path, version, str(1024 * MiB), 900 * MiB)
+    dirs = B.parse_cgroup_dirs((proc / "self" / "cgroup").read_text(),
+                               (proc / "self" / "mountinfo").read_text())
+    assert [d for d, _ in dirs] == [str(leaf), str(mount / "kube"), str(mount)]
+    assert {v for _, v in dirs} == {version}
+    # WHEN the probe reads it
+    r = B._Probe(str(proc)).read()
+    # THEN the tightest level is reported, and the statm/meminfo figures are read
+    assert (r.cgroup_current, r.cgroup_limit) == (900 * MiB, 1024 * MiB)
+    page = os.sysconf("SC_PAGE_SIZE")
+    assert (r.vm_size, r.rss) == (25600 * page, 12800 * page)
+    assert r.available == 200 * MiB and r.swap_used == 0
+
+
+def test_cgroup_page_cache_is_not_counted_near_the_limit(tmp_path):
+    # 1000 of 1024 MiB used, but 600 MiB of it is inactive page cache the kernel reclaims
+    proc, *_ = _fake_cgroup_tree(tmp_path, 2, str(1024 * MiB), 1000 * MiB, 600 * MiB)
+    r = B._Probe(str(proc)).read()
+    assert r.cgroup_current == 400 * MiB
+
+
+def test_no_cgroup_memory_controller_is_not_an_error(tmp_path):
+    assert B.parse_cgroup_dirs("0::/\n", "") == []
+    assert B.parse_cgroup_dirs("garbage\n", "also garbage\n") == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Trip rules (pure: readings in, decisions out)
+
+
+def reading(**kw) -> B.Reading:
+    base = dict(time=time.time(), rss=100 * MiB, vm_size=200 * MiB, traced=None,
+                cgroup_current=None, cgroup_limit=None, available=8192 * MiB, swap_used=0,
+                as_limit=None)
+    base.update(kw)
+    return B.Reading(**base)
+
+
+def test_budget_trips_on_rss_or_traced_and_rearms_after_freeing():
+    w = B._Watcher()
+    w.session_limit = 500 * MiB
+    assert w.check(reading(rss=499 * MiB)) is None
+    assert w.check(reading(rss=501 * MiB)) == ("budget", "rss", 501 * MiB, 500 * MiB)
+    assert w.check(reading(rss=200 * MiB, traced=600 * MiB))[1] == "traced"
+    # after a trip at 501 MiB, the next one needs another 10% of the limit
+    w.rearm["rss"] = 501 * MiB + 50 * MiB
+    assert w.check(reading(rss=540 * MiB)) is None
+    assert w.check(reading(rss=552 * MiB))[1] == "rss"
+    # back under the limit re-arms at the limit
+    assert w.check(reading(rss=400 * MiB)) is None
+    assert "rss" not in w.rearm
+    assert w.check(reading(rss=501 * MiB))[1] == "rss"
+
+
+def test_block_budget_tighter_than_session_applies():
+    w = B._Watcher()
+    w.session_limit = 1000 * MiB
+    w.block_limits.append(300 * MiB)
+    assert w.limit() == 300 * MiB
+    assert w.check(reading(rss=301 * MiB))[3] == 300 * MiB
+
+
+def test_safety_net_heuristics():
+    w = B._Watcher()
+    w.safety_net = True
+    assert w.check(reading()) is None
+    assert w.check(reading(available=99 * MiB)) == ("safety net", "available", 99 * MiB,
+                                                    100 * MiB)
+    w.rearm.clear()
+    got = w.check(reading(cgroup_current=1950 * MiB, cgroup_limit=2000 * MiB))
+    assert got == ("safety net", "cgroup", 1950 * MiB, 2000 * MiB)
+    got = w.check(reading(vm_size=1990 * MiB, as_limit=2048 * MiB))
+    assert got[:2] == ("safety net", "address space")
+    # swap: what was pushed out since start, compared with what is still available
+    w.swap_base = 1000 * MiB
+    assert w.check(reading(swap_used=1500 * MiB, available=800 * MiB)) is None
+    assert w.check(reading(swap_used=2000 * MiB, available=800 * MiB))[1] == "swap"
+    # and the net is off by default
+    assert B._Watcher().check(reading(available=1)) is None
+
+
+def test_interval_is_fast_only_near_a_limit():
+    w = B._Watcher()
+    w.session_limit = 1000 * MiB
+    assert w.next_interval(reading(rss=100 * MiB), None) == B.SLOW_INTERVAL
+    assert w.next_interval(reading(rss=850 * MiB), None) == B.FAST_INTERVAL
+    prev = reading(time=0.0, rss=100 * MiB)
+    assert w.next_interval(reading(time=0.5, rss=600 * MiB), prev) == B.FAST_INTERVAL
+
+
+def test_bad_budgets_are_clear_errors():
+    with pytest.raises(B.BudgetError, match="cannot read"):
+        B.set_budget("lots")
+    with pytest.raises(MprofileError):
+        B.set_budget(-5)
+    with pytest.raises(ValueError, match="below the process's resident memory"):
+        B.set_budget("1MB")
+    with pytest.raises(TypeError):
+        B.set_budget(3.5)
+    with pytest.raises(B.BudgetError, match="margin"):
+        B.enable_safety_net("none")
+    assert not B.status().watching
+
+
+def test_relative_budget_and_watcher_lifecycle():
+    rss = B.read_memory().rss
+    B.set_budget("+1GiB", safety_net=False)
+    assert abs(B.get_budget() - (rss + 1024 * MiB)) < 64 * MiB
+    assert B.status().watching
+    B.set_budget(None, safety_net=True)  # the net alone keeps the watcher
+    assert B.get_budget() is None and B.status().watching
+    B.set_budget(None, safety_net=False)
+    assert not B.status().watching  # stopped before set_budget returned
+
+
+# ---------------------------------------------------------------------------------------------
+# The interrupt, in this process
+
+
+def _grow(blocks: list, step: int = MiB, seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        blocks.append(bytearray(step))  # the line the budget must name
+
+
+def test_budget_interrupts_the_main_thread_and_names_the_line():
+    mp.start(seed=1)
+    blocks: list = []
+    with pytest.raises(MemoryBudgetExceeded) as info:
+        with B.budget("+120MB"):
+            _grow(blocks)
+    err = info.value
+    assert isinstance(err, MemoryError) and isinstance(err, MprofileError)
+    assert type(err).__name__ == "MemoryBudgetExceeded"
+    assert err.kind == "budget" and err.measure in ("rss", "traced")
+    assert err.value >= err.limit
+    assert "test_budget.py" in err.location and "blocks.append(bytearray(step))" in err.location
+    assert "blocks.append(bytearray(step))" in str(err)
+    # the top site is the growing line, about as big as what was kept
+    where, size = err.sites[0]
+    assert "blocks.append" in where
+    assert abs(size - len(blocks) * MiB) < 0.25 * len(blocks) * MiB
+    assert err.snapshot is not None and err.timeline
+    # it stopped soon: not far past the budget
+    assert len(blocks) * MiB < 120 * MiB + 200 * MiB
+    assert err.trip.latency is not None and err.trip.latency < 1.0
+    blocks.clear()
+    assert not B.status().watching  # the block's watcher is gone with the block
+
+
+def test_code_compiled_by_the_magic_is_the_users_code():
+    # What `%%mprofile --budget` will run: a cell body compiled and registered by the
+    # package, executed by the package's runner (an internal frame) under budget().
+    from mprofile_ipy.attribution import register_code
+
+    source = "blocks = []\nwhile True:\n    blocks.append(bytearray(2**20))\n"
+    filename = "<mprofile-cell-test-41>"
+    register_code(filename, 41, source.splitlines())
+    code = compile(source, filename, "exec")
+    namespace: dict = {}
+    with pytest.raises(MemoryBudgetExceeded) as info:
+        with B.budget("+100MB"):
+            exec(code, namespace)
+    assert info.value.location == "In [41], line 3: blocks.append(bytearray(2**20))"
+    assert info.value.cell == "In [41]"
+    assert len(namespace["blocks"]) > 50  # the namespace keeps what was built
+
+
+def test_rss_trips_without_the_sampler():
+    assert not mp.is_tracing()
+    blocks: list = []
+    with pytest.raises(MemoryBudgetExceeded) as info:
+        with B.budget("+100MB"):
+            _grow(blocks)
+    assert info.value.measure == "rss" and info.value.sites == []
+    assert info.value.snapshot is None
+
+
+def test_interrupt_not_landed_is_withdrawn():
+    # GIVEN an interrupt queued on the main thread by another thread (as the watcher does)
+    # WHEN that thread withdraws it before the main thread runs another bytecode
+    def queue_and_withdraw():
+        with B._pending_lock:
+            B._pending = B.Trip("budget", "rss", 2, 1, reading())
+            assert B._set_async_exc(threading.main_thread().ident, B._BudgetInterrupt) == 1
+            assert B._withdraw_pending()
+
+    helper = threading.Thread(target=queue_and_withdraw)
+    helper.start()
+    helper.join()  # the main thread waits here, without running bytecode
+    # THEN nothing lands in the main thread
+    total = sum(range(10000))
+    assert total == 49995000 and B._pending is None
+
+
+def test_a_trip_never_instantiated_does_not_block_later_trips():
+    # 3.10/3.11 create the exception object lazily: `except MemoryError:` without `as`
+    # never does, so the pending trip must not stay in the way forever.
+    B._pending = B.Trip("budget", "rss", 2, 1, reading(), detected_at=time.perf_counter() - 5)
+    blocks: list = []
+    with pytest.raises(MemoryBudgetExceeded):
+        with B.budget("+100MB"):
+            _grow(blocks)
+    assert B._pending is None
+
+
+def test_safety_net_interrupts_with_a_fake_probe(monkeypatch):
+    class Starving:
+        def read(self, margin, traced=True):
+            return reading(available=50 * MiB)
+
+        def cgroup_events(self):
+            return {}
+
+    monkeypatch.setattr(B._watcher, "probe_factory", Starving)
+    B.enable_safety_net()
+    with pytest.raises(MemoryBudgetExceeded) as info:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            sum(range(1000))
+    err = info.value
+    assert (err.kind, err.measure) == ("safety net", "available")
+    assert "safety net" in str(err) and "50.0 MiB available" in str(err)
+    B.disable_safety_net()
+    assert not B.status().watching
+
+
+def test_no_interrupt_when_the_main_thread_runs_no_user_code():
+    w = B._Watcher()
+    w.session_limit = 1
+    done = threading.Event()
+    got: queue.Queue = queue.Queue()
+
+    def fire_from_thread():
+        # main thread is in this test (user code): fires; but flagged as "outside a cell"
+        w.ipython, w.executing = True, False
+        w.fire("budget", "rss", 2, 1, reading(), None)
+        got.put(B._pending)
+        done.set()
+
+    threading.Thread(target=fire_from_thread).start()
+    done.wait(5)
+    assert got.get() is None and w.trips == 0
+
+
+def test_watcher_allocations_are_not_sampled():
+    mp.start(sample_rate=1)
+    B.set_budget("+2GB", safety_net=True)
+    time.sleep(0.3)
+    snap = mp.take_snapshot()
+    files = {f[0] for t in snap.raw_traces for f in t[2]}
+    assert not any(name.endswith("budget.py") for name in files)
+
+
+def test_own_code_is_cells_and_user_files_not_libraries():
+    from mprofile_ipy.attribution import Location
+
+    def loc(filename, internal=False, is_cell=False, stdlib=False):
+        return Location(filename, 1, filename, 1, "", None, internal, is_cell, stdlib)
+
+    assert B.is_own_code(loc("/tmp/ipykernel_1/2.py", is_cell=True))
+    assert B.is_own_code(loc("/home/me/project/pipeline.py"))
+    assert not B.is_own_code(loc("/v/lib/python3.11/site-packages/stack_data/core.py"))
+    assert not B.is_own_code(loc("/usr/lib/python3.11/ast.py", stdlib=True))
+    assert not B.is_own_code(loc("/v/site-packages/IPython/core/ultratb.py", internal=True))
+
+
+def test_forked_child_starts_with_nothing_enabled():
+    B.set_budget("+2GB")
+    pid = os.fork()
+    if pid == 0:  # child: nothing enabled, no thread
+        code = 0 if (B.get_budget() is None and not B.status().watching) else 1
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert B.get_budget() is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# Real kernels
+
+
+class Kernel:
+    """A real ipykernel driven through jupyter_client, with the package importable and
+    records written to ``state``."""
+
+    def __init__(self, state: Path) -> None:
+        from jupyter_client.manager import KernelManager
+
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        env["XDG_STATE_HOME"] = str(state)
+        self.km = KernelManager(kernel_name="python3")
+        self.km.start_kernel(env=env, cwd=str(state))
+        self.kc = self.km.client()
+        self.kc.start_channels()
+        self.kc.wait_for_ready(timeout=60)
+
+    @property
+    def pid(self) -> int:
+        return self.km.provisioner.process.pid
+
+    def run(self, code: str, timeout: float = 60) -> dict:
+        """Run a cell: {"status", "text", "ename", "evalue", "count"}."""
+        out: dict = {"text": "", "ename": None, "evalue": None}
+
+        def hook(msg):
+            kind, content = msg["msg_type"], msg["content"]
+            if kind == "stream":
+                out["text"] += content["text"]
+            elif kind in ("execute_result", "display_data"):
+                out["text"] += content["data"].get("text/plain", "") + "\n"
+            elif kind == "error":
+                out["ename"], out["evalue"] = content["ename"], content["evalue"]
+
+        reply = self.kc.execute_interactive(code, output_hook=hook, timeout=timeout)
+        out["status"] = reply["content"]["status"]
+        out["count"] = reply["content"].get("execution_count")
+        return out
+
+    def ok(self, code: str, timeout: float = 60) -> str:
+        out = self.run(code, timeout)
+        assert out["status"] == "ok", out
+        return out["text"]
+
+    def shutdown(self) -> None:
+        self.kc.stop_channels()
+        self.km.shutdown_kernel(now=True)
+
+
+SETUP = """
+import mprofile_ipy as mp
+from mprofile_ipy import budget as B
+B.enable_for_ipython(get_ipython())
+"""
+
+
+@pytest.fixture(scope="module")
+def kernel(tmp_path_factory):
+    k = Kernel(tmp_path_factory.mktemp("kernel-state"))
+    k.ok(SETUP)
+    yield k
+    k.shutdown()
+
+
+def test_kernel_cell_past_budget_stops_and_the_kernel_keeps_its_variables(kernel):
+    kernel.ok("precious = {'answer': 42}\nimport numpy as np")
+    kernel.ok("B.set_budget('+150MB'); mp.start(seed=3)")
+    out = kernel.run("rows = []\nfor i in range(10_000):\n    rows.append(b'x' * 1_000_000)\n")
+    assert out["status"] == "error" and out["ename"] == "MemoryBudgetExceeded", out
+    cell = out["count"]
+    assert f"In [{cell}], line 3: rows.append(b'x' * 1_000_000)" in out["evalue"]
+    assert "budget" in out["evalue"] and "top allocating sites" in out["evalue"]
+    # the kernel is alive, with the earlier variables and what the cell had built so far
+    text = kernel.ok("print(precious['answer'], 50 < len(rows) < 400, len(rows))")
+    assert text.split()[:2] == ["42", "True"], (text, out["evalue"])
+    # freeing memory makes the next cells run normally
+    kernel.ok("del rows; import gc; gc.collect(); x = sum(range(10**6))")
+    kernel.ok("mp.stop(); B.set_budget(None)")
+
+
+def test_kernel_native_allocation_trips_through_rss(kernel):
+    kernel.ok("B.set_budget('+200MB'); assert not mp.is_tracing()")
+    out = kernel.run("arrays = []\nwhile True:\n    arrays.append(np.ones(2_500_000))\n")
+    assert out["ename"] == "MemoryBudgetExceeded", out
+    assert "resident memory (RSS)" in out["evalue"]
+    assert f"In [{out['count']}], line 3: arrays.append(np.ones(2_500_000))" in out["evalue"]
+    kernel.ok("del arrays; B.set_budget(None)")
+
+
+def test_kernel_under_an_address_space_limit_is_saved_by_the_safety_net(kernel):
+    # GIVEN the kernel under RLIMIT_AS (what `prlimit --as` or `ulimit -v` set), 300 MB
+    # above what it maps now, and the safety net on (the extension's default)
+    kernel.ok("import resource\n"
+              "soft, hard = resource.getrlimit(resource.RLIMIT_AS)\n"
+              "vm = B.read_memory().vm_size\n"
+              "resource.setrlimit(resource.RLIMIT_AS, (vm + 300 * 2**20, hard))\n"
+              "B.refresh_limits(); __import__('time').sleep(0.2)")
+    # WHEN a cell grows without end
+    out = kernel.run("chunks = []\nwhile True:\n    chunks.append(bytearray(4 * 2**20))\n")
+    try:
+        # THEN the safety net stops it before the allocator fails
+        assert out["ename"] == "MemoryBudgetExceeded", out
+        assert "safety net" in out["evalue"] and "RLIMIT_AS" in out["evalue"]
+        assert f"In [{out['count']}], line 3" in out["evalue"]
+    finally:
+        kernel.ok("del chunks\nresource.setrlimit(resource.RLIMIT_AS, (soft, hard))")
+    assert kernel.ok("print(len(precious))").strip() == "1"
+
+
+def _memory_cgroup_of_this_process() -> Path | None:
+    """The writable memory cgroup directory (v2 or v1) of this process, or None."""
+    dirs = B.parse_cgroup_dirs(Path("/proc/self/cgroup").read_text(),
+                               Path("/proc/self/mountinfo").read_text())
+    if not dirs or os.geteuid() != 0:
+        return None
+    directory, version = dirs[0]
+    if version == 2 and "memory" not in (Path(directory) / "cgroup.subtree_control"
+                                         ).read_text():
+        return None  # a v2 child would have no memory controller
+    return Path(directory)
+
+
+def test_kernel_in_a_memory_cgroup_is_stopped_before_the_oom_killer(tmp_path):
+    # GIVEN a kernel moved into a child cgroup limited to 400 MB (as a container would be)
+    parent = _memory_cgroup_of_this_process()
+    if parent is None:
+        pytest.skip("no memory cgroup this test may create")
+    child = parent / f"mprofile-test-{os.getpid()}"
+    try:
+        child.mkdir()
+    except OSError as exc:
+        pytest.skip(f"cannot create a memory cgroup here: {exc}")
+    k = None
+    try:
+        v2 = (child / "memory.max").exists()
+        (child / ("memory.max" if v2 else "memory.limit_in_bytes")).write_text(f"{400 * MiB}")
+        k = Kernel(tmp_path)
+        (child / "cgroup.procs").write_text(str(k.pid))
+        k.ok(SETUP + "B.refresh_limits(); import time; time.sleep(0.2)")
+        assert k.ok("print(B.read_memory().cgroup_limit)").strip() == str(400 * MiB)
+        # WHEN a cell grows memory without end
+        out = k.run("chunks = []\nwhile True:\n    chunks.append(bytearray(4 * 2**20))\n")
+        # THEN the safety net stops it before the OOM killer, and the kernel lives on
+        assert out["ename"] == "MemoryBudgetExceeded", out["text"]
+        assert "cgroup usage" in out["evalue"] and "safety net" in out["evalue"]
+        assert f"In [{out['count']}], line 3" in out["evalue"]
+        assert int(k.ok("print(len(chunks))")) > 20
+        k.ok("del chunks")
+    finally:
+        if k is not None:
+            k.shutdown()
+        for _ in range(50):
+            try:
+                child.rmdir()
+                break
+            except OSError:
+                time.sleep(0.1)
+
+
+def test_kernel_over_budget_between_cells_is_not_interrupted(kernel):
+    # GIVEN a kernel already over its budget when a cell ends (set past validation)
+    kernel.ok("hog = bytearray(150 * 2**20)\n"
+              "trips = B.status().trips\n"
+              "B._watcher.session_limit = B.read_memory().rss - 50 * 2**20")
+    # WHEN it sits idle, then runs cells that do not grow memory (the one that frees it)
+    time.sleep(0.3)
+    kernel.ok("import time; time.sleep(0.3)")
+    kernel.ok("del hog")
+    # THEN nothing was interrupted, in the kernel's loop or in those cells
+    assert kernel.ok("print(B.status().trips - trips)").strip() == "0"
+    kernel.ok("B.set_budget(None)")
+
+
+# ---------------------------------------------------------------------------------------------
+# The walkthrough notebook
+
+
+NOTEBOOK = ROOT / "notebooks" / "kernel_guard.ipynb"
+
+
+def _text(cell) -> str:
+    parts = []
+    for output in cell.outputs:
+        if output.output_type == "stream":
+            parts.append(output.text)
+        elif output.output_type in ("display_data", "execute_result"):
+            parts.append(output.data.get("text/plain", ""))
+    return "\n".join(parts)
+
+
+@pytest.fixture(scope="module")
+def walkthrough(tmp_path_factory):
+    import nbformat
+    from nbclient import NotebookClient
+
+    work = tmp_path_factory.mktemp("kernel-guard")
+    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "XDG_STATE_HOME")}
+    os.environ["PYTHONPATH"] = str(ROOT) + os.pathsep + (saved["PYTHONPATH"] or "")
+    os.environ["XDG_STATE_HOME"] = str(work / "state")  # not the user's own records
+    try:
+        nb = nbformat.read(NOTEBOOK, as_version=4)
+        NotebookClient(nb, timeout=300, startup_timeout=60, kernel_name="python3",
+                       resources={"metadata": {"path": str(work)}}).execute()
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return [c for c in nb.cells if c.cell_type == "code"]
+
+
+def test_walkthrough_stops_the_pipeline_and_names_its_line(walkthrough):
+    errors = [(c, o) for c in walkthrough for o in c.outputs if o.output_type == "error"]
+    assert len(errors) == 1  # only the cell tagged raises-exception
+    cell, error = errors[0]
+    assert "raises-exception" in cell.metadata.get("tags", [])
+    assert error.ename == "MemoryBudgetExceeded"
+    assert "resident memory (RSS)" in error.evalue
+    line = 'parts.append(events.merge(customers, on="customer_id", how="left"))'
+    assert f"running: In [{cell.execution_count}], line 4: {line}" in error.evalue
+    top = error.evalue.split("top allocating sites")[1].splitlines()[1]
+    assert top.strip().endswith(f"In [{cell.execution_count}], line 4: {line}")
+    after = _text(walkthrough[walkthrough.index(cell) + 1])
+    days = int(after.split()[0])
+    assert 1 <= days < 60 and "(125000, 3) customers rows still here" in after
+
+
+def test_walkthrough_fix_runs_under_a_block_budget_and_cleans_up(walkthrough):
+    texts = [_text(c) for c in walkthrough]
+    assert any("1,200,000 rows" in t for t in texts)
+    assert texts[-1].strip() == "watching: False"
+
+
+def test_walkthrough_post_mortem_names_line_and_size(walkthrough):
+    pm_text = next(t for t in (_text(c) for c in walkthrough) if t.startswith("Post-mortem"))
+    assert "nightly_report.py, line 10: time.sleep(60)" in pm_text, pm_text
+    site = next(x for x in pm_text.splitlines() if "line 8: rows = " in x)
+    size_mib = float(site.split()[0])
+    assert abs(size_mib * MiB - 150e6) < 0.1 * 150e6
