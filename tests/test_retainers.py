@@ -472,3 +472,20 @@ def test_site_from_a_snapshot_statistic(ip, tracing):
     assert big[0].chains[0].root_name == "site_demo"
     assert gone_after(ip, (stat.traceback[-1].filename, stat.traceback[-1].lineno),
                       big[0].chains[0].command)
+
+
+def test_snapshot_retainers_names_the_user_name():
+    """Snapshot.retainers(statistic) answers for the site of one of its statistics."""
+    import mprofile_ipy as mp
+
+    mp.start(sample_rate=1)
+    try:
+        kept = [bytearray(4096) for _ in range(3)]  # SNAPSHOT RETAINERS LINE
+        snap = mp.take_snapshot()
+        stat = next(s for s in snap.statistics("lineno")
+                    if s.traceback[0].filename == __file__ and s.size >= 3 * 4096)
+        reports = snap.retainers(stat, user_ns={"kept": kept})
+    finally:
+        mp.stop()
+    assert reports, "no live block found at the site"
+    assert any(chain.text.startswith("kept") for r in reports for chain in r.chains)
