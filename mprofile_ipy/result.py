@@ -71,7 +71,10 @@ def _read(part: str, name: str, doc: str) -> property:
 
 
 class _Displayable:
-    """The display protocol shared by results: text for terminals, static HTML for notebooks."""
+    """The display protocol shared by results: text for terminals; in notebooks the
+    self-contained interactive HTML report (server-side table, flame graph and timeline,
+    enhanced by an inline script where scripts run; it needs no kernel and no widget
+    manager, so it survives saving, reloading, nbconvert and GitHub)."""
 
     def to_text(self) -> str:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -79,14 +82,17 @@ class _Displayable:
     def to_html(self) -> str:  # pragma: no cover - overridden
         raise NotImplementedError
 
+    def to_interactive_html(self) -> str:  # pragma: no cover - overridden
+        raise NotImplementedError
+
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
         printer.text(repr(self) if cycle else self.to_text())
 
     def _repr_html_(self) -> str:
-        return self.to_html()
+        return self.to_interactive_html()
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
-        return {"text/plain": self.to_text(), "text/html": self.to_html()}
+        return {"text/plain": self.to_text(), "text/html": self.to_interactive_html()}
 
 
 class ProfileResult(_Displayable):
@@ -348,6 +354,13 @@ class ProfileResult(_Displayable):
 
         return render_report(self.report, top=top, group_by=group_by)
 
+    def to_interactive_html(self, top: int | None = None) -> str:
+        """The self-contained interactive HTML report (what a notebook shows): sort, group,
+        filter, unfold tracebacks, flame graph; no kernel, widget or network needed."""
+        from .renderers.html import interactive_report
+
+        return interactive_report(self.report, top=top)
+
 
 class DiffResult(_Displayable):
     """Two results compared site by site: what ``new`` has that ``old`` had not.
@@ -409,6 +422,12 @@ class DiffResult(_Displayable):
         from .renderers.html import render_diff
 
         return render_diff(self.report, top=top, group_by=group_by)
+
+    def to_interactive_html(self, top: int | None = None) -> str:
+        """The self-contained interactive HTML comparison (what a notebook shows)."""
+        from .renderers.html import interactive_diff
+
+        return interactive_diff(self.report, top=top)
 
     def __repr__(self) -> str:
         from .units import format_size

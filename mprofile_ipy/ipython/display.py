@@ -21,7 +21,8 @@ from ..report import TimelinePoint
 from ..result import DiffResult, ProfileResult
 from .options import Options
 
-__all__ = ["Bundle", "check_path", "finish", "show", "show_timeline", "write_pprof"]
+__all__ = ["Bundle", "check_path", "finish", "show", "show_timeline", "show_widget",
+           "write_pprof"]
 
 
 class Bundle:
@@ -71,6 +72,27 @@ def _show_chart(result: ProfileResult | DiffResult, view: str) -> None:
     _display(Bundle(rest, figure=figure))
 
 
+def show_widget(result: ProfileResult | DiffResult) -> None:
+    """The explorer, after the report it starts from as an output of its own.
+
+    A widget output saved without the widget's state shows "Error displaying widget: model
+    not found" once its kernel is gone, and JupyterLab never falls back to the HTML of the
+    same bundle. So the cell first shows the self-contained interactive report (it stays
+    readable, sortable and filterable after a reload, in nbconvert and on GitHub; where
+    scripts run and the interactive renderer supports it, it hides the widget's error and
+    says why the controls are gone), then the widget's live controls.
+    """
+    from ..renderers import html
+
+    if isinstance(result, DiffResult):
+        page = html.interactive_diff(result.report, replaces_widget=True)
+    else:
+        page = html.interactive_report(result.report, replaces_widget=True)
+    widget = result.widget()  # built first: a failure shows the text report only once
+    _display(Bundle(result.to_text(), html=page))
+    _display(widget)
+
+
 def show(result: ProfileResult | DiffResult, view: str) -> None:
     """Display a result in one of the views; the text report (and one line saying why)
     when the view cannot be shown."""
@@ -81,7 +103,7 @@ def show(result: ProfileResult | DiffResult, view: str) -> None:
             print(result.to_text())
         elif view == "widget":
             require("ipywidgets", "the widget view")
-            _display(result.widget())
+            show_widget(result)
         elif view in ("chart", "flame"):
             _show_chart(result, view)
         else:
@@ -99,7 +121,8 @@ def show(result: ProfileResult | DiffResult, view: str) -> None:
 
 
 def show_timeline(points: Sequence[TimelinePoint], view: str) -> None:
-    """A session's timeline as a chart, an HTML table or text."""
+    """A session's timeline: ``chart`` the self-contained interactive chart (hover a point),
+    ``image`` a matplotlib PNG, ``table`` an HTML table, ``text``, or ``none``."""
     from ..renderers.text import render_timeline
 
     text = render_timeline(points)
@@ -108,10 +131,12 @@ def show_timeline(points: Sequence[TimelinePoint], view: str) -> None:
     if view == "text":
         print(text)
         return
-    if view == "table":
-        from ..renderers.html import timeline_html
+    if view in ("table", "chart"):
+        from ..renderers import html
 
-        _display(Bundle(text, html=timeline_html(points)))
+        page = html.timeline_html(points) if view == "table" else html.interactive_timeline(
+            points)
+        _display(Bundle(text, html=page))
         return
     try:
         from ..renderers import chart

@@ -27,7 +27,7 @@ __all__ = ["COMMANDS", "NOW", "TIMELINE_VIEWS", "VIEWS", "Options", "command_par
            "help_text", "parse_cell_line", "parse_command", "split_statement"]
 
 VIEWS = ("table", "chart", "flame", "widget", "text", "none")
-TIMELINE_VIEWS = ("chart", "table", "text", "none")
+TIMELINE_VIEWS = ("chart", "image", "table", "text", "none")
 #: First words that make a line a session command rather than a statement.
 COMMANDS = ("start", "stop", "snapshot", "show", "compare", "timeline", "export", "status")
 #: The name of "a snapshot taken right now" in show/compare/export.
@@ -156,9 +156,11 @@ class Options:
         group="report", help=f"Number of sites to show (1 to {MAX_TOP}). Default: 10.")
     view: str = _option(
         "-v", "--view", default="table", convert=_view, metavar="VIEW", group="report",
-        help=f"How to show the report: {', '.join(VIEWS)}. 'table' (default) is HTML in "
-             "notebooks and text in terminals; 'chart' a bar chart; 'flame' an icicle graph; "
-             "'widget' an interactive explorer; 'none' shows nothing (use with -o).")
+        help=f"How to show the report: {', '.join(VIEWS)}. 'table' (default) is the "
+             "interactive HTML report in notebooks (sort, group, filter, unfold tracebacks, "
+             "flame graph; no kernel needed) and text in terminals; 'chart' a bar chart; "
+             "'flame' an icicle graph; 'widget' the report, then an explorer (ipywidgets) "
+             "for what needs the kernel; 'none' shows nothing (use with -o).")
     include: tuple[str, ...] = _option(
         "-i", "--include", default=(), metavar="PATTERN", repeat=True, convert=str,
         group="report",
@@ -269,7 +271,7 @@ _COMMANDS: dict[str, tuple[str, str, tuple[str, ...], list[tuple[str, dict[str, 
                 "snapshot B (default: now, or 'final' once stopped).", ("report", "output"),
                 [("old", {"metavar": "A"}), ("new", {"metavar": "B", "nargs": "?",
                                                      "default": None})]),
-    "timeline": ("timeline [-v chart|table|text|none] [-o VAR]", "Memory still alive after "
+    "timeline": ("timeline [-v chart|image|table|text|none] [-o VAR]", "Memory still alive after "
                  "each cell of the session (and at each named snapshot), and each cell's "
                  "peak.", (), []),
     "export": ("export NAME|now PATH", "Write snapshot NAME ('now' for a new one) as a "
@@ -287,7 +289,9 @@ def command_parser(command: str) -> _Parser:
         view = dict(specs(["report"]))["view"]
         output = dict(specs(["output"]))["output"]
         parser.add_argument(*view.flags, dest="view", default="chart", metavar=view.metavar,
-                            choices=TIMELINE_VIEWS, help="chart (default), table, text or none.")
+                            choices=TIMELINE_VIEWS,
+                            help="chart (default: an interactive chart that needs no kernel), "
+                                 "image (a PNG, needs matplotlib), table, text or none.")
         parser.add_argument(*output.flags, dest="output", default=None, type=_identifier,
                             metavar="VAR", help="Store the timeline points in VAR.")
     return parser
@@ -380,7 +384,7 @@ Usage:
   %mprofile snapshot NAME                    remember what is alive now as NAME
   %mprofile show [NAME|now] [options]        show a snapshot (default: now)
   %mprofile compare A [B|now] [options]      what changed from A to B (default: now)
-  %mprofile timeline [-v chart|table|text]   memory after each cell of the session
+  %mprofile timeline [-v chart|image|table|text]  memory after each cell of the session
   %mprofile export NAME|now PATH             write a snapshot as a pprof profile
   %mprofile status                           the session's settings and snapshots
   %mprofile stop                             stop (snapshots stay until next start)
