@@ -21,8 +21,8 @@ from ..report import TimelinePoint
 from ..result import DiffResult, ProfileResult
 from .options import Options
 
-__all__ = ["Bundle", "check_path", "finish", "show", "show_timeline", "show_widget",
-           "write_pprof"]
+__all__ = ["Bundle", "check_path", "finish", "retainers_text", "show", "show_retainers",
+           "show_timeline", "show_widget", "write_pprof"]
 
 
 class Bundle:
@@ -145,6 +145,44 @@ def show_timeline(points: Sequence[TimelinePoint], view: str) -> None:
     except MissingDependencyError as exc:
         _say(f"{exc}; showing the text timeline instead.")
         print(text)
+
+
+def retainers_text(result: ProfileResult, pairs: Sequence[tuple[Any, list[Any]]],
+                   fresh: bool) -> tuple[str, list[tuple[str, str]]]:
+    """The answer of ``%mprofile why`` as a header and, per site, (title, chains as text)."""
+    from ..renderers import fmt_size
+    from ..retainers import format_retainers
+
+    when = ("read now (the profiler is running)" if fresh else
+            f"recorded when {result.label or 'the result'} was made; the profiler is not "
+            f"running now, so an object freed since then may be replaced at its address")
+    head = (f"Why is the memory of {result.label or 'this result'} still alive? Sampled "
+            f"blocks {when}.")
+    sections = []
+    for site, reports in pairs:
+        title = f"{site.title}: {fmt_size(site.size)} alive"
+        sections.append((title, format_retainers(reports).rstrip("\n")))
+    return head, sections
+
+
+def show_retainers(result: ProfileResult, pairs: Sequence[tuple[Any, list[Any]]],
+                   fresh: bool) -> None:
+    """Text in a terminal, escaped HTML in a notebook."""
+    from html import escape
+
+    head, sections = retainers_text(result, pairs, fresh)
+    if not sections:
+        text = head + "\nNo site with memory still alive."
+        _display(Bundle(text, html=f"<div class='mprofile-why'>{escape(text)}</div>"))
+        return
+    text = "\n\n".join([head] + [f"{title}\n{body}" for title, body in sections])
+    style = ("font-family: var(--jp-code-font-family, monospace); font-size: 12px; "
+             "white-space: pre-wrap; margin: 2px 0 10px 0")
+    html = "".join([f"<div class='mprofile-why'><div>{escape(head)}</div>"] + [
+        f"<div style='margin-top: 6px'><b>{escape(title)}</b></div>"
+        f"<pre style=\"{style}\">{escape(body)}</pre>" for title, body in sections]
+        + ["</div>"])
+    _display(Bundle(text, html=html))
 
 
 def finish(shell: Any, result: ProfileResult | DiffResult, opts: Options) -> None:

@@ -62,6 +62,8 @@ class MProfileMagics(Magics):
     def __init__(self, shell: Any) -> None:
         super().__init__(shell)
         self.session: Session | None = None
+        #: The last ProfileResult shown or stored (what `%mprofile why` explains).
+        self.last_result: ProfileResult | None = None
 
     # -- events (sampling paused: their work is the profiler's bookkeeping) ---------------------
     def _on_cell_event(self, action: Any) -> None:
@@ -174,6 +176,7 @@ class MProfileMagics(Magics):
         label = cell_label(number) if number is not None else "mprofile"
         value, result, error = runner.run(self.shell, compiled, opts, local_ns, label)
         if result is not None:
+            self.last_result = result
             display.finish(self.shell, result, opts)
         if error is not None:
             raise error
@@ -255,6 +258,7 @@ class MProfileMagics(Magics):
         result = self._get(session, args.name, opts)
         if result.label != NOW:  # a stored snapshot: apply this command's view options
             result = _with_view(result, opts)
+        self.last_result = result
         display.finish(self.shell, result, opts)
 
     def _cmd_compare(self, args: Any) -> None:
@@ -294,6 +298,29 @@ class MProfileMagics(Magics):
         print(f"mprofile session {state} (rate {fmt_rate(opts.rate)}, {opts.max_frames} "
               f"frames{current}); snapshots: {', '.join(session.snapshots) or 'none'}; "
               f"{len(session.timeline)} timeline points")
+
+    def _cmd_why(self, args: Any) -> None:
+        result = self.last_result
+        if result is None:
+            raise UsageError("no result to explain yet: profile a cell with %%mprofile, or "
+                             "show a snapshot of a session (`%mprofile show`), then "
+                             "`%mprofile why [SITE]`")
+        opts = Options().update(args)
+        text = " ".join(args.site).strip()
+        site: int | str | None = int(text) if text.isdigit() else (text or None)
+        fresh = sampler.is_tracing()
+        blocks = sampler.live_blocks() if fresh else None
+        if not fresh and not result.has_live_blocks:
+            raise UsageError(f"the result {result.label or ''} has no record of its blocks' "
+                             "addresses; profile the code again with %%mprofile")
+        try:
+            pairs = result.retainers_by_site(
+                [site] if site is not None else None, blocks=blocks,
+                user_ns=self.shell.user_ns, max_blocks=opts.max_blocks,
+                max_chains=opts.chains, time_limit=opts.time_limit)
+        except (IndexError, KeyError) as exc:
+            raise UsageError(f"%mprofile why: {exc.args[0]}") from None
+        display.show_retainers(result, pairs, fresh)
 
     def stop_session(self) -> None:
         """Stop the session's sampling, if this object started it."""

@@ -129,6 +129,9 @@ def make_result(shell: Any, opts: Options, label: str, elapsed: float,
     Call it with sampling paused: the result is the profiler's bookkeeping."""
     stats = sampler.get_stats()
     snapshot = sampler.take_snapshot()
+    # The addresses of the sampled blocks alive now, for `%mprofile why` / result.retainers():
+    # once the sampler stops they cannot be read any more.
+    measures.setdefault("live_blocks", sampler.live_blocks())
     figures: dict[str, Any] = {
         "current": stats.current_bytes,
         "peak": stats.peak_bytes,
