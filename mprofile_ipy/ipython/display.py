@@ -21,7 +21,8 @@ from ..report import TimelinePoint
 from ..result import DiffResult, ProfileResult
 from .options import Options
 
-__all__ = ["Bundle", "check_path", "finish", "retainers_text", "show", "show_retainers",
+__all__ = ["Bundle", "check_path", "finish", "retainers_text", "show", "show_postmortem",
+           "show_retainers",
            "show_timeline", "show_widget", "write_pprof"]
 
 
@@ -182,6 +183,18 @@ def show_retainers(result: ProfileResult, pairs: Sequence[tuple[Any, list[Any]]]
         f"<div style='margin-top: 6px'><b>{escape(title)}</b></div>"
         f"<pre style=\"{style}\">{escape(body)}</pre>" for title, body in sections]
         + ["</div>"])
+    _display(Bundle(text, html=html))
+
+
+def show_postmortem(summary: str, path: str) -> None:
+    """The facts of a dead kernel (which cell and line ran, the peak) before its report."""
+    from html import escape
+
+    text = f"{summary}\n  (record: {path})"
+    lines = text.split("\n")
+    html = (f"<div class='mprofile-postmortem'><b>{escape(lines[0])}</b>"
+            + "".join(f"<div style='margin-left: 12px'>{escape(line.strip())}</div>"
+                      for line in lines[1:]) + "</div>")
     _display(Bundle(text, html=html))
 
 

@@ -55,6 +55,28 @@ def _with_view(result: ProfileResult, opts: Options) -> ProfileResult:
                            group_by=view.group_by, top=view.top)
 
 
+def budget_status_text(status: Any, now: Any = None) -> str:
+    """``%mprofile budget`` without argument: the budget, the safety net, memory now
+    (``now``: a reading of the memory, default the watcher's last one)."""
+    parts = []
+    if status.limit is None:
+        parts.append("no memory budget")
+    else:
+        parts.append(f"memory budget {fmt_size(status.limit)}")
+        if status.block_limits:
+            parts[-1] += (f" (this cell's --budget; the session's: "
+                          f"{fmt_size(status.session_limit) if status.session_limit else 'none'})")
+    parts.append(f"safety net {'on' if status.safety_net else 'off'}"
+                 + (f" (margin {fmt_size(status.margin)})" if status.safety_net else ""))
+    reading = now if now is not None else status.reading
+    if reading is not None and reading.rss is not None:
+        peak = max(status.peak_rss or 0, reading.rss)
+        parts.append(f"resident memory now {fmt_size(reading.rss)}, peak {fmt_size(peak)}")
+    if status.trips:
+        parts.append(f"{status.trips} interrupt{'s' if status.trips != 1 else ''} so far")
+    return "mprofile: " + "; ".join(parts)
+
+
 @magics_class
 class MProfileMagics(Magics):
     """``%mprofile`` and ``%%mprofile``; holds the session, if any."""
@@ -321,6 +343,42 @@ class MProfileMagics(Magics):
         except (IndexError, KeyError) as exc:
             raise UsageError(f"%mprofile why: {exc.args[0]}") from None
         display.show_retainers(result, pairs, fresh)
+
+    def _cmd_budget(self, args: Any) -> None:
+        from .. import budget
+
+        limit = (args.limit or "").strip()
+        if limit.lower() == "off":
+            budget.set_budget(None, safety_net=False)
+            print("mprofile: no memory budget, safety net off (`%mprofile budget SIZE` sets "
+                  "one; the safety net comes back with a budget)")
+            return
+        if limit:
+            try:
+                budget.set_budget(limit, safety_net=True)
+            except (ValueError, TypeError) as exc:
+                raise UsageError(f"%mprofile budget: {exc} (a size such as 4GB, +1GB or "
+                                 f"'off')") from None
+        print(budget_status_text(budget.status(), budget.read_memory()))
+
+    def _cmd_postmortem(self, args: Any) -> None:
+        from ..postmortem import NoPostMortem, load_postmortem
+
+        opts = Options().update(args)
+        display.check_path(opts.pprof, "--pprof")
+        try:
+            found = load_postmortem(args.path)
+        except NoPostMortem as exc:
+            raise UsageError(f"%mprofile postmortem: {exc}") from None
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"%mprofile postmortem: cannot read {args.path!r}: {exc}") from None
+        view = opts.view_options()
+        result = found.to_result(group_by=view.group_by, top=view.top,
+                                 show_all=view.show_all, include=view.include,
+                                 exclude=view.exclude)
+        display.show_postmortem(found.summary(), str(found.path))
+        self.last_result = result
+        display.finish(self.shell, result, opts)
 
     def stop_session(self) -> None:
         """Stop the session's sampling, if this object started it."""
