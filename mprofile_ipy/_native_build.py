@@ -13,7 +13,7 @@ from cffi import FFI
 ROOT = Path(__file__).resolve().parent.parent
 NATIVE = ROOT / "native"
 SOURCES = ["sampler.c", "table.c", "stacks.c", "hooks.c", "api.c",
-           "capture_common.c", "numpy_handler.c", "native_hooks.c"]
+           "capture_common.c", "numpy_handler.c", "native_hooks.c", "fork.c"]
 
 ffibuilder = FFI()
 ffibuilder.cdef((NATIVE / "mprofile.h").read_text())

@@ -60,9 +60,13 @@ __all__ = [
     "Traceback",
     "by_traceback",
     "call_tree",
+    "check_key_type",
     "diff",
+    "frames_key",
     "group",
     "sample_groups",
+    "source_line",
+    "zero",
 ]
 
 #: Key types of :func:`group` (tracemalloc's three, plus ``'function'``).

@@ -79,6 +79,7 @@ __all__ = [
     "locate_running",
     "memory_budget",
     "read_memory",
+    "refresh_limits",
     "register_ipython",
     "set_budget",
     "shutdown",
@@ -152,9 +153,44 @@ class Reading:
     as_limit: int | None = None
 
 
+def _make_pread() -> Callable[[int, int], bytes]:
+    """``pread(fd, size)`` from offset 0 *without releasing the GIL*.
+
+    ``os.pread`` releases the GIL around the system call; for a /proc file that takes a
+    few microseconds, and getting the GIL back then costs a forced switch of the main
+    thread (it must drop the GIL at its next check, after up to ``sys.getswitchinterval()``).
+    Holding the GIL for the few microseconds of the read is cheaper for everyone: one
+    GIL hand-off per watcher tick instead of four. libc's ``pread`` through ``ctypes.PyDLL``
+    (which keeps the GIL); ``os.pread`` where that is not available.
+    """
+    try:
+        libc = ctypes.PyDLL(None, use_errno=True)
+        func = libc.pread
+        func.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_long]
+        func.restype = ctypes.c_ssize_t
+    except (OSError, AttributeError):  # pragma: no cover - not a glibc/musl system
+        return lambda fd, size: os.pread(fd, size, 0)
+    buffer = ctypes.create_string_buffer(8192)
+    lock = threading.Lock()  # the buffer is shared; reads are short
+
+    def pread(fd: int, size: int) -> bytes:
+        size = min(size, len(buffer))
+        with lock:
+            n = func(fd, buffer, size, 0)
+            if n < 0:
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err))
+            return buffer.raw[:n]
+
+    return pread
+
+
+_pread = _make_pread()
+
+
 def _pread_int(fd: int) -> int | None:
     try:
-        text = os.pread(fd, 64, 0)
+        text = _pread(fd, 64)
     except OSError:
         return None
     text = text.strip()
@@ -354,7 +390,9 @@ class _Probe:
             return {}
         return out
 
-    def read(self, margin: int = DEFAULT_MARGIN) -> Reading:
+    def read(self, margin: int = DEFAULT_MARGIN, traced: bool = True) -> Reading:
+        """Every measure now; ``traced=False`` skips the sampler's counters (a call into C
+        that releases the GIL: only a budget needs it at every tick)."""
         now = time.time()
         if now - self._limits_at > self.LIMITS_EVERY:
             self._limits_at = now
@@ -362,14 +400,14 @@ class _Probe:
         rss = vm = None
         if self._statm >= 0:
             try:
-                fields = os.pread(self._statm, 128, 0).split()
+                fields = _pread(self._statm, 128).split()
                 vm, rss = int(fields[0]) * self.page, int(fields[1]) * self.page
             except (OSError, ValueError, IndexError):
                 pass
         available = swap = None
         if self._meminfo >= 0:
             try:
-                info = os.pread(self._meminfo, 4096, 0)
+                info = _pread(self._meminfo, 8192)
                 available = _meminfo_field(info, b"MemAvailable:")
                 total, free = _meminfo_field(info, b"SwapTotal:"), _meminfo_field(info,
                                                                                  b"SwapFree:")
@@ -389,14 +427,15 @@ class _Probe:
                 best, cg_current, cg_limit = level.limit - usage, usage, level.limit
         if cg_current is None and self._own is not None and self._own.current_fd >= 0:
             cg_current = _pread_int(self._own.current_fd)
-        traced = None
-        try:
-            stats = sampler.get_stats()
-            if stats.tracing:
-                traced = int(stats.current_bytes)
-        except Exception:  # noqa: BLE001 - the sampler must never take the watcher down
-            traced = None
-        return Reading(now, rss, vm, traced, cg_current, cg_limit, available, swap,
+        estimate = None
+        if traced:
+            try:
+                stats = sampler.get_stats()
+                if stats.tracing:
+                    estimate = int(stats.current_bytes)
+            except Exception:  # noqa: BLE001 - the sampler must never take the watcher down
+                estimate = None
+        return Reading(now, rss, vm, estimate, cg_current, cg_limit, available, swap,
                        self._as_limit)
 
 
@@ -416,6 +455,12 @@ def _meminfo_field(info: bytes, name: bytes) -> int | None:
 def read_memory() -> Reading:
     """The memory measures of this process now (what the watcher reads at each tick)."""
     return _get_probe().read()
+
+
+def refresh_limits() -> None:
+    """Re-read the cgroup and ``RLIMIT_AS`` limits at the next reading (they are otherwise
+    re-read every 2 s): after moving the process to another cgroup or changing its rlimit."""
+    _get_probe()._limits_at = -math.inf
 
 
 _probe: _Probe | None = None
@@ -748,7 +793,7 @@ class _Watcher:
     def run(self, stop_event: threading.Event) -> None:
         # The watcher's own allocations (its waits included) are not the user's memory:
         # never sample them. A pause per round, not one for the thread's life: start() ends
-        # every pause.
+        # every pause, and a pause ends when its object is released.
         with sampler.paused():
             probe = self.probe_factory()
         while True:
@@ -756,7 +801,8 @@ class _Watcher:
                 if stop_event.wait(self.interval):
                     break
                 try:
-                    self.tick(probe.read(self.margin), probe)
+                    self.tick(probe.read(self.margin, self.limit() is not None
+                                         or bool(self.listeners)), probe)
                     self.errors = 0
                 except Exception as exc:  # noqa: BLE001 - the watcher must survive anything
                     self.errors += 1

@@ -40,6 +40,7 @@ import gzip
 import json
 import math
 import os
+import sys
 import zlib
 from collections.abc import Callable
 from operator import itemgetter
@@ -64,6 +65,10 @@ MAX_TRACES = 10_000_000
 MAX_SAMPLE_RATE = 2**62
 _INT64_MAX = 2**63 - 1
 _INT32_MAX = 2**31 - 1
+_FLOAT_MAX = sys.float_info.max  # JSON ints beyond it would overflow float sums
+# Estimates that are floats must stay below this: sums of floats near 2**63 round up to
+# 2**63, one past the largest int64 (found by fuzzing, in to_pprof's running rounding).
+_FLOAT_ESTIMATE_MAX = 2.0**62
 
 _GZIP_MAGIC = b"\x1f\x8b"
 
@@ -470,7 +475,8 @@ def _decode(doc: Any, error: Any, max_traces: int) -> Snapshot:
                 if len(row) > 4:
                     check.int(row[4], "an allocation total's samples", 0, _INT64_MAX, null=True)
                 if len(row) > 5:
-                    check.number(row[5], "an allocation total's variance", math.inf, null=True)
+                    check.number(row[5], "an allocation total's variance", _FLOAT_MAX,
+                                 null=True)
                 if len(row) > 6:
                     check.int(row[6], "an allocation total's domain", 0, 2**32 - 1, null=True)
                 allocated.append((tracebacks[row[0]], *row[1:]))
@@ -493,15 +499,17 @@ def _decode(doc: Any, error: Any, max_traces: int) -> Snapshot:
 
 def check_estimates(snapshot: Snapshot, error: Callable[[str], Exception]) -> None:
     """Raise ``error`` unless every estimate of ``snapshot`` is finite and fits in a signed
-    64-bit integer (pprof values, DataFrame columns). Runs the aggregation, whose records
-    the snapshot keeps: later statistics cost nothing more."""
+    64-bit integer (pprof values, DataFrame columns): exact integers up to ``2**63 - 1``,
+    floating-point estimates up to ``2**62`` (room for their rounding). Runs the
+    aggregation, whose records the snapshot keeps: later statistics cost nothing more."""
     live = alloc = aggregate.Totals()
     for record in aggregate.by_traceback(snapshot):
         live = live + record.live
         alloc = alloc + record.allocated
     for what, totals in (("alive", live), ("allocated", alloc)):
         for name, value in (("bytes", totals.size), ("allocations", totals.count)):
-            if not (math.isfinite(value) and value <= _INT64_MAX):
+            limit = _INT64_MAX if isinstance(value, int) else _FLOAT_ESTIMATE_MAX
+            if not (math.isfinite(value) and value <= limit):
                 raise error(f"the estimated {name} {what} ({value:.4g}) do not fit in 64 "
                             "bits: the sample rate or the sizes are out of range")
 

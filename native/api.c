@@ -15,10 +15,12 @@
 #include <time.h>
 #include <unistd.h>
 
-static char g_error[256];
+/* The last error, per thread: two threads failing at once each read their own message
+ * (cffi calls mp_last_error on the thread that got the -1, right after). */
+static _Thread_local char t_error[256];
 
-void mp_set_error(const char *msg) { snprintf(g_error, sizeof(g_error), "%s", msg); }
-const char *mp_last_error(void) { return g_error; }
+void mp_set_error(const char *msg) { snprintf(t_error, sizeof(t_error), "%s", msg); }
+const char *mp_last_error(void) { return t_error; }
 int mp_max_frames_limit(void) { return MP_MAX_FRAMES_LIMIT; }
 unsigned long mp_python_version_built(void) { return PY_VERSION_HEX; }
 
@@ -48,7 +50,7 @@ static void clear_state(void) {
     memset(&g_counters, 0, sizeof(g_counters));
     PyObject **codes = mp_intern_detach_locked(&ncodes);
     mp_unlock();
-    for (size_t i = 0; i < ncodes; i++) Py_DECREF(codes[i]);
+    for (size_t i = 0; i < ncodes; i++) Py_XDECREF(codes[i]);
     free(codes);
 }
 
@@ -68,7 +70,7 @@ int mp_start(int64_t sample_rate, int max_frames, uint64_t seed, int use_seed) {
         int64_t cur = g_sample_rate <= 1 ? 1 : g_sample_rate;
         int64_t req = sample_rate <= 1 ? 1 : sample_rate;
         if (cur != req) {
-            snprintf(g_error, sizeof(g_error),
+            snprintf(t_error, sizeof(t_error),
                      "already tracing with sample_rate=%lld; call stop() before changing it",
                      (long long)g_sample_rate);
             rc = -1;
@@ -115,6 +117,7 @@ void mp_reset_peak(void) {
 
 void mp_get_stats(mp_stats_t *out) {
     PyGILState_STATE gil = PyGILState_Ensure();
+    mp_intern_compact(0);   /* what the profiler keeps alive: only what it must */
     memset(out, 0, sizeof(*out));
     out->tracing = __atomic_load_n(&g_enabled, __ATOMIC_RELAXED);
     out->exact = g_exact;
@@ -182,6 +185,7 @@ static mp_snapshot *snapshot_locked_copy(uintptr_t only) {
 
 mp_snapshot *mp_snapshot_take(void) {
     PyGILState_STATE gil = PyGILState_Ensure();
+    mp_intern_compact(1);
     mp_snapshot *snap = snapshot_locked_copy(0);
     PyGILState_Release(gil);
     return snap;
@@ -214,8 +218,10 @@ mp_snapshot *mp_snapshot_of_object(uintptr_t object_address) {
 void mp_snapshot_free(mp_snapshot *snap) {
     if (snap == NULL) return;
     PyGILState_STATE gil = PyGILState_Ensure();
-    for (size_t i = 0; i < snap->intern.nframes; i++) Py_DECREF(snap->intern.codes[i]);
+    for (size_t i = 0; i < snap->intern.nframes; i++) Py_XDECREF(snap->intern.codes[i]);
+    mp_names_release(snap->intern.names);
     PyGILState_Release(gil);
+    free(snap->intern.res);
     free(snap->intern.codes);
     free(snap->intern.lasti);
     free(snap->intern.tbs);
@@ -236,30 +242,19 @@ size_t mp_snapshot_nframe_refs(mp_snapshot *snap) { return snap->intern.nrefs; }
 const uint32_t *mp_snapshot_frame_refs(mp_snapshot *snap) { return snap->intern.refs; }
 size_t mp_snapshot_nframes(mp_snapshot *snap) { return snap->intern.nframes; }
 
-static const char *utf8_or(PyObject *s, const char *fallback) {
-    if (s == NULL || !PyUnicode_Check(s)) return fallback;
-    const char *u = PyUnicode_AsUTF8(s);
-    if (u == NULL) {
-        PyErr_Clear();    /* e.g. lone surrogates in a file name */
-        return fallback;
-    }
-    return u;
-}
-
 int mp_snapshot_frame_info(mp_snapshot *snap, size_t frame_id, mp_frame_info_t *out) {
     if (frame_id >= snap->intern.nframes) return -1;
+    PyObject *code = snap->intern.codes[frame_id];
+    if (code == NULL) {               /* resolved: the code object is gone */
+        const mp_resolved_t *r = snap->intern.res[frame_id];
+        out->filename = r->filename;
+        out->name = r->name;
+        out->lineno = r->lineno;
+        out->firstlineno = r->firstlineno;
+        return 0;
+    }
     PyGILState_STATE gil = PyGILState_Ensure();
-    PyCodeObject *code = (PyCodeObject *)snap->intern.codes[frame_id];
-    int32_t lasti = snap->intern.lasti[frame_id];
-    out->filename = utf8_or(code->co_filename, "<unknown>");
-#if PY_VERSION_HEX >= 0x030B0000
-    out->name = utf8_or(code->co_qualname, "<unknown>");
-#else
-    out->name = utf8_or(code->co_name, "<unknown>");
-#endif
-    out->firstlineno = code->co_firstlineno;
-    int line = lasti < 0 ? code->co_firstlineno : PyCode_Addr2Line(code, lasti);
-    out->lineno = line < 0 ? 0 : line;
+    mp_resolve_frame(code, snap->intern.lasti[frame_id], out);
     PyGILState_Release(gil);
     return 0;
 }

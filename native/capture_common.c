@@ -221,18 +221,15 @@ int nc_pending_forget_slow(void *ptr) {
     return found;
 }
 
-/* fork(): the child must not inherit g_pending_lock held by a thread that is gone, nor
- * samples whose pending call was queued in the parent. */
-static void atfork_prepare(void) { pthread_mutex_lock(&g_pending_lock); }
-static void atfork_parent(void) { pthread_mutex_unlock(&g_pending_lock); }
-static void atfork_child(void) {
+/* fork() (fork.c calls these in its lock order): the child must not inherit
+ * g_pending_lock held by a thread that is gone, nor samples whose pending call was queued
+ * in the parent. */
+void nc_pending_fork_lock(void) { pthread_mutex_lock(&g_pending_lock); }
+void nc_pending_fork_parent(void) { pthread_mutex_unlock(&g_pending_lock); }
+void nc_pending_fork_child(void) {
     g_pending_scheduled = 0;
     pending_clear_locked();
     pthread_mutex_unlock(&g_pending_lock);
-}
-
-__attribute__((constructor)) static void register_capture_atfork(void) {
-    pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
 }
 
 /* ---- writing pointers into possibly read-only pages --------------------------------------- */

@@ -155,6 +155,24 @@ void mp_tb_account_locked(uint32_t tb, double weight, uint64_t size);
 PyObject **mp_intern_detach_locked(size_t *ncodes);
 uint64_t mp_intern_memory_locked(void);
 
+/* A frame whose code object the profiler let go: its names and lines, kept in an arena. */
+typedef struct {
+    const char *filename, *name;
+    int32_t lineno, firstlineno;
+} mp_resolved_t;
+typedef struct mp_names {
+    int refs;                       /* the interning tables + each snapshot; GIL held */
+    uint64_t bytes;
+    struct mp_names_chunk *chunks;
+} mp_names_t;
+extern mp_names_t *g_names;
+void mp_names_release(mp_names_t *n);          /* GIL held */
+void mp_intern_compact(int force);              /* GIL held, g_lock not held */
+extern int g_compact_wanted;
+void mp_intern_maybe_schedule_compact(void);    /* g_lock not held */
+/* Names and line of (code, lasti); GIL held, may allocate (never with g_lock held). */
+void mp_resolve_frame(PyObject *code, int32_t lasti, mp_frame_info_t *out);
+
 typedef struct {
     size_t ntb;
     uint64_t *tbs;      /* 3 per tb */
@@ -162,8 +180,10 @@ typedef struct {
     size_t nrefs;
     uint32_t *refs;
     size_t nframes;
-    PyObject **codes;   /* strong references */
+    PyObject **codes;   /* strong references, NULL for a resolved frame (res[i]) */
     int32_t *lasti;     /* byte offset of the instruction, -1 if not started */
+    mp_resolved_t **res;
+    mp_names_t *names;  /* one reference, for res */
 } mp_intern_copy_t;
 int mp_intern_copy_locked(mp_intern_copy_t *out);        /* INCREFs need the GIL: held */
 

@@ -85,6 +85,8 @@ void mp_record_alloc(void *ptr, size_t size, int allocator) {
         mp_tb_account_locked(rec.tb, rec.weight, rec.size);
     }
     mp_unlock();
+    if (__builtin_expect(__atomic_load_n(&g_compact_wanted, __ATOMIC_RELAXED), 0))
+        mp_intern_maybe_schedule_compact();
     mp_leave();
 }
 

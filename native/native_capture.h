@@ -14,6 +14,7 @@
  * Threading: g_pending_lock (capture_common.c) protects the deferred samples; it is taken
  * before g_lock, never after. Patching GOT slots is serialized by g_patch_lock
  * (native_hooks.c), always taken before the dynamic linker's own lock (dl_iterate_phdr).
+ * The whole order, which fork.c follows: g_patch_lock, g_pending_lock, g_lock.
  */
 #ifndef MPROFILE_NATIVE_CAPTURE_H
 #define MPROFILE_NATIVE_CAPTURE_H
@@ -87,6 +88,13 @@ typedef struct {
     uint64_t objects, python_objects, slots, failures, scans;
 } nc_native_status_t;
 void nc_native_status(nc_native_status_t *out);
+
+/* fork.c's handlers: each module's part, called in the documented lock order. */
+void nc_pending_fork_lock(void);
+void nc_pending_fork_parent(void);
+void nc_pending_fork_child(void);
+void nc_patch_fork_lock(void);
+void nc_patch_fork_unlock(void);
 
 /* The thread that may defer samples (threading.main_thread()), 0 = none. */
 extern uint64_t g_nc_main_thread;

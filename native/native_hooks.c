@@ -252,6 +252,7 @@ static void *py_realloc(void *ptr, size_t size) {
 }
 
 static void *h_dlopen(const char *file, int mode);
+static void *h_dlsym(void *handle, const char *name);
 
 /* The hooked functions, declared once for patching, restoring and the status report. */
 typedef struct {
@@ -277,6 +278,7 @@ static const nc_hook_t g_hooks[] = {
     {"munmap", (void *)h_munmap, NULL, (void *)munmap},
     {"mremap", (void *)h_mremap, NULL, (void *)mremap},
     {"dlopen", (void *)h_dlopen, (void *)h_dlopen, (void *)dlopen},
+    {"dlsym", (void *)h_dlsym, NULL, (void *)dlsym},
 };
 #define NC_NHOOKS (sizeof(g_hooks) / sizeof(g_hooks[0]))
 
@@ -285,6 +287,20 @@ static const nc_hook_t *find_hook(const char *name) {
         if (name[0] == g_hooks[i].name[0] && strcmp(name, g_hooks[i].name) == 0)
             return &g_hooks[i];
     return NULL;
+}
+
+/* dlsym: a library that looks an allocator function up by name (ctypes: `libc.malloc`)
+ * calls it through the pointer it got, not through an import slot. When dlsym answers
+ * with the very function we wrap, it gets the wrapper instead; another library's own
+ * malloc (jemalloc linked into an extension) is returned as it is. Names we do not wrap
+ * and RTLD_NEXT (whose answer depends on the calling object, which from here would be this
+ * module) go straight to dlsym, as a tail call that keeps the caller's return address. */
+static void *h_dlsym(void *handle, const char *name) {
+    const nc_hook_t *h = (handle != RTLD_NEXT && name != NULL) ? find_hook(name) : NULL;
+    if (h == NULL || h->library == (void *)h_dlopen || h->library == (void *)h_dlsym)
+        return dlsym(handle, name);
+    void *p = dlsym(handle, name);
+    return p == h->real ? h->library : p;
 }
 
 static int is_our_wrapper(const nc_hook_t *h, void *value) {
@@ -619,13 +635,9 @@ static void *dlopen_as(const char *file, int mode, const void *caller) {
     return h != NULL ? h : dlopen(file, mode);
 }
 
-/* fork(): a child must not inherit g_patch_lock held by a thread that is gone. */
-static void patch_atfork_prepare(void) { pthread_mutex_lock(&g_patch_lock); }
-static void patch_atfork_release(void) { pthread_mutex_unlock(&g_patch_lock); }
-
-__attribute__((constructor)) static void register_patch_atfork(void) {
-    pthread_atfork(patch_atfork_prepare, patch_atfork_release, patch_atfork_release);
-}
+/* fork(): fork.c takes g_patch_lock first and releases it last. */
+void nc_patch_fork_lock(void) { pthread_mutex_lock(&g_patch_lock); }
+void nc_patch_fork_unlock(void) { pthread_mutex_unlock(&g_patch_lock); }
 
 static void *h_dlopen(const char *file, int mode) {
     const void *caller = __builtin_return_address(0);
@@ -635,6 +647,9 @@ static void *h_dlopen(const char *file, int mode) {
     return h;
 }
 
+#else
+void nc_patch_fork_lock(void) {}
+void nc_patch_fork_unlock(void) {}
 #endif  /* NC_SUPPORTED */
 
 /* ---- entry points ------------------------------------------------------------------------- */

@@ -33,8 +33,15 @@
 #endif
 
 /* ---- interned frames: dense arrays + open-addressing index (ids + 1, 0 = empty) ------- */
+/* f_codes[id] holds a strong reference, or NULL once the frame is resolved (f_res[id]):
+ * see "Letting code objects go" below. */
 static PyObject **f_codes = NULL;
 static int32_t *f_lasti = NULL;
+mp_names_t *g_names = NULL;           /* GIL held for refs; g_lock for the pointer */
+static size_t g_compacted_at = 0;     /* f_count after the last compaction */
+static uint64_t g_clear_epoch = 0;    /* bumped by every detach */
+int g_compact_wanted = 0;             /* interning doubled since the last compaction */
+static mp_resolved_t **f_res = NULL;
 static size_t f_count = 0, f_cap = 0;
 static uint32_t *f_index = NULL;
 static size_t f_index_cap = 0;
@@ -81,6 +88,7 @@ static int rebuild_frame_index(size_t ncap) {
     uint32_t *idx = calloc(ncap, sizeof(uint32_t));
     if (idx == NULL) return -1;
     for (size_t id = 0; id < f_count; id++) {
+        if (f_codes[id] == NULL) continue;     /* resolved: never looked up again */
         size_t i = hash_frame(f_codes[id], f_lasti[id]) & (ncap - 1);
         while (idx[i]) i = (i + 1) & (ncap - 1);
         idx[i] = (uint32_t)id + 1;
@@ -102,16 +110,21 @@ static uint32_t intern_frame_locked(PyObject *code, int32_t lasti) {
         if (f_codes[id] == code && f_lasti[id] == lasti) return id;
         i = (i + 1) & (f_index_cap - 1);
     }
-    size_t c1 = f_cap, c2 = f_cap;
+    size_t c1 = f_cap, c2 = f_cap, c3 = f_cap;
     if (reserve((void **)&f_codes, &c1, f_count + 1, sizeof(PyObject *)) != 0 ||
-        reserve((void **)&f_lasti, &c2, f_count + 1, sizeof(int32_t)) != 0)
+        reserve((void **)&f_lasti, &c2, f_count + 1, sizeof(int32_t)) != 0 ||
+        reserve((void **)&f_res, &c3, f_count + 1, sizeof(mp_resolved_t *)) != 0)
         return UINT32_MAX;
     f_cap = c1 < c2 ? c1 : c2;
+    if (c3 < f_cap) f_cap = c3;
     /* A refcount increment is all we do to a Python object here; the GIL is held. */
     Py_INCREF(code);
     f_codes[f_count] = code;
     f_lasti[f_count] = lasti;
+    f_res[f_count] = NULL;
     f_index[i] = (uint32_t)f_count + 1;
+    if (f_count + 1 >= 2 * g_compacted_at + 4096)
+        __atomic_store_n(&g_compact_wanted, 1, __ATOMIC_RELAXED);
     return (uint32_t)f_count++;
 }
 
@@ -244,12 +257,18 @@ void mp_tb_account_locked(uint32_t tb, double weight, uint64_t size) {
 }
 
 PyObject **mp_intern_detach_locked(size_t *ncodes) {
-    PyObject **codes = f_codes;
+    PyObject **codes = f_codes;     /* NULL entries: resolved frames (Py_XDECREF) */
     *ncodes = f_count;
     f_codes = NULL;
     free(f_lasti);
     f_lasti = NULL;
+    free(f_res);
+    f_res = NULL;
     f_count = f_cap = 0;
+    g_clear_epoch++;
+    mp_names_release(g_names);
+    g_names = NULL;
+    g_compacted_at = 0;
     free(f_index);
     f_index = NULL;
     f_index_cap = 0;
@@ -266,7 +285,8 @@ PyObject **mp_intern_detach_locked(size_t *ncodes) {
 }
 
 uint64_t mp_intern_memory_locked(void) {
-    return (uint64_t)f_cap * (sizeof(PyObject *) + sizeof(int32_t)) +
+    return (uint64_t)f_cap * (sizeof(PyObject *) + sizeof(int32_t) + sizeof(void *)) +
+           (g_names ? g_names->bytes : 0) +
            (uint64_t)f_index_cap * sizeof(uint32_t) + (uint64_t)tb_cap * sizeof(mp_tb_t) +
            (uint64_t)refs_cap * sizeof(uint32_t) + (uint64_t)tb_index_cap * sizeof(uint32_t);
 }
@@ -282,8 +302,10 @@ int mp_intern_copy_locked(mp_intern_copy_t *out) {
     out->refs = malloc((refs_count ? refs_count : 1) * sizeof(uint32_t));
     out->codes = malloc((f_count ? f_count : 1) * sizeof(PyObject *));
     out->lasti = malloc((f_count ? f_count : 1) * sizeof(int32_t));
-    if (!out->tbs || !out->alloc || !out->refs || !out->codes || !out->lasti) {
+    out->res = malloc((f_count ? f_count : 1) * sizeof(mp_resolved_t *));
+    if (!out->tbs || !out->alloc || !out->refs || !out->codes || !out->lasti || !out->res) {
         free(out->tbs); free(out->alloc); free(out->refs); free(out->codes); free(out->lasti);
+        free(out->res);
         memset(out, 0, sizeof(*out));
         return -1;
     }
@@ -297,10 +319,214 @@ int mp_intern_copy_locked(mp_intern_copy_t *out) {
         out->alloc[4 * i + 3] = tbs[i].alloc_var;
     }
     if (refs_count) memcpy(out->refs, tb_refs, refs_count * sizeof(uint32_t));
+    /* The snapshot keeps its codes alive, and the resolved names, past a clear(). */
+    if (g_names) g_names->refs++;
+    out->names = g_names;
     for (size_t i = 0; i < f_count; i++) {
-        Py_INCREF(f_codes[i]);     /* the snapshot keeps its codes alive past a clear() */
+        Py_XINCREF(f_codes[i]);
         out->codes[i] = f_codes[i];
         out->lasti[i] = f_lasti[i];
+        out->res[i] = f_res[i];
     }
     return 0;
+}
+
+/* ---- Letting code objects go ---------------------------------------------------------------
+ *
+ * An interned frame holds its code object, so that names and lines can be resolved at
+ * snapshot time. In exact mode a program that generates many functions would otherwise be
+ * kept alive by the profiler alone (100 k generated functions: +205 MB of RSS). So now and
+ * then (every snapshot, when get_stats() sees the frames grown, and from a pending call when
+ * interning doubled) the frames whose code object nobody but us holds are resolved into
+ * names and lines, copied into a reference-counted arena (mp_names_t), and the code object
+ * is released. A resolved frame keeps its id (tracebacks refer to it) but leaves the lookup
+ * index: a new code object at the same address must not match it.
+ *
+ * Two phases, because resolving may allocate (PyUnicode_AsUTF8) and allocations re-enter the
+ * hooks, which take g_lock: (1) under g_lock, pick the frames whose code's reference count
+ * equals our references to it; (2) without g_lock, GIL held, copy their names; (3) under
+ * g_lock, commit if the tables were not cleared meanwhile. The GIL, held throughout, keeps
+ * every reference count still. The references are dropped after g_lock is released. */
+
+#define MP_NAMES_CHUNK (64 * 1024)
+
+typedef struct mp_names_chunk {
+    struct mp_names_chunk *next;
+    size_t used, cap;
+    char data[];
+} mp_names_chunk_t;
+
+
+static void *names_alloc(mp_names_t *n, size_t size) {
+    size = (size + 7) & ~(size_t)7;
+    mp_names_chunk_t *c = n->chunks;
+    if (c == NULL || c->cap - c->used < size) {
+        size_t cap = size > MP_NAMES_CHUNK ? size : MP_NAMES_CHUNK;
+        c = malloc(sizeof(*c) + cap);
+        if (c == NULL) return NULL;
+        c->next = n->chunks;
+        c->used = 0;
+        c->cap = cap;
+        n->chunks = c;
+        n->bytes += sizeof(*c) + cap;
+    }
+    void *p = c->data + c->used;
+    c->used += size;
+    return p;
+}
+
+static const char *names_strdup(mp_names_t *n, const char *s) {
+    size_t len = strlen(s) + 1;
+    char *d = names_alloc(n, len);
+    if (d) memcpy(d, s, len);
+    return d;
+}
+
+void mp_names_release(mp_names_t *n) {
+    if (n == NULL || --n->refs > 0) return;
+    for (mp_names_chunk_t *c = n->chunks, *next; c != NULL; c = next) {
+        next = c->next;
+        free(c);
+    }
+    free(n);
+}
+
+static const char *utf8_or(PyObject *s, const char *fallback) {
+    if (s == NULL || !PyUnicode_Check(s)) return fallback;
+    const char *u = PyUnicode_AsUTF8(s);
+    if (u == NULL) {
+        PyErr_Clear();    /* e.g. lone surrogates in a file name */
+        return fallback;
+    }
+    return u;
+}
+
+void mp_resolve_frame(PyObject *codeobj, int32_t lasti, mp_frame_info_t *out) {
+    PyCodeObject *code = (PyCodeObject *)codeobj;
+    out->filename = utf8_or(code->co_filename, "<unknown>");
+#if PY_VERSION_HEX >= 0x030B0000
+    out->name = utf8_or(code->co_qualname, "<unknown>");
+#else
+    out->name = utf8_or(code->co_name, "<unknown>");
+#endif
+    out->firstlineno = code->co_firstlineno;
+    int line = lasti < 0 ? code->co_firstlineno : PyCode_Addr2Line(code, lasti);
+    out->lineno = line < 0 ? 0 : line;
+}
+
+typedef struct {
+    uint32_t id;
+    PyObject *code;
+    mp_resolved_t *res;
+} mp_candidate_t;
+
+/* One round; returns the number of code objects released. */
+static size_t compact_round(int force);
+
+/* GIL held, g_lock not held. `force`: compact even if the frames have not grown much.
+ * Releasing one code object can leave another held by us alone (a module's code keeps its
+ * functions' codes in co_consts), hence a few rounds. */
+void mp_intern_compact(int force) {
+    for (int round = 0; round < 8; round++)
+        if (compact_round(force || round > 0) == 0) break;
+}
+
+static size_t compact_round(int force) {
+    mp_lock();
+    size_t n = f_count;
+    if (n == 0 || (!force && n < g_compacted_at + g_compacted_at / 8 + 1024)) {
+        mp_unlock();
+        return 0;
+    }
+    /* (1) Our references per code object, in a temporary table keyed by address. */
+    size_t cap = 1;
+    while (cap < 2 * n) cap <<= 1;
+    PyObject **keys = calloc(cap, sizeof(PyObject *));
+    uint32_t *counts = calloc(cap, sizeof(uint32_t));
+    mp_candidate_t *cand = malloc(n * sizeof(mp_candidate_t));
+    size_t ncand = 0;
+    uint64_t epoch = g_clear_epoch;
+    if (keys && counts && cand) {
+        for (size_t id = 0; id < n; id++) {
+            PyObject *c = f_codes[id];
+            if (c == NULL) continue;
+            size_t i = hash_frame(c, 0) & (cap - 1);
+            while (keys[i] != NULL && keys[i] != c) i = (i + 1) & (cap - 1);
+            keys[i] = c;
+            counts[i]++;
+        }
+        for (size_t id = 0; id < n; id++) {
+            PyObject *c = f_codes[id];
+            if (c == NULL) continue;
+            size_t i = hash_frame(c, 0) & (cap - 1);
+            while (keys[i] != c) i = (i + 1) & (cap - 1);
+            if ((size_t)Py_REFCNT(c) == counts[i]) cand[ncand++] = (mp_candidate_t){(uint32_t)id, c, NULL};
+        }
+    }
+    g_compacted_at = n;
+    __atomic_store_n(&g_compact_wanted, 0, __ATOMIC_RELAXED);
+    mp_unlock();
+    free(keys);
+    free(counts);
+    if (ncand == 0) {
+        free(cand);
+        return 0;
+    }
+    /* (2) Names and lines, copied into the arena (a new one if there is none yet). */
+    mp_names_t *names = g_names;
+    if (names == NULL) {
+        names = calloc(1, sizeof(*names));
+        if (names == NULL) {
+            free(cand);
+            return 0;
+        }
+        names->refs = 1;
+    }
+    PyObject *last_file = NULL;
+    const char *last_file_copy = NULL;
+    for (size_t k = 0; k < ncand; k++) {
+        mp_frame_info_t info;
+        mp_resolve_frame(cand[k].code, f_lasti[cand[k].id], &info);
+        PyObject *file = ((PyCodeObject *)cand[k].code)->co_filename;
+        mp_resolved_t *r = names_alloc(names, sizeof(mp_resolved_t));
+        if (r == NULL) break;
+        r->filename = file == last_file ? last_file_copy : names_strdup(names, info.filename);
+        r->name = names_strdup(names, info.name);
+        if (r->filename == NULL || r->name == NULL) break;
+        last_file = file;
+        last_file_copy = r->filename;
+        r->lineno = info.lineno;
+        r->firstlineno = info.firstlineno;
+        cand[k].res = r;
+    }
+    /* (3) Commit: the resolved frames drop their code. */
+    size_t ndrop = 0;
+    mp_lock();
+    if (g_clear_epoch == epoch) {
+        g_names = names;
+        for (size_t k = 0; k < ncand && cand[k].res != NULL; k++) {
+            f_res[cand[k].id] = cand[k].res;
+            f_codes[cand[k].id] = NULL;
+            cand[ndrop++].code = cand[k].code;
+        }
+    } else if (names != g_names) {
+        mp_names_release(names);       /* cleared meanwhile: nothing to commit */
+    }
+    mp_unlock();
+    for (size_t k = 0; k < ndrop; k++) Py_DECREF(cand[k].code);
+    free(cand);
+    return ndrop;
+}
+
+/* From the record path, g_lock not held: interning doubled, so let the main thread compact
+ * at its next eval-breaker check (Py_AddPendingCall needs no GIL and allocates nothing). */
+static int compact_pending(void *arg) {
+    (void)arg;
+    mp_intern_compact(0);
+    return 0;
+}
+
+void mp_intern_maybe_schedule_compact(void) {
+    if (__atomic_exchange_n(&g_compact_wanted, 0, __ATOMIC_RELAXED))
+        (void)Py_AddPendingCall(compact_pending, NULL);
 }

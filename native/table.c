@@ -62,8 +62,7 @@ static inline size_t slot_of(uintptr_t p, size_t cap) {
     return (size_t)(mix_ptr(p) >> 17) & (cap - 1);
 }
 
-static int grow_locked(void) {
-    size_t ncap = g_cap ? g_cap * 2 : 1024;
+static int resize_locked(size_t ncap) {
     mp_live_t *ns = calloc(ncap, sizeof(mp_live_t));
     if (ns == NULL) return -1;
     for (size_t i = 0; i < g_cap; i++) {
@@ -97,7 +96,8 @@ int mp_table_insert_locked(const mp_live_t *rec, mp_live_t *replaced) {
         g_slots[i] = *rec;
         return 1;
     }
-    if ((g_count + 1) * 4 > g_cap * 3 && grow_locked() != 0) return -1;   /* load <= 3/4 */
+    if ((g_count + 1) * 4 > g_cap * 3 && resize_locked(g_cap ? g_cap * 2 : 1024) != 0)
+        return -1;                                                         /* load <= 3/4 */
     i = slot_of(rec->ptr, g_cap);
     while (g_slots[i].ptr != 0) i = (i + 1) & (g_cap - 1);
     g_slots[i] = *rec;
@@ -126,6 +126,9 @@ int mp_table_take_locked(uintptr_t p, mp_live_t *out) {
     g_slots[hole].ptr = 0;
     g_count--;
     filter_remove_locked(p);
+    /* Give memory back after a peak (load < 1/8; halving keeps the cost amortized). If
+     * the smaller array cannot be had, the large one simply stays. */
+    if (g_cap > 1024 && g_count * 8 < g_cap) (void)resize_locked(g_cap / 2);
     return 1;
 }
 
@@ -156,14 +159,4 @@ size_t mp_table_copy_locked(mp_live_t *out, size_t cap) {
 uint64_t mp_table_memory_locked(void) {
     return (uint64_t)g_cap * sizeof(mp_live_t) + sizeof(g_bucket_count) +
            sizeof(g_filter_bits);
-}
-
-/* fork(): the child must not inherit g_lock held by a thread that no longer exists.
- * Take it around fork so the table is consistent on both sides, then release it. */
-static void atfork_prepare(void) { pthread_mutex_lock(&g_lock); }
-static void atfork_parent(void) { pthread_mutex_unlock(&g_lock); }
-static void atfork_child(void) { pthread_mutex_unlock(&g_lock); }
-
-__attribute__((constructor)) static void register_atfork(void) {
-    pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
 }

@@ -183,3 +183,17 @@ def test_frames_of_this_process_are_resolved_once():
     first = attributor.locate(__file__, 1)
     assert attributor.locate(__file__, 1) is first
     assert sys.modules["mprofile_ipy.attribution"] is attribution
+
+
+def test_sources_are_read_from_regular_files_only(tmp_path):
+    """A snapshot from elsewhere may name a device or a FIFO: reading it must not hang."""
+    import os
+
+    from mprofile_ipy import Snapshot
+    from mprofile_ipy.result import ProfileResult
+
+    fifo = tmp_path / "pipe.py"
+    os.mkfifo(fifo)
+    snap = Snapshot([(0, 64, (("/dev/zero", 1),), 1), (0, 64, ((str(fifo), 2),), 1)], 1)
+    text = ProfileResult(snap, show_all=True).to_text()
+    assert "dev/zero:1" in text and "Top 2 of 2" in text

@@ -276,7 +276,7 @@ def test_a_trip_never_instantiated_does_not_block_later_trips():
 
 def test_safety_net_interrupts_with_a_fake_probe(monkeypatch):
     class Starving:
-        def read(self, margin):
+        def read(self, margin, traced=True):
             return reading(available=50 * MiB)
 
         def cgroup_events(self):
@@ -445,7 +445,7 @@ def test_kernel_under_an_address_space_limit_is_saved_by_the_safety_net(kernel):
               "soft, hard = resource.getrlimit(resource.RLIMIT_AS)\n"
               "vm = B.read_memory().vm_size\n"
               "resource.setrlimit(resource.RLIMIT_AS, (vm + 300 * 2**20, hard))\n"
-              "time_limit = __import__('time').sleep(2.5)  # the watcher re-reads limits")
+              "B.refresh_limits(); __import__('time').sleep(0.2)")
     # WHEN a cell grows without end
     out = kernel.run("chunks = []\nwhile True:\n    chunks.append(bytearray(4 * 2**20))\n")
     try:
@@ -487,7 +487,7 @@ def test_kernel_in_a_memory_cgroup_is_stopped_before_the_oom_killer(tmp_path):
         (child / ("memory.max" if v2 else "memory.limit_in_bytes")).write_text(f"{400 * MiB}")
         k = Kernel(tmp_path)
         (child / "cgroup.procs").write_text(str(k.pid))
-        k.ok(SETUP + "import time; time.sleep(2.5)  # the watcher re-reads its cgroup")
+        k.ok(SETUP + "B.refresh_limits(); import time; time.sleep(0.2)")
         assert k.ok("print(B.read_memory().cgroup_limit)").strip() == str(400 * MiB)
         # WHEN a cell grows memory without end
         out = k.run("chunks = []\nwhile True:\n    chunks.append(bytearray(4 * 2**20))\n")

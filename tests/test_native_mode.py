@@ -414,3 +414,19 @@ def test_pyarrow_imported_after_start():
     pool, patched, ratio = proc.stdout.split()
     assert pool == "system" and patched == "True"
     assert 0.9 <= float(ratio) <= 1.1
+
+
+def test_malloc_looked_up_through_ctypes_is_seen(native):
+    # Issue 15: ctypes finds libc's malloc with dlsym and calls it through that pointer.
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    p, line = libc.malloc(40 * MB), here()
+    assert p
+    snap = mp.take_snapshot()
+    assert_close(live_at(snap, line, domain=NATIVE_DOMAIN), 40 * MB)
+    libc.free(p)
+    assert live_at(mp.take_snapshot(), line) < 1 * MB
+    # Names that are not allocators, and RTLD_NEXT-free lookups, are untouched.
+    assert ctypes.cast(libc.strlen, ctypes.c_void_p).value != hook("malloc")

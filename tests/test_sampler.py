@@ -518,3 +518,38 @@ def test_an_unknown_python_is_refused_at_start(monkeypatch):
     assert not mp.is_tracing()
     monkeypatch.undo()
     assert sampler._built_for_this_python()
+
+
+def test_code_objects_only_the_profiler_holds_are_let_go_and_still_named():
+    # Issue 15: interned frames kept 100 k generated functions alive in exact mode.
+    import weakref
+
+    mp.start(sample_rate=1)
+    refs = []
+    keep = []
+    for i in range(300):
+        ns: dict = {}
+        exec(compile(f"def gen_{i}():\n    return bytearray({1000 + i})\n",
+                     f"<generated-{i}>", "exec"), ns)
+        keep.append(ns[f"gen_{i}"]())
+        refs.append(weakref.ref(ns[f"gen_{i}"].__code__))
+        del ns
+    gc.collect()
+    alive_before = sum(r() is not None for r in refs)
+    snap = mp.take_snapshot()
+    gc.collect()
+    assert sum(r() is not None for r in refs) == 0 < alive_before
+    named = {}
+    for stat in snap.statistics("lineno"):
+        frame = stat.traceback[0]
+        if frame.filename.startswith("<generated-"):
+            named[frame.filename] = (frame.lineno, stat.size)
+    assert len(named) == 300
+    assert named["<generated-7>"][0] == 2
+    assert named["<generated-7>"][1] >= 1007
+    # The names survive a clear() taken after the snapshot, and later snapshots too.
+    again = mp.take_snapshot()
+    assert len([s for s in again.statistics("filename")
+                if s.traceback[0].filename.startswith("<generated-")]) == 300
+    mp.stop()
+    del keep

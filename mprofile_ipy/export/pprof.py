@@ -143,6 +143,8 @@ class _RunningRound:
         self._emitted = 0
 
     def __call__(self, value: float) -> int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)  # 0.0 placeholders must not turn the column into floats
         self._total += value
         target = round(self._total)
         out = target - self._emitted
@@ -369,7 +371,7 @@ def to_profile(
             alloc = (count, space)
         else:
             record = alloc_of.pop(stack_key(frames), None)
-            alloc = (record.allocated.count, record.allocated.size) if record else (0.0, 0.0)
+            alloc = (record.allocated.count, record.allocated.size) if record else (0, 0)
         sample = profile.sample.add()
         sample.location_id.extend(builder.stack(frames))
         sample.value.extend(

@@ -47,18 +47,28 @@ def format_traceback(frames: tuple[FrameInfo, ...]) -> str:
     return "\n".join(frame.format() for frame in frames)
 
 
+def _text(value: str) -> str:
+    """A string pandas can store: file names that are not UTF-8 (kept by the model with
+    lone surrogates) become ``\\xNN`` escapes, as in pprof files."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return value
+
+
 def _frame_columns(frame: FrameInfo, group_by: str) -> dict[str, object]:
     if group_by == "file":
-        return {"file": frame.file, "line": pd.NA, "function": "", "source": "",
+        return {"file": _text(frame.file), "line": pd.NA, "function": "", "source": "",
                 "cell": frame.cell if frame.cell is not None else pd.NA,
-                "filename": frame.filename, "lineno": pd.NA}
+                "filename": _text(frame.filename), "lineno": pd.NA}
     return {
-        "file": frame.file,
+        "file": _text(frame.file),
         "line": frame.line,
-        "function": frame.name,
-        "source": frame.source if group_by != "function" else "",
+        "function": _text(frame.name),
+        "source": _text(frame.source) if group_by != "function" else "",
         "cell": frame.cell if frame.cell is not None else pd.NA,
-        "filename": frame.filename,
+        "filename": _text(frame.filename),
         "lineno": frame.lineno if group_by != "function" else pd.NA,
     }
 
@@ -110,7 +120,8 @@ def _rows(items: Sequence[Any], values: dict[str, Callable[[Any], Any]],
     """One row per site (or change): its frame's columns and its values."""
     chosen = items[:top] if top is not None else items
     return [{**_frame_columns(item.frame, item.group_by),
-             **{name: get(item) for name, get in values.items()}} for item in chosen]
+             **{name: _text(v) if isinstance(v := get(item), str) else v
+                for name, get in values.items()}} for item in chosen]
 
 
 def sites_dataframe(report: Report, group_by: str | None = None,
@@ -138,7 +149,7 @@ def traces_dataframe(report: Report) -> ReportFrame:
         if index is None:
             index = index_of[frames] = len(fixed_rows)
             row = _frame_columns(frames[-1], "line")
-            row["traceback"] = format_traceback(frames)
+            row["traceback"] = _text(format_traceback(frames))
             fixed_rows.append(row)
         which.append(index)
         sizes.append(trace[1])

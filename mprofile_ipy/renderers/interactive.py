@@ -85,6 +85,7 @@ __all__ = [
     "MAX_TRACEBACKS",
     "MAX_TRACEBACKS_PER_ROW",
     "ReportDataError",
+    "ReportOutput",
     "data_from_snapshot",
     "json_for_script",
     "render_report",
@@ -249,6 +250,7 @@ def validate_report_data(data: Any) -> dict[str, Any]:
 
     _bound_tracebacks(groupings, tracebacks, frames, notes)
     out["groupings"], out["tracebacks"], out["frames"] = groupings, tracebacks, frames
+    out["grouping_order"] = list(groupings)  # the JSON's keys are sorted
 
     out["flame"] = None
     if data.get("flame") is not None:
@@ -580,20 +582,19 @@ def _table_html(data: dict[str, Any]) -> str:
             f"<tbody>{''.join(body)}</tbody></table></div>")
 
 
-def _controls_html(data: dict[str, Any]) -> str:
-    groups = "".join(
-        f"<option value='{escape(name, quote=True)}'"
-        f"{' selected' if name == data['default_grouping'] else ''}>{escape(g['label'])}"
-        "</option>" for name, g in data["groupings"].items())
-    tops = "".join(f"<option value='{n}'{' selected' if n == data['top'] else ''}>"
-                   f"{'all' if n == 0 else n}</option>"
-                   for n in sorted({10, 20, 50, 100, 0, data["top"]}, key=lambda n: n or 1e9))
-    return ("<div class='mpr-controls' hidden>"
-            f"<label>group by <select class='mpr-group'>{groups}</select></label>"
-            f"<label>top <select class='mpr-top'>{tops}</select></label>"
-            "<label>filter <input class='mpr-filter' type='search' "
-            "placeholder='file, function, source…'></label>"
-            "<span class='mpr-count mpr-muted'></span></div>")
+def _deferred(markup: str, fallback: str) -> str:
+    """``fallback`` HTML now, and ``markup`` (SVG) for the script to put in its place.
+
+    The SVG travels as the text of a ``<script type='text/x-mprofile-svg'>``: sanitizers
+    (untrusted notebooks) drop a script's text entirely, where they would strip the SVG
+    elements and leave their text run together. Every string in ``markup`` is escaped, so
+    it cannot end the element (checked).
+    """
+    lowered = markup.lower()
+    if "</script" in lowered or "<script" in lowered or "<!--" in lowered:
+        raise AssertionError("escaped SVG markup cannot contain script tags")  # pragma: no cover
+    return (f"<div class='mpr-slot'>{fallback}</div>"
+            f"<script type='text/x-mprofile-svg' class='mpr-deferred'>{markup}</script>")
 
 
 def _fit(label: str, width_px: float) -> str:
@@ -609,11 +610,9 @@ def _flame_label(node: dict[str, Any]) -> str:
 
 
 def _flame_html(data: dict[str, Any]) -> str:
-    """The flame graph (root on top) as inline SVG in percent units, with a <title> per box
-    (the tooltip where scripts do not run); ``data-*`` hold each box's extent for zooming."""
+    """The flame graph (root on top) as inline SVG in percent units; ``data-*`` hold each
+    box's extent for zooming and its node (pre-order index) for the script's tooltip."""
     root = data["flame"]
-    total = root["size"]
-    exact = data["exact"]
     order: dict[int, int] = {}  # id(node) -> pre-order index over the whole tree
     walk = [root]
     while walk:
@@ -626,17 +625,12 @@ def _flame_html(data: dict[str, Any]) -> str:
     while stack:
         node, x0, x1, depth = stack.pop()
         depth_max = max(depth_max, depth)
-        share = node["size"] / total if total else 0.0
-        tip = (f"{_flame_label(node)}\n{_size(node['size'])} {_pm(node['error'], exact)}, "
-               f"{_share(share)} of total, {node['samples']:,} samples")
-        if node["source"]:
-            tip += f"\n{node['source']}"
         label = _fit(_flame_label(node), (x1 - x0) * _FLAME_WIDTH_PX)
         hue = (sum(map(ord, node["name"])) * 37) % 60 if depth else 210
         y = depth * _FLAME_ROW_PX
         boxes.append(
             f"<g class='mpr-node' data-i='{order[id(node)]}' data-x0='{x0:.6f}' "
-            f"data-x1='{x1:.6f}' data-depth='{depth}'><title>{escape(tip)}</title>"
+            f"data-x1='{x1:.6f}' data-depth='{depth}'>"
             f"<rect x='{x0 * 100:.4f}%' y='{y}' width='{(x1 - x0) * 100:.4f}%' "
             f"height='{_FLAME_ROW_PX - 1}' style='fill:hsl({hue},85%,{70 if depth else 80}%)'/>"
             f"<text x='{x0 * 100:.4f}%' dx='4' y='{y + 13}'>{escape(label)}</text></g>")
@@ -654,15 +648,16 @@ def _flame_html(data: dict[str, Any]) -> str:
             if right - left > 1e-9:
                 stack.append((child, left, right, depth + 1))
     height = (depth_max + 1) * _FLAME_ROW_PX
+    svg = (f"<svg class='mpr-flame-svg' width='100%' height='{height}' "
+           f"style='height:{height}px' role='img' aria-label='flame graph'>"
+           f"{''.join(boxes)}</svg>")
     return ("<div class='mpr-flame'>"
             "<div class='mpr-flame-bar'><b>Flame graph</b> <span class='mpr-muted'>"
             "width = memory still alive; root on top; hover for details, click to zoom"
-            "</span><span class='mpr-flame-tools' hidden><input class='mpr-search' "
-            "type='search' placeholder='search functions…'> <span class='mpr-matches "
-            "mpr-muted'></span></span></div>"
-            f"<svg class='mpr-flame-svg' width='100%' height='{height}' "
-            f"style='height:{height}px' "
-            f"role='img' aria-label='flame graph'>{''.join(boxes)}</svg></div>")
+            "</span></div>"
+            + _deferred(svg, "<span class='mpr-muted'>(shown where scripts run: a trusted "
+                             "notebook, nbconvert's HTML)</span>")
+            + "</div>")
 
 
 def _timeline_html(data: dict[str, Any]) -> str:
@@ -687,13 +682,7 @@ def _timeline_html(data: dict[str, Any]) -> str:
     step = max(1, n // 12)
     for i, p in enumerate(points):
         x, y = xy(i, p["current"])
-        tip = f"{p['label']}: {_size(p['current'])} {_pm(p['error'], data['exact'])}"
-        if p["peak"] is not None:
-            tip += f", peak {_size(p['peak'])}"
-        if p["text"]:
-            tip += f"\n{p['text']}"
-        marks.append(f"<circle class='mpr-point' data-i='{i}' cx='{x:.1f}' cy='{y:.1f}' r='4'>"
-                     f"<title>{escape(tip)}</title></circle>")
+        marks.append(f"<circle class='mpr-point' data-i='{i}' cx='{x:.1f}' cy='{y:.1f}' r='4'/>")
         if i % step == 0 or i == n - 1:
             marks.append(f"<text class='mpr-axis' x='{x:.1f}' y='{height - pad_b + 16}' "
                          f"text-anchor='middle'>{escape(p['label'])}</text>")
@@ -705,19 +694,33 @@ def _timeline_html(data: dict[str, Any]) -> str:
     peak_svg = (f"<polyline class='mpr-peak' points='{peak_line}'/>" if len(peaks) > 1 else "")
     legend = ("still alive after each cell (line), peak during it (dashed); hover a point"
               if len(peaks) > 1 else "still alive after each cell; hover a point")
+    svg = (f"<svg class='mpr-timeline-svg' viewBox='0 0 {width} {height}' width='100%' "
+           f"style='max-width:{width}px' role='img' aria-label='memory timeline'>{axis}"
+           f"{peak_svg}<polyline class='mpr-line' points='{line}'/>{''.join(marks)}</svg>")
+    rows = "".join(
+        f"<tr><td class='mpr-text'>{escape(p['label'])}</td>"
+        f"<td class='mpr-num'>{escape(_size(p['current']))}</td>"
+        f"<td class='mpr-num'>{escape(_pm(p['error'], data['exact']))}</td>"
+        f"<td class='mpr-num'>{escape(_size(p['peak']))}</td>"
+        f"<td class='mpr-text'>{escape(p['text'])}</td></tr>" for p in points)
+    table = ("<table class='mpr-table'><thead><tr><th class='mpr-text'>cell</th>"
+             "<th class='mpr-num'>still alive</th><th class='mpr-num'>±</th>"
+             "<th class='mpr-num'>peak</th><th class='mpr-text'></th></tr></thead>"
+             f"<tbody>{rows}</tbody></table>")
     return ("<div class='mpr-timeline'><b>Memory across cells</b> <span class='mpr-muted'>"
-            f"{legend}</span>"
-            f"<svg class='mpr-timeline-svg' viewBox='0 0 {width} {height}' width='100%' "
-            f"style='max-width:{width}px' role='img' aria-label='memory timeline'>{axis}"
-            f"{peak_svg}<polyline class='mpr-line' points='{line}'/>{''.join(marks)}</svg></div>")
+            f"{legend}</span>{_deferred(svg, table)}</div>")
 
 
-def render_report(data: dict[str, Any], *, uid: str | None = None) -> str:
+def render_report(data: dict[str, Any], *, uid: str | None = None,
+                  replaces_widget: bool = False) -> str:
     """The self-contained HTML report of ``data`` (schema in the module doc).
 
-    The output is a pure function of ``data`` and ``uid``; ``uid`` (default: a hash of the
-    data and a per-process counter) names the report's root element so that several reports
-    in one page have distinct ids. Raises :class:`ReportDataError` on bad data.
+    The output is a pure function of its arguments; ``uid`` (default: a hash of the data and
+    a per-process counter) names the report's root element so that several reports in one
+    page have distinct ids. ``replaces_widget=True`` marks a report that shows the current
+    view of a widget displayed in the same cell (see :class:`ReportOutput`): where scripts
+    run, it hides that widget's "Error displaying widget" once the widget's kernel is gone.
+    Raises :class:`ReportDataError` on bad data.
     """
     data = validate_report_data(data)
     payload = json_for_script(data)
@@ -726,19 +729,20 @@ def render_report(data: dict[str, Any], *, uid: str | None = None) -> str:
         uid = f"mpr-{digest}-{next(_counter)}"
     elif not uid.replace("-", "").replace("_", "").isalnum():
         raise ReportDataError(f"uid must be letters, digits, '-' or '_', got {uid!r:.60}")
-    parts = [f"<div class='mprofile-ir' id='{uid}' data-kind='{data['kind']}'>",
+    replaces = " data-mpr-replaces='widget'" if replaces_widget else ""
+    parts = [f"<div class='mprofile-ir' id='{uid}' data-kind='{data['kind']}'{replaces}>",
              f"<style>{_asset('report.css')}</style>",
              "<div class='mpr-head'>",
              f"<span class='mpr-title'>{escape(data['title'])}</span>"]
-    for item in data["summary"]:
-        parts.append(f"<span class='mpr-fig'><span class='mpr-muted'>{escape(item['label'])}"
+    for item in data["summary"]:  # the separators show only where the style sheet does not
+        parts.append(f"<span class='mpr-sep'>; </span>"
+                     f"<span class='mpr-fig'><span class='mpr-muted'>{escape(item['label'])}"
                      f"</span> {escape(_summary_value(item, data['exact']))}</span>")
     parts.append("</div>")
     parts.extend(f"<div class='mpr-note'>{escape(note)}</div>" for note in data["notes"])
     if data["timeline"] is not None:
         parts.append(_timeline_html(data))
     if data["groupings"]:
-        parts.append(_controls_html(data))
         parts.append(f"<div class='mpr-tablebox'>{_table_html(data)}</div>")
     if data["flame"] is not None and data["flame"]["size"] > 0:
         parts.append(_flame_html(data))
@@ -747,6 +751,57 @@ def render_report(data: dict[str, Any], *, uid: str | None = None) -> str:
                  f"<script>{_asset('report.js')}\n"
                  "window.mprofileReport.init(document.currentScript);</script></div>")
     return "".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# A report as a live view of a widget
+
+
+class ReportOutput:
+    """One ``text/html`` output holding a report, updated in place: the view of an explorer.
+
+    Why: a widget output saved without widget state shows "Error displaying widget: model not
+    found" once its kernel is gone (ipywidgets, ``python/jupyterlab_widgets/src/renderer.ts``,
+    ``renderModel``: ``get_model`` fails and ``manager.restoredStatus`` is true), and
+    JupyterLab never falls back to the ``text/html`` of the same bundle: the widget renderer
+    is registered for trusted outputs with rank -10, ahead of HTML (``src/plugin.ts``,
+    ``rendermime.addFactory({safe: false, ...}, -10)``). So an explorer shows its
+    *controls* as a widget and its *view* through this output: ``display()`` once, after the
+    controls, then ``update(data)`` on every change. The notebook then always holds the
+    current view as a self-contained report (sortable and filterable without a kernel; it
+    shows in nbconvert's HTML and on GitHub), and, where scripts run, that report hides the
+    controls' error after a reload and says how to get them back.
+    """
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        validate_report_data(data)  # bad data fails here, not at display time
+        self._data = data
+        self._handle: Any = None
+
+    def _bundle(self) -> dict[str, str]:
+        return {"text/html": render_report(self._data, replaces_widget=True),
+                "text/plain": f"<mprofile report: {self._data['title']}>"}
+
+    def display(self) -> None:
+        """Show the report as a new output of the running cell (once)."""
+        from IPython.display import display
+
+        if self._handle is not None:
+            raise RuntimeError("this report is already displayed; use update()")
+        self._handle = display(self._bundle(), raw=True, display_id=True)
+
+    def update(self, data: dict[str, Any]) -> None:
+        """Replace the shown report (wherever it is in the notebook) by the report of
+        ``data``; raises :class:`ReportDataError` and keeps the old one on bad data."""
+        validate_report_data(data)
+        self._data = data
+        if self._handle is not None:
+            self._handle.update(self._bundle(), raw=True)
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """The data of the report shown now."""
+        return self._data
 
 
 # ---------------------------------------------------------------------------------------------

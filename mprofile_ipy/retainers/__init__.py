@@ -307,6 +307,7 @@ def find_retainers(
         with _Paused():
             targets = _run_search(normalized, ctx, clock, max_chains)
     finally:
+        ctx.release()
         if was_enabled:
             gc.enable()
     elapsed = time.perf_counter() - clock.start
@@ -331,8 +332,7 @@ def _run_search(blocks: list[_Block], ctx: Context, clock: Clock,
     if pending and not clock.timed_out:
         index = BlockIndex([(t.block.address, t.block.size) for t in pending])
         try:
-            buffers = match_buffers(first.all_objects(), index, first.kind_of, first.numpy,
-                                    clock)
+            buffers = match_buffers(first.owners, index, first.kind_of, first.numpy, clock)
         except SearchTimeout:
             buffers = {}
         for target in pending:
@@ -416,6 +416,10 @@ def _other_names(root: Any, ref: RootRef, ctx: Context) -> list[str]:
 def _command(root_kind: str, ref: RootRef, steps: list[Step], ctx: Context) -> str | None:
     expr = ref.expr
     if ref.kind == USER_NS and expr is not None:
+        if (root_kind == USER_NS and steps and steps[0].code
+                and steps[0].kind == "key"
+                and steps[0].container_type == "dict"):
+            return f"del {expr}{steps[0].label}"  # a cache: drop the entry, keep the cache
         return f"%xdel {expr}" if ctx.ipython else f"del {expr}"
     if ref.kind == OUTPUT_HISTORY:
         if expr is not None and expr.startswith("get_ipython()"):
@@ -474,7 +478,11 @@ def _exclude(target: _Target, root: Any, ref: RootRef | None, chain: Chain) -> N
 def _explain_unreached(targets: list[_Target], search: Pass, ctx: Context,
                        clock: Clock) -> None:
     own = {id(search.parent), id(search.levels), id(search.hits), id(search.rootref),
-           id(search.kinds), id(search._types), id(search.containers), id(targets)}
+           id(search.kinds), id(search._types), id(search.containers), id(targets),
+           id(search.owners)}
+    if ctx._entries is not None:
+        own.add(id(ctx._entries))
+        own.update(id(entry) for entry in ctx._entries)
     own.update(id(level) for level in search.levels)
     own.update(id(t) for t in targets)
     own.update(id(t.__dict__) for t in targets)
@@ -734,7 +742,7 @@ def format_retainers(reports: Sequence[RetainerReport]) -> str:
     """A text view: blocks with the same description and chains are shown once, with
     their count and total size, then each chain and the command that frees it."""
     if not reports:
-        return "No live sampled block at this site (freed, or none was sampled).\n"
+        return "No live sampled block to explain (freed, or none was sampled).\n"
     groups: dict[tuple, list[RetainerReport]] = {}
     for report in reports:
         key = (report.description, report.status, tuple(c.text for c in report.chains))

@@ -89,6 +89,7 @@ class Context:
             hist = getattr(manager, "output_hist", None)
             self.output_hist = hist if type(hist) is dict else {}
         self.module_names = self._module_names()
+        self._entries: list[tuple[Any, RootRef]] | None = None
 
     @property
     def ipython(self) -> bool:
@@ -109,6 +110,16 @@ class Context:
         if alias is not None:
             return alias
         return f"sys.modules[{module_name!r}]"
+
+    def entries(self) -> list[tuple[Any, RootRef]]:
+        """Every root entry, sorted by priority; computed once per request."""
+        if self._entries is None:
+            self._entries = sorted(self.iter_roots(), key=lambda entry: entry[1].priority)
+        return self._entries
+
+    def release(self) -> None:
+        """Drop the references to the roots (the end of a request)."""
+        self._entries = None
 
     def iter_roots(self) -> Iterator[tuple[Any, RootRef]]:
         """Every root entry, most recognisable first (priority order)."""

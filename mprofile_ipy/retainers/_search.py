@@ -98,6 +98,7 @@ class Pass:
         self.numpy = NumpyAccess(ndarray) if ndarray is not None else None
         self.complete = False
         self.containers: list = []
+        self.owners: list = []  # visited containers and ndarrays, for buffer matching
         try:
             self._run(ctx, clock, wanted_ids, stop_when_all_found, excluded, excluded_kinds)
         except SearchTimeout:
@@ -131,7 +132,7 @@ class Pass:
              excluded: dict[int, frozenset[str]], excluded_kinds: frozenset[str]) -> None:
         parent = self.parent
         hits = self.hits
-        entries = sorted(ctx.iter_roots(), key=lambda entry: entry[1].priority)
+        entries = ctx.entries()
         self.containers = ctx.containers()
         for container in self.containers:
             parent[id(container)] = _CONTAINER
@@ -153,7 +154,11 @@ class Pass:
         frontier = level0
         get_referents = gc.get_referents
         kinds = self.kinds
-        numpy = self.numpy
+        kind_of = self.kind_of
+        owners = self.owners
+        leaves = _LEAVES
+        _id = id
+        _type = type
         count = self.count = 0
         remaining = len(wanted) - len(hits)
         while frontier:
@@ -166,17 +171,18 @@ class Pass:
                 if not count % _CHECK_EVERY:
                     clock.tick("search", count)
                 refs = get_referents(obj)
-                if numpy is not None:
-                    kind = kinds.get(id(type(obj)))
-                    if kind is None:
-                        kind = self.kind_of(type(obj))
+                kind = kinds.get(_id(_type(obj)))
+                if kind is None:
+                    kind = kind_of(_type(obj))
+                if kind:
+                    owners.append(obj)  # may own a buffer in another block
                     if kind == _KIND_NDARRAY:
                         refs = self.referents(obj)
                 for ref in refs:
-                    key = id(ref)
+                    key = _id(ref)
                     if key in parent:
                         continue
-                    if type(ref) in _LEAVES:  # no references of their own: not walked
+                    if _type(ref) in leaves:  # no references of their own: not walked
                         if key in wanted:
                             parent[key] = obj
                             hits[key] = ref
@@ -204,9 +210,6 @@ class Pass:
         path.reverse()
         return path
 
-    def all_objects(self):  # noqa: ANN201 - an iterator over the visited objects
-        for level in self.levels:
-            yield from level
 
 
 def candidate_ids(addresses: list[int]) -> set[int]:

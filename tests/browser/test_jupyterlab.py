@@ -19,7 +19,10 @@ from _chromium import ConsoleLog, browser, screenshot
 from _jupyterlab import jupyterlab, jupyterlab_missing
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "_browser_demo.ipynb"
-REPORTS = 3  # profile, diff, timeline
+REPORTS = 4  # profile, diff, timeline, the explorer's view
+EXPLORER = 3
+BASELINE = ("import ipywidgets\n"
+            "ipywidgets.IntSlider(description='a plain widget, for comparison')")
 TIMEOUT_MS = 60_000
 LIVE = ".jp-OutputArea-output .mprofile-ir.mpr-live"
 
@@ -97,6 +100,22 @@ def watch_dialogs(page) -> list[str]:
     return seen
 
 
+def end_session(lab, name: str) -> None:
+    """Shut the notebook's kernel down through the REST API (as a culled or restarted
+    server would): the widget models it held are gone for good."""
+    import urllib.request
+
+    def call(method: str, path: str) -> bytes:
+        request = urllib.request.Request(f"{lab.url}{path}", method=method,
+                                         headers={"Authorization": f"token {lab.token}"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.read()
+
+    sessions = json.loads(call("GET", "/api/sessions"))
+    (session,) = [s for s in sessions if s["path"].endswith(name)]
+    call("DELETE", f"/api/sessions/{session['id']}")
+
+
 def luminance(css_color: str) -> float:
     r, g, b = (int(x) for x in re.findall(r"\d+", css_color)[:3])
     return (0.2126 * r + 0.7152 * g + 0.0722 * b) / 255
@@ -105,7 +124,13 @@ def luminance(css_color: str) -> float:
 def test_reports_survive_save_and_reload(tmp_path):
     started = time.monotonic()
     with jupyterlab(tmp_path) as lab, browser(tmp_path, height=1800) as context:
-        shutil.copy(NOTEBOOK, lab.root / "demo.ipynb")
+        # The repository's notebook plus one plain widget: after the kernel is gone, that one
+        # must show ipywidgets' error (the bug, reproduced) while the explorer's is hidden.
+        import nbformat
+
+        notebook = nbformat.read(NOTEBOOK, as_version=4)
+        notebook.cells.append(nbformat.v4.new_code_cell(BASELINE))
+        nbformat.write(notebook, lab.root / "demo.ipynb")
         page = context.new_page()
         page.set_default_timeout(30_000)
         # Lab itself may log failed look-ups of optional services; ours must not log at all.
@@ -117,6 +142,15 @@ def test_reports_survive_save_and_reload(tmp_path):
         run_all_cells(page)
         wait_for_reports(page, step="run-all")
         assert "Error displaying" not in page.locator(".jp-Notebook").inner_text()
+        # Live: the explorer's dropdown (a widget) re-renders its view through the kernel.
+        explorer = page.locator(LIVE).nth(EXPLORER)
+        assert "by line" in explorer.locator(".mpr-count").inner_text()
+        page.locator(".widget-dropdown select").select_option("function")
+        page.wait_for_function(
+            f"document.querySelectorAll('{LIVE}')[{EXPLORER}]"
+            ".querySelector('.mpr-count').textContent.startsWith('by function')",
+            timeout=TIMEOUT_MS)
+        page.wait_for_selector(".widget-slider", timeout=TIMEOUT_MS)
         page.keyboard.press("Control+s")
         deadline = time.monotonic() + 30
         while saved_outputs(lab.root / "demo.ipynb") < REPORTS:
@@ -156,6 +190,46 @@ def test_reports_survive_save_and_reload(tmp_path):
         page.locator(LIVE).nth(2).screenshot(path=str(screenshot_path("lab-dark-timeline")))
         assert dialogs == []
         assert log.errors == [], log.errors
+
+        # The kernel goes away; the page is reloaded and gets a new kernel. The plain widget
+        # shows ipywidgets' error; the explorer's controls error is hidden by its view, which
+        # still shows the view chosen before the save (by function) and still sorts.
+        lab.set_theme("JupyterLab Light")
+        end_session(lab, "demo.ipynb")
+        page.reload(wait_until="domcontentloaded")
+        wait_for_reports(page, step="kernel-gone")
+        page.wait_for_selector("[data-mpr-hidden]", state="attached", timeout=TIMEOUT_MS)
+        errors = page.get_by_text("Error displaying widget")
+        assert errors.count() == 2, errors.count()  # the explorer's and the plain widget's
+        assert [errors.nth(i).is_visible() for i in range(2)].count(True) == 1
+        explorer = page.locator(LIVE).nth(EXPLORER)
+        assert explorer.locator(".mpr-widget-note").is_visible()
+        assert explorer.locator(".mpr-count").inner_text().startswith("by function")
+        explorer.locator("th[data-key=label]").click()
+        assert explorer.locator("th[data-key=label]").get_attribute("aria-sort") == "ascending"
+        explorer.screenshot(path=str(screenshot_path("lab-explorer-kernel-gone")))
+        screenshot(page, "lab-kernel-gone")
+        assert dialogs == []
+
+        # Untrusted (someone else's notebook): no script runs, the HTML is sanitized, and
+        # every report still shows its table, as rendered on the server.
+        foreign = json.loads((lab.root / "demo.ipynb").read_text())
+        foreign["metadata"]["shared_by"] = "someone else"  # breaks the signature
+        (lab.root / "foreign.ipynb").write_text(json.dumps(foreign))
+        other = context.new_page()
+        other_dialogs = watch_dialogs(other)
+        other.goto(lab.tree("foreign.ipynb"), wait_until="domcontentloaded")
+        wait_for_reports(other, live=False, step="untrusted")
+        static = other.locator(".jp-OutputArea-output .mprofile-ir")
+        assert static.count() == REPORTS and other.locator(LIVE).count() == 0
+        for i in (0, 1, EXPLORER):
+            assert static.nth(i).locator("table tbody tr").count() >= 2
+        assert "'price'" in static.nth(0).locator("table").inner_text()
+        # No picture's text spills out where the sanitizer drops the SVG (it comes as text).
+        assert "of total" not in static.nth(0).inner_text()
+        assert "shown where scripts run" in static.nth(0).inner_text()
+        screenshot(other, "lab-untrusted")
+        assert other_dialogs == []
     print(f"JupyterLab round trip: {time.monotonic() - started:.1f} s")
 
 

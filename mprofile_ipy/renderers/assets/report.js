@@ -61,6 +61,12 @@
     this.sortDir = -1;
     this.tip = root.querySelector(".mpr-tip");
     root.classList.add("mpr-live");
+    // The SVG pictures come as text (see interactive._deferred); all of it was escaped on the
+    // server, so it goes in as markup, replacing the static fallback before it.
+    root.querySelectorAll("script.mpr-deferred").forEach(function (src) {
+      var slot = src.previousElementSibling;
+      if (slot && slot.classList.contains("mpr-slot")) { slot.innerHTML = src.textContent; }
+    });
     if (data.groupings && Object.keys(data.groupings).length) { this.initTable(); }
     if (root.querySelector(".mpr-flame-svg")) { this.initFlame(); }
     if (root.querySelector(".mpr-timeline-svg")) { this.initTimeline(); }
@@ -85,12 +91,38 @@
   // -- table --------------------------------------------------------------------------------
   Report.prototype.initTable = function () {
     var self = this, root = this.root;
-    var controls = root.querySelector(".mpr-controls");
-    if (controls) { controls.hidden = false; }
+    var data = this.data, controls = el("div", "mpr-controls");
+    function labelled(text, input) {
+      var label = el("label", null, text + " ");
+      label.appendChild(input);
+      controls.appendChild(label);
+      return input;
+    }
+    var group = labelled("group by", el("select", "mpr-group"));
+    (data.grouping_order || Object.keys(data.groupings)).forEach(function (name) {
+      var option = el("option", null, data.groupings[name].label);
+      option.value = name;
+      option.selected = name === data.default_grouping;
+      group.appendChild(option);
+    });
+    var top = labelled("top", el("select", "mpr-top"));
+    var sizes = [10, 20, 50, 100, 0];
+    if (sizes.indexOf(data.top) < 0) { sizes.push(data.top); }
+    sizes.sort(function (a, b) { return (a || 1e9) - (b || 1e9); });
+    sizes.forEach(function (n) {
+      var option = el("option", null, n ? String(n) : "all");
+      option.value = String(n);
+      option.selected = n === data.top;
+      top.appendChild(option);
+    });
+    var filter = labelled("filter", el("input", "mpr-filter"));
+    filter.type = "search";
+    filter.placeholder = "file, function, source\u2026";
+    controls.appendChild(el("span", "mpr-count mpr-muted"));
+    var box = root.querySelector(".mpr-tablebox");
+    box.parentNode.insertBefore(controls, box);
     var staticCaption = root.querySelector(".mpr-caption");
-    if (staticCaption && controls) { staticCaption.hidden = true; }
-    var group = root.querySelector(".mpr-group"), top = root.querySelector(".mpr-top");
-    var filter = root.querySelector(".mpr-filter");
+    if (staticCaption) { staticCaption.hidden = true; }
     if (group) { group.addEventListener("change", function () {
       self.grouping = group.value; self.renderTable(); }); }
     if (top) { top.addEventListener("change", function () {
@@ -242,10 +274,14 @@
     this.nodes.forEach(function (g) {
       g._x0 = parseFloat(g.dataset.x0); g._x1 = parseFloat(g.dataset.x1);
       g._depth = parseInt(g.dataset.depth, 10);
-      g._node = flat[parseInt(g.dataset.i, 10)];
-      var title = g.querySelector("title");
-      if (title) { g._title = title.textContent; title.parentNode.removeChild(title); }
-      g._label = g._node ? (g._node.where ? g._node.name + " (" + g._node.where + ")" : g._node.name) : "";
+      var n = g._node = flat[parseInt(g.dataset.i, 10)];
+      g._label = n ? (n.where ? n.name + " (" + n.where + ")" : n.name) : "";
+      if (n) {
+        var total = self.data.flame.size;
+        g._title = g._label + "\n" + fmtSize(n.size) + " " + fmtPm(n.error, self.data.exact) +
+          ", " + fmtShare(total ? n.size / total : 0) + " of total, " + fmtCount(n.samples) +
+          " samples" + (n.source ? "\n" + n.source : "");
+      }
     });
     svg.addEventListener("mousemove", function (ev) {
       var g = ev.target.closest(".mpr-node");
@@ -257,10 +293,14 @@
       if (!g) { return; }
       if (g._depth === 0 || g === self.zoomed) { self.zoom(null); } else { self.zoom(g); }
     });
-    var tools = root.querySelector(".mpr-flame-tools");
-    if (tools) { tools.hidden = false; }
-    var search = root.querySelector(".mpr-search");
-    if (search) { search.addEventListener("input", function () { self.search(search.value); }); }
+    var tools = el("span", "mpr-flame-tools"), search = el("input", "mpr-search");
+    search.type = "search";
+    search.placeholder = "search functions\u2026";
+    tools.appendChild(search);
+    tools.appendChild(document.createTextNode(" "));
+    tools.appendChild(el("span", "mpr-matches mpr-muted"));
+    root.querySelector(".mpr-flame-bar").appendChild(tools);
+    search.addEventListener("input", function () { self.search(search.value); });
     this.zoomed = null;
     this.layoutFlame();
     if (window.ResizeObserver) {
@@ -332,10 +372,13 @@
   // -- timeline -----------------------------------------------------------------------------
   Report.prototype.initTimeline = function () {
     var self = this, svg = this.root.querySelector(".mpr-timeline-svg");
+    var points = this.data.timeline.points, exact = this.data.exact;
     svg.querySelectorAll(".mpr-point").forEach(function (c) {
-      var title = c.querySelector("title");
-      c._title = title ? title.textContent : "";
-      if (title) { c.removeChild(title); }
+      var p = points[parseInt(c.dataset.i, 10)];
+      if (!p) { return; }
+      c._title = p.label + ": " + fmtSize(p.current) + " " + fmtPm(p.error, exact) +
+        (p.peak !== null && p.peak !== undefined ? ", peak " + fmtSize(p.peak) : "") +
+        (p.text ? "\n" + p.text : "");
     });
     svg.addEventListener("mousemove", function (ev) {
       var c = ev.target.closest(".mpr-point");
@@ -344,6 +387,46 @@
     });
     svg.addEventListener("mouseleave", function () { self.hideTip(); });
   };
+
+  // -- a report standing in for a widget --------------------------------------------------
+  // A widget output saved without widget state renders, after a reload with a new kernel,
+  // as "Error displaying widget: model not found" (jupyterlab_widgets' WidgetRenderer), and
+  // JupyterLab never falls back to another mimetype of the same bundle. A report rendered
+  // with data-mpr-replaces='widget' sits next to such an output in the same output area and
+  // holds the widget's current view, so it hides that error and says why the controls are
+  // gone. It touches only outputs of its own output area, and only ones that show that error.
+  var WIDGET_ERROR = /^(Error displaying widget|Model not found for this kernel)/;
+  function guardWidget(root) {
+    var area = root.closest(".jp-OutputArea, .output_area, .output");
+    if (!area) { return; }
+    var note = null;
+    function check() {
+      var hidden = 0;
+      area.querySelectorAll(".jupyter-widgets, .jp-OutputArea-output").forEach(function (node) {
+        if (node.contains(root) || node.dataset.mprHidden) { return; }
+        if (WIDGET_ERROR.test((node.textContent || "").trim())) {
+          var child = node.closest(".jp-OutputArea-child") || node;
+          child.style.display = "none";
+          node.dataset.mprHidden = "1";
+          hidden++;
+        }
+      });
+      if (hidden && !note) {
+        note = el("div", "mpr-note mpr-widget-note",
+          "The live controls of this view need the kernel that made them: run the cell " +
+          "again to get them back. The report below is the view as it was last shown.");
+        var head = root.querySelector(".mpr-head");
+        root.insertBefore(note, head ? head.nextSibling : root.firstChild);
+      }
+    }
+    check();
+    if (window.MutationObserver) {
+      var observer = new MutationObserver(check);
+      observer.observe(area, { childList: true, subtree: true, characterData: true });
+      // The widget manager restores (or gives up) within seconds of the page loading.
+      setTimeout(function () { observer.disconnect(); }, 120000);
+    }
+  }
 
   function init(script) {
     var root = script && script.closest ? script.closest(".mprofile-ir") : null;
@@ -354,6 +437,7 @@
     try {
       var report = new Report(root, JSON.parse(holder.textContent));
       root.mprofileReport = report;
+      if (root.dataset.mprReplaces === "widget") { guardWidget(root); }
       return report;
     } catch (err) {
       root.dataset.ready = "error";

@@ -1,0 +1,41 @@
+/* fork.c: the one fork handler of the native sampler.
+ *
+ * A child process must not inherit a lock held by a thread that does not exist in it, so
+ * every lock is taken before fork() and released on both sides afterwards. All of them are
+ * taken here, in one place, in the order every other path nests them:
+ *
+ *     g_patch_lock (native_hooks.c)  ->  g_pending_lock (capture_common.c)  ->  g_lock (table.c)
+ *
+ * and released in the reverse order. (Three handlers registered from three constructors
+ * used to run in an order decided by the link order, which did not match this one: a rare
+ * deadlock when a fork overlapped the no-GIL deferred path.)
+ *
+ * The child also drops the deferred samples: their pending call was queued in the parent.
+ * Everything else (the live table, the interned frames, the counters) is consistent in the
+ * child because no thread was inside it at the moment of the fork.
+ */
+#include "native_capture.h"
+
+#include <pthread.h>
+
+static void fork_prepare(void) {
+    nc_patch_fork_lock();
+    nc_pending_fork_lock();
+    mp_lock();
+}
+
+static void fork_parent(void) {
+    mp_unlock();
+    nc_pending_fork_parent();
+    nc_patch_fork_unlock();
+}
+
+static void fork_child(void) {
+    mp_unlock();
+    nc_pending_fork_child();
+    nc_patch_fork_unlock();
+}
+
+__attribute__((constructor)) static void register_fork_handlers(void) {
+    pthread_atfork(fork_prepare, fork_parent, fork_child);
+}
