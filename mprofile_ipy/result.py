@@ -420,6 +420,21 @@ class ProfileResult(_Displayable):
             report.snapshot, dataclasses.replace(report.measures, **changes), report.options,
             report.attributor), self._live_blocks)
 
+    def with_snapshot(self, snapshot: Snapshot, **changes: Any) -> ProfileResult:
+        """Another snapshot (several processes merged, say) with this result's view
+        options, attribution and recorded live blocks, and some measures replaced."""
+        report = self.report
+        return ProfileResult.from_report(Report(
+            snapshot, dataclasses.replace(report.measures, **changes), report.options,
+            report.attributor), self._live_blocks)
+
+    @property
+    def processes(self) -> list[Any]:
+        """Each process's part (``report.ProcessShare``: label, kind, pid, size and count
+        with their standard errors, share) when the result merges several processes
+        (``%%mprofile --children`` or ``--dask``), largest first; else an empty list."""
+        return list(self.report.processes)
+
     # -- display ---------------------------------------------------------------------------
     def __repr__(self) -> str:
         from .units import format_size

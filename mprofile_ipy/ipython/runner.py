@@ -207,7 +207,12 @@ def run(shell: Any, compiled: Compiled, opts: Options, local_ns: Any,
     result = None
     base = caller_stack(sys._getframe(), strict=True)  # the code runs one frame deeper
     start_sampler(opts)
+    followers = None
     try:
+        if opts.children or opts.dask:
+            from .followers import Followers
+
+            followers = Followers(opts)
         start = time.perf_counter()
         with cell_budget(opts.budget):
             try:
@@ -221,7 +226,11 @@ def run(shell: Any, compiled: Compiled, opts: Options, local_ns: Any,
             with sampler.paused():
                 result = make_result(shell, opts, label, elapsed, error=error,
                                      caller_stack=base, **trip_measures(error))
+                if followers is not None:
+                    result = followers.merge_into(result)
     finally:
+        if followers is not None:
+            followers.close()
         sampler.stop()
     if result is None:
         print("mprofile: the profiled code stopped the profiler; no report.", file=sys.stderr)

@@ -36,7 +36,7 @@ from . import (
     plural,
 )
 
-__all__ = ["diff_summary_html", "interactive_diff", "interactive_report",
+__all__ = ["diff_summary_html", "interactive_diff", "interactive_report", "processes_html",
            "interactive_timeline", "render_diff",
            "render_report", "sites_table_html",
            "summary_html", "timeline_html", "tracebacks_html"]
@@ -184,6 +184,22 @@ def sites_table_html(report: Report, sites: Sequence[Site], drill: bool = True) 
     return _table(headers, rows)
 
 
+def processes_html(report: Report) -> str:
+    """The per-process table of a result that merges several processes."""
+    exact = report.summary.exact
+    biggest = max((p.size for p in report.processes), default=0.0) or 1.0
+    rows = [[_bar(p.size / biggest) + fmt_size(p.size), fmt_error(p.rel_error, exact),
+             fmt_count(p.count), fmt_percent(100 * p.share), f"{p.samples:,}",
+             fmt_size(p.allocated),
+             f"{escape(p.label)} <span style='{_MUTED}'>{escape(p.kind)}, pid {p.pid}"
+             f"{', ' + escape(p.address) if p.address else ''}</span>"]
+            for p in report.processes]
+    return (f"<div style='margin-top: 6px'>Per process ({len(report.processes)}): memory "
+            f"still alive and all allocated.</div>"
+            + _table(["size", "±95%", "count", "share", "samples", "allocated", "process"],
+                     rows))
+
+
 def render_report(report: Report, top: int | None = None,
                   group_by: str | None = None) -> str:
     """The whole report as one HTML fragment."""
@@ -202,6 +218,8 @@ def render_report(report: Report, top: int | None = None,
     elif s.live_samples:
         body.append("<div>No site to show: every sampled allocation still alive was hidden or "
                     "filtered out.</div>")
+    if report.processes:
+        body.append(processes_html(report))
     churn = report.churn(group_by, top)
     if churn:
         body.append(f"<div style='margin-top: 6px'>Most allocated, freed included (all "
