@@ -122,3 +122,28 @@ def test_results_display_interactively_outside_the_magic(ip, run_cell):
     assert "a1 = bytearray(2**20)" in data["text/plain"]
     for name in ("a1", "a2", "r1", "r2"):
         ip.user_ns.pop(name, None)
+
+
+def test_the_report_beside_the_widget_follows_the_explorer(ip, run_cell):
+    pytest.importorskip("ipywidgets")
+    from IPython.utils.capture import capture_output
+
+    from mprofile_ipy.ipython import display
+
+    run_cell(ip, "%%mprofile -v none -o wres\nw2 = bytearray(3 * 2**20)\n")
+    res = ip.user_ns["wres"]
+    explorer = res.widget()
+    res.widget = lambda: explorer  # the explorer the test drives
+    with capture_output() as out:
+        display.show_widget(res)
+        first = report_data(out.outputs[0].data["text/html"])
+        assert "data-mpr-replaces='widget'" in out.outputs[0].data["text/html"]
+        assert first["default_grouping"] == "cell" and first["top"] == 10
+        explorer.group_by.value = "file"
+        explorer.top.value = 3
+    html = out.outputs[-1].data["text/html"]  # the same output, updated in place
+    assert "data-mpr-replaces='widget'" in html
+    data = report_data(html)
+    assert data["default_grouping"] == "file" and data["top"] == 3
+    assert "grouped by file" in out.outputs[-1].data["text/plain"]
+    del ip.user_ns["w2"], ip.user_ns["wres"]

@@ -74,23 +74,36 @@ def _show_chart(result: ProfileResult | DiffResult, view: str) -> None:
 
 
 def show_widget(result: ProfileResult | DiffResult) -> None:
-    """The explorer, after the report it starts from as an output of its own.
+    """The report of the explorer's current view as an output of its own, then the explorer.
 
     A widget output saved without the widget's state shows "Error displaying widget: model
     not found" once its kernel is gone, and JupyterLab never falls back to the HTML of the
-    same bundle. So the cell first shows the self-contained interactive report (it stays
-    readable, sortable and filterable after a reload, in nbconvert and on GitHub; where
-    scripts run and the interactive renderer supports it, it hides the widget's error and
-    says why the controls are gone), then the widget's live controls.
+    same bundle. So the cell first shows the self-contained interactive report, marked as
+    standing in for the widget (where scripts run it hides the widget's error after a reload
+    and says why the controls are gone), then the explorer's live controls. The report is
+    updated in place (a display id) whenever the explorer's grouping, top N or frame hiding
+    changes, so the saved notebook holds the view as it was last shown: readable, sortable
+    and filterable in nbconvert's HTML and on GitHub too.
     """
-    from ..renderers import html
+    from IPython.display import display
 
-    if isinstance(result, DiffResult):
-        page = html.interactive_diff(result.report, replaces_widget=True)
-    else:
-        page = html.interactive_report(result.report, replaces_widget=True)
+    from ..renderers import html, text
+
+    def bundle(report: Any) -> dict[str, str]:
+        if isinstance(result, DiffResult):
+            return {"text/plain": text.render_diff(report),
+                    "text/html": html.interactive_diff(report, replaces_widget=True)}
+        return {"text/plain": text.render_report(report),
+                "text/html": html.interactive_report(report, replaces_widget=True)}
+
     widget = result.widget()  # built first: a failure shows the text report only once
-    _display(Bundle(result.to_text(), html=page))
+    handle = display(bundle(widget.view_report()), raw=True, display_id=True)
+
+    def follow(report: Any) -> None:
+        if handle is not None:
+            handle.update(bundle(report), raw=True)
+
+    widget.on_view_change(follow)
     _display(widget)
 
 
