@@ -438,6 +438,11 @@ def test_the_public_surface_exports_results_loaders_and_errors():
     assert mprofile_ipy.load_pprof is pprof.load_pprof
     assert mprofile_ipy.load_snapshot is storage.load_snapshot
     assert issubclass(mprofile_ipy.SnapshotFormatError, mprofile_ipy.MprofileError)
+    from mprofile_ipy import budget, postmortem
+
+    assert mprofile_ipy.set_budget is budget.set_budget
+    assert mprofile_ipy.memory_budget is budget.budget
+    assert mprofile_ipy.load_postmortem is postmortem.load_postmortem
     missing = [name for name in mprofile_ipy.__all__ if not hasattr(mprofile_ipy, name)]
     assert missing == []
     assert set(mprofile_ipy.__all__) <= set(dir(mprofile_ipy))

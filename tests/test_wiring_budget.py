@@ -128,12 +128,11 @@ def test_postmortem_of_a_killed_process_is_a_normal_report(ip, run_cell, tmp_pat
     import subprocess
     import sys
 
-    from conftest import ROOT
-
+    root = Path(__file__).resolve().parents[1]
     state = tmp_path / "dead"
     script = tmp_path / "child.py"
     script.write_text("import time\n" + CHILD)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "XDG_STATE_HOME": str(state)}
+    env = {**os.environ, "PYTHONPATH": str(root), "XDG_STATE_HOME": str(state)}
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
                             env=env, cwd=str(tmp_path))
     try:
