@@ -57,7 +57,7 @@ from typing import Any
 
 from . import sampler
 from .attribution import Attributor, Location, is_internal
-from .errors import MemoryBudgetExceeded, MprofileError
+from .errors import BudgetError, MemoryBudgetExceeded
 from .estimate import weight as _weight
 from .units import format_size, parse_size
 
@@ -120,10 +120,6 @@ def _quiet(func: _F) -> _F:
             return func(*args, **kwargs)
 
     return wrapper
-
-
-class BudgetError(MprofileError, ValueError):
-    """A budget that cannot be used: not a size, or already below the process's memory."""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,10 +10,12 @@ may raise these.
 from __future__ import annotations
 
 __all__ = [
+    "BudgetError",
     "FileFormatError",
     "MemoryBudgetExceeded",
     "MissingDependencyError",
     "MprofileError",
+    "NoPostMortem",
     "PprofFormatError",
     "SnapshotFormatError",
 ]
@@ -36,7 +38,34 @@ class PprofFormatError(FileFormatError):
 
 
 class MemoryBudgetExceeded(MprofileError, MemoryError):
-    """The process crossed its memory budget; raised in the main thread to stop the code."""
+    """The process crossed its memory budget; raised in the main thread to stop the code.
+
+    What tripped and where, as attributes (None or empty when not known): ``kind`` (the
+    budget or the safety net), ``measure`` (rss, traced, cgroup, ...), ``value`` and
+    ``limit`` in bytes, ``location`` and ``inner_location`` (the user's line and the
+    library line inside it), ``cell``, ``sites`` (the top allocating sites), ``snapshot``,
+    ``timeline`` and ``trip`` (the watcher's record of the crossing).
+    """
+
+    kind: str | None = None
+    measure: str | None = None
+    value: int | None = None
+    limit: int | None = None
+    location: str | None = None
+    inner_location: str | None = None
+    cell: int | None = None
+    sites: tuple = ()
+    snapshot: object = None
+    timeline: tuple = ()
+    trip: object = None
+
+
+class BudgetError(MprofileError, ValueError):
+    """A budget that cannot be used: not a size, or already below the process's memory."""
+
+
+class NoPostMortem(MprofileError, LookupError):
+    """No record of a dead process was found (or the one named is not a record)."""
 
 
 class MissingDependencyError(MprofileError, ImportError):

@@ -746,6 +746,18 @@ class Snapshot:
 
         return write_pprof(self, path_or_file, **kwargs)
 
+    def retainers(self, site: Any, **kwargs: Any) -> list[Any]:
+        """Why the live sampled blocks of ``site`` are still alive: reference chains from
+        names you know, and the command that frees each one.
+
+        ``site`` is a :class:`Statistic` of this snapshot, a :class:`Traceback` or a
+        ``(filename, lineno)`` pair; the blocks are the ones alive *now* (the profiler must
+        be tracing). Keywords as :func:`mprofile_ipy.retainers.retainers_for_site`.
+        """
+        from .retainers import retainers_for_site
+
+        return retainers_for_site(site, **kwargs)
+
     # -- filtering ----------------------------------------------------------------------------
 
     def filter_traces(self, filters: Iterable[BaseFilter]) -> Snapshot:

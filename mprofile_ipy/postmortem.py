@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .attribution import Attributor, CellInfo, cell_label
-from .errors import MprofileError
+from .errors import MprofileError, NoPostMortem
 from .model import Snapshot
 from .recorder import RECORD_FORMAT, RECORD_SUFFIX, RECORD_VERSION, process_alive, state_dir
 from .storage import load_snapshot
@@ -33,10 +33,6 @@ __all__ = ["NoPostMortem", "PostMortem", "cleanup_records", "find_records", "loa
 MAX_AGE_DAYS = 7.0
 KEEP = 20
 _NAME_RE = re.compile(r"^(\d+)-(\d+)" + re.escape(RECORD_SUFFIX) + "$")
-
-
-class NoPostMortem(MprofileError, LookupError):
-    """No record of a dead process was found (or the one named is not a record)."""
 
 
 @dataclass(frozen=True)

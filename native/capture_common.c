@@ -69,22 +69,12 @@ static inline uint64_t mix(const void *p) {
 static inline size_t index_home(const void *p) {
     return (size_t)(mix(p) >> 40) & (NC_INDEX_CAP - 1);
 }
-static inline size_t filter_slot(const void *p) {
-    return (size_t)(mix(p) >> (64 - NC_FILTER_BITS));
-}
-
 static void filter_add_locked(const void *p) {
-    size_t i = filter_slot(p);
-    if (g_fcount[i]++ == 0)
-        __atomic_store_n(&g_fbits[i >> 6], g_fbits[i >> 6] | (1ull << (i & 63)),
-                         __ATOMIC_RELAXED);
+    mp_filter_add(g_fbits, g_fcount, NC_FILTER_BITS, p);
 }
 
 static void filter_remove_locked(const void *p) {
-    size_t i = filter_slot(p);
-    if (g_fcount[i] > 0 && --g_fcount[i] == 0)
-        __atomic_store_n(&g_fbits[i >> 6], g_fbits[i >> 6] & ~(1ull << (i & 63)),
-                         __ATOMIC_RELAXED);
+    mp_filter_remove(g_fbits, g_fcount, NC_FILTER_BITS, p);
 }
 
 static size_t find_slot_locked(const void *p) {
@@ -147,9 +137,7 @@ static void pending_remove_locked(size_t slot) {
 
 static void pending_clear_locked(void) {
     memset(g_index, 0, sizeof(g_index));
-    memset(g_fcount, 0, sizeof(g_fcount));
-    for (size_t i = 0; i < sizeof(g_fbits) / sizeof(g_fbits[0]); i++)
-        __atomic_store_n(&g_fbits[i], (uint64_t)0, __ATOMIC_RELAXED);
+    mp_filter_clear(g_fbits, g_fcount, NC_FILTER_BITS);
     set_count_locked(0);
 }
 
@@ -208,8 +196,7 @@ void nc_record(void *ptr, size_t size, int allocator) {
 }
 
 int nc_pending_forget_slow(void *ptr) {
-    size_t f = filter_slot(ptr);
-    if (!((__atomic_load_n(&g_fbits[f >> 6], __ATOMIC_RELAXED) >> (f & 63)) & 1)) return 0;
+    if (!mp_filter_test(g_fbits, NC_FILTER_BITS, ptr)) return 0;
     int found = 0;
     pthread_mutex_lock(&g_pending_lock);
     size_t slot = find_slot_locked(ptr);

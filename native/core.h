@@ -16,6 +16,7 @@
 #include <Python.h>
 #include <stdint.h>
 #include <stddef.h>
+#include <string.h>
 
 #include "mprofile.h"
 
@@ -117,16 +118,45 @@ typedef struct {
 void mp_lock(void);
 void mp_unlock(void);
 
-/* The free-path filter (table.c explains it): may `ptr` be a live sampled pointer? */
+/* Counted bitset filters, used in front of the live table (table.c explains why) and of
+ * the deferred samples (capture_common.c): one bit per bucket of addresses, set while the
+ * bucket holds at least one member. Bits are read without a lock (relaxed loads); bits and
+ * the per-bucket counts are written under the owner's lock. A count that reaches
+ * UINT16_MAX saturates and its bit stays set (only ever a false "maybe"). Called with a
+ * constant `nbits`, everything folds into a shift and a mask. */
+static inline size_t mp_filter_slot(const void *ptr, unsigned nbits) {
+    /* Allocations are at least 8-byte aligned: drop the always-zero bits first. */
+    return (size_t)((((uint64_t)(uintptr_t)ptr >> 3) * 0x9E3779B97F4A7C15ull) >> (64 - nbits));
+}
+static inline int mp_filter_test(const uint64_t *bits, unsigned nbits, const void *ptr) {
+    size_t i = mp_filter_slot(ptr, nbits);
+    return (int)((__atomic_load_n(&bits[i >> 6], __ATOMIC_RELAXED) >> (i & 63)) & 1);
+}
+static inline void mp_filter_add(uint64_t *bits, uint16_t *counts, unsigned nbits,
+                                 const void *ptr) {
+    size_t i = mp_filter_slot(ptr, nbits);
+    if (counts[i] == UINT16_MAX) return;
+    if (counts[i]++ == 0)
+        __atomic_store_n(&bits[i >> 6], bits[i >> 6] | (1ull << (i & 63)), __ATOMIC_RELAXED);
+}
+static inline void mp_filter_remove(uint64_t *bits, uint16_t *counts, unsigned nbits,
+                                    const void *ptr) {
+    size_t i = mp_filter_slot(ptr, nbits);
+    if (counts[i] == UINT16_MAX || counts[i] == 0) return;
+    if (--counts[i] == 0)
+        __atomic_store_n(&bits[i >> 6], bits[i >> 6] & ~(1ull << (i & 63)), __ATOMIC_RELAXED);
+}
+static inline void mp_filter_clear(uint64_t *bits, uint16_t *counts, unsigned nbits) {
+    memset(counts, 0, ((size_t)1 << nbits) * sizeof(uint16_t));
+    for (size_t i = 0; i < ((size_t)1 << nbits) / 64; i++)
+        __atomic_store_n(&bits[i], (uint64_t)0, __ATOMIC_RELAXED);
+}
+
+/* The free-path filter of the live table: may `ptr` be a live sampled pointer? */
 #define MP_FILTER_BITS 18
 extern uint64_t g_filter_bits[(1u << MP_FILTER_BITS) / 64];
-static inline size_t mp_filter_index(const void *ptr) {
-    return (size_t)((((uint64_t)(uintptr_t)ptr >> 3) * 0x9E3779B97F4A7C15ull) >>
-                    (64 - MP_FILTER_BITS));
-}
 static inline int mp_maybe_tracked(const void *ptr) {
-    size_t i = mp_filter_index(ptr);
-    return (int)((__atomic_load_n(&g_filter_bits[i >> 6], __ATOMIC_RELAXED) >> (i & 63)) & 1);
+    return mp_filter_test(g_filter_bits, MP_FILTER_BITS, ptr);
 }
 /* 0: inserted, 1: replaced a stale record (copied to *replaced), -1: out of memory */
 int mp_table_insert_locked(const mp_live_t *rec, mp_live_t *replaced);

@@ -87,13 +87,25 @@ static inline void sample(void *p, size_t size) {
     if (native_sampling() && mp_should_sample(size)) nc_record(p, size, MP_ALLOC_NATIVE);
 }
 
-static void *h_malloc(size_t size) {
-    mp_enter();
-    void *p = malloc(size);
-    mp_leave();
-    if (p != NULL) sample(p, size);
-    return p;
-}
+/* The wrappers of functions that return a new block of `size` bytes (or NULL), generated
+ * from one list: X(name, parameters, arguments). Each calls the real function inside the
+ * reentrancy guard, then offers the block to the sampler. */
+#define NC_PLAIN_ALLOCATORS(X)                                                    \
+    X(malloc, (size_t size), (size))                                             \
+    X(valloc, (size_t size), (size))                                             \
+    X(pvalloc, (size_t size), (size))                                            \
+    X(memalign, (size_t align, size_t size), (align, size))                      \
+    X(aligned_alloc, (size_t align, size_t size), (align, size))
+
+#define NC_DEFINE_PLAIN(name, params, args)                                       \
+    static void *h_##name params {                                                \
+        mp_enter();                                                               \
+        void *p = name args;                                                      \
+        mp_leave();                                                               \
+        if (p != NULL) sample(p, size);                                           \
+        return p;                                                                 \
+    }
+NC_PLAIN_ALLOCATORS(NC_DEFINE_PLAIN)
 
 static void *h_calloc(size_t nelem, size_t elsize) {
     size_t size;
@@ -142,38 +154,6 @@ static int h_posix_memalign(void **out, size_t align, size_t size) {
     mp_leave();
     if (rc == 0 && *out != NULL) sample(*out, size);
     return rc;
-}
-
-static void *h_aligned_alloc(size_t align, size_t size) {
-    mp_enter();
-    void *p = aligned_alloc(align, size);
-    mp_leave();
-    if (p != NULL) sample(p, size);
-    return p;
-}
-
-static void *h_memalign(size_t align, size_t size) {
-    mp_enter();
-    void *p = memalign(align, size);
-    mp_leave();
-    if (p != NULL) sample(p, size);
-    return p;
-}
-
-static void *h_valloc(size_t size) {
-    mp_enter();
-    void *p = valloc(size);
-    mp_leave();
-    if (p != NULL) sample(p, size);
-    return p;
-}
-
-static void *h_pvalloc(size_t size) {
-    mp_enter();
-    void *p = pvalloc(size);
-    mp_leave();
-    if (p != NULL) sample(p, size);
-    return p;
 }
 
 static size_t page_round(size_t n) {
@@ -262,17 +242,14 @@ typedef struct {
     void *real;      /* put back when a slot's original value is unknown */
 } nc_hook_t;
 
+#define NC_PLAIN_HOOK(name, params, args) {#name, (void *)h_##name, NULL, (void *)name},
 static const nc_hook_t g_hooks[] = {
-    {"malloc", (void *)h_malloc, NULL, (void *)malloc},
+    NC_PLAIN_ALLOCATORS(NC_PLAIN_HOOK)
     {"calloc", (void *)h_calloc, NULL, (void *)calloc},
     {"realloc", (void *)h_realloc, (void *)py_realloc, (void *)realloc},
     {"reallocarray", (void *)h_reallocarray, NULL, (void *)reallocarray},
     {"free", (void *)h_free, (void *)py_free, (void *)free},
     {"posix_memalign", (void *)h_posix_memalign, NULL, (void *)posix_memalign},
-    {"aligned_alloc", (void *)h_aligned_alloc, NULL, (void *)aligned_alloc},
-    {"memalign", (void *)h_memalign, NULL, (void *)memalign},
-    {"valloc", (void *)h_valloc, NULL, (void *)valloc},
-    {"pvalloc", (void *)h_pvalloc, NULL, (void *)pvalloc},
     {"mmap", (void *)h_mmap, NULL, (void *)mmap},
     {"mmap64", (void *)h_mmap, NULL, (void *)mmap},
     {"munmap", (void *)h_munmap, NULL, (void *)munmap},

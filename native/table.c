@@ -36,26 +36,15 @@ void mp_lock(void) { pthread_mutex_lock(&g_lock); }
 void mp_unlock(void) { pthread_mutex_unlock(&g_lock); }
 
 static inline uint64_t mix_ptr(uintptr_t p) {
-    /* Allocations are at least 8-byte aligned: drop the always-zero bits first. */
     return ((uint64_t)p >> 3) * 0x9E3779B97F4A7C15ull;
 }
 
 static void filter_add_locked(uintptr_t p) {
-    size_t i = mp_filter_index((const void *)p);
-    if (g_bucket_count[i] == UINT16_MAX) return;           /* saturated: stays set */
-    if (g_bucket_count[i]++ == 0) {
-        uint64_t w = g_filter_bits[i >> 6] | (1ull << (i & 63));
-        __atomic_store_n(&g_filter_bits[i >> 6], w, __ATOMIC_RELAXED);
-    }
+    mp_filter_add(g_filter_bits, g_bucket_count, MP_FILTER_BITS, (const void *)p);
 }
 
 static void filter_remove_locked(uintptr_t p) {
-    size_t i = mp_filter_index((const void *)p);
-    if (g_bucket_count[i] == UINT16_MAX || g_bucket_count[i] == 0) return;
-    if (--g_bucket_count[i] == 0) {
-        uint64_t w = g_filter_bits[i >> 6] & ~(1ull << (i & 63));
-        __atomic_store_n(&g_filter_bits[i >> 6], w, __ATOMIC_RELAXED);
-    }
+    mp_filter_remove(g_filter_bits, g_bucket_count, MP_FILTER_BITS, (const void *)p);
 }
 
 static inline size_t slot_of(uintptr_t p, size_t cap) {
@@ -142,9 +131,7 @@ void mp_table_clear_locked(void) {
     g_slots = NULL;
     g_cap = 0;
     g_count = 0;
-    memset(g_bucket_count, 0, sizeof(g_bucket_count));
-    for (size_t i = 0; i < (1u << MP_FILTER_BITS) / 64; i++)
-        __atomic_store_n(&g_filter_bits[i], (uint64_t)0, __ATOMIC_RELAXED);
+    mp_filter_clear(g_filter_bits, g_bucket_count, MP_FILTER_BITS);
 }
 
 size_t mp_table_count_locked(void) { return g_count; }

@@ -236,6 +236,24 @@ def test_budget_interrupts_the_main_thread_and_names_the_line():
     assert not B.status().watching  # the block's watcher is gone with the block
 
 
+def test_code_compiled_by_the_magic_is_the_users_code():
+    # What `%%mprofile --budget` will run: a cell body compiled and registered by the
+    # package, executed by the package's runner (an internal frame) under budget().
+    from mprofile_ipy.attribution import register_code
+
+    source = "blocks = []\nwhile True:\n    blocks.append(bytearray(2**20))\n"
+    filename = "<mprofile-cell-test-41>"
+    register_code(filename, 41, source.splitlines())
+    code = compile(source, filename, "exec")
+    namespace: dict = {}
+    with pytest.raises(MemoryBudgetExceeded) as info:
+        with B.budget("+100MB"):
+            exec(code, namespace)
+    assert info.value.location == "In [41], line 3: blocks.append(bytearray(2**20))"
+    assert info.value.cell == "In [41]"
+    assert len(namespace["blocks"]) > 50  # the namespace keeps what was built
+
+
 def test_rss_trips_without_the_sampler():
     assert not mp.is_tracing()
     blocks: list = []

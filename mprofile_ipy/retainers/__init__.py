@@ -447,8 +447,6 @@ def _command(root_kind: str, ref: RootRef, steps: list[Step], ctx: Context) -> s
             return None  # deleting a module's function is not ours to suggest
         if steps and steps[0].code and steps[0].kind in ("key", "index"):
             return f"{prefix}del {expr}{steps[0].label}"
-        if steps and steps[0].code and steps[0].kind == "attr":
-            return f"{prefix}{expr}{steps[0].label} = None"
         if not steps:
             return f"{prefix}del {expr}"
     return None

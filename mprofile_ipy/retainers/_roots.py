@@ -147,7 +147,12 @@ class Context:
             for holder in (getattr(self.shell, "displayhook", None),
                            getattr(self.shell, "InteractiveTB", None),
                            getattr(self.shell, "last_execution_result", None)):
-                namespace = getattr(holder, "__dict__", None) if holder is not None else None
+                if holder is None:
+                    continue
+                # the object itself: on 3.13 its attributes are inline values, which
+                # gc.get_referents gives without going through a __dict__
+                out.append(holder)
+                namespace = getattr(holder, "__dict__", None)
                 if type(namespace) is dict:
                     out.append(namespace)
         return out
