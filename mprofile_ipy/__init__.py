@@ -7,7 +7,9 @@ works as tracemalloc does, at a few percent of the cost. In IPython,
 The public surface is what ``__all__`` lists: the tracemalloc-compatible API, the model
 (``Snapshot``, ``Statistic``, ...), the results of the magics (``ProfileResult``,
 ``DiffResult``, imported on first use), the loaders (``load_snapshot``, ``load_pprof``) and
-the errors. Everything else (``aggregate``, ``report``, ``renderers``, ``ipython``,
+the errors, the memory budget (``set_budget("4GB")``, ``get_budget()``, ``with
+memory_budget("2GB"): ...``) and ``load_postmortem()`` (what a killed kernel was doing).
+Everything else (``aggregate``, ``report``, ``renderers``, ``ipython``,
 ``attribution``, ``native_capture``, ...) is internal and may change between releases.
 """
 
@@ -87,15 +89,19 @@ __all__ = [
     "get_profiler_memory",
     "get_sample_rate",
     "get_stats",
+    "get_budget",
     "get_traceback_limit",
     "get_traced_memory",
     "get_tracemalloc_memory",
     "is_tracing",
     "load_ipython_extension",
+    "load_postmortem",
     "load_pprof",
     "load_snapshot",
+    "memory_budget",
     "paused",
     "reset_peak",
+    "set_budget",
     "start",
     "stop",
     "take_snapshot",
@@ -108,11 +114,17 @@ _LAZY = {
     "ProfileResult": (".result", "ProfileResult"),
     "DiffResult": (".result", "DiffResult"),
     "load_pprof": (".export.pprof", "load_pprof"),
+    "set_budget": (".budget", "set_budget"),
+    "get_budget": (".budget", "get_budget"),
+    "memory_budget": (".budget", "memory_budget"),
+    "load_postmortem": (".postmortem", "load_postmortem"),
 }
 
 
 def __getattr__(name: str) -> Any:
-    """Import ``ProfileResult``, ``DiffResult`` and ``load_pprof`` when first asked for."""
+    """Import the names of ``_LAZY`` (results, ``load_pprof``, the budget and post-mortem
+    API) when first asked for: importing the package starts no watcher and loads no
+    report layer."""
     target = _LAZY.get(name)
     if target is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

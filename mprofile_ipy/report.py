@@ -45,6 +45,7 @@ __all__ = [
     "FrameInfo",
     "Measures",
     "Note",
+    "ProcessShare",
     "Report",
     "Site",
     "SiteDiff",
@@ -161,6 +162,35 @@ class TimelinePoint:
 
 
 @dataclass(frozen=True)
+class ProcessShare:
+    """One process's part of a result that merges several (the kernel, its children, Dask
+    workers): its memory still alive and all it allocated, with standard errors.
+
+    ``kind`` is ``kernel``, ``child`` or ``worker``; ``address`` a worker's address ('' for
+    others); ``share`` a fraction of the merged total alive. ``allocated`` is ``nan`` when
+    the process's snapshot has no allocation totals.
+    """
+
+    label: str
+    kind: str
+    pid: int
+    size: float
+    size_std_error: float
+    count: float
+    count_std_error: float
+    samples: int
+    allocated: float = math.nan
+    allocated_std_error: float = math.nan
+    address: str = ""
+    share: float = 0.0
+
+    @property
+    def rel_error(self) -> float:
+        """Standard error of :attr:`size` relative to it (0.0 when exact or empty)."""
+        return self.size_std_error / self.size if self.size > 0 else 0.0
+
+
+@dataclass(frozen=True)
 class Measures:
     """What was measured around a run (``None``: read from the snapshot instead).
 
@@ -181,6 +211,8 @@ class Measures:
     timeline: tuple[TimelinePoint, ...] | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
     caller_stack: CallerStack | None = None
+    processes: tuple[ProcessShare, ...] = ()
+    process_notes: tuple[str, ...] = ()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -650,7 +682,13 @@ class Report:
             error=m.error,
         )
         self._sites: dict[str, tuple[Site, ...]] = {}
-        self.notes: tuple[Note, ...] = self._notes()
+        total_size = self.summary.total
+        #: Each process's part when the result merges several (largest first), else ().
+        self.processes: tuple[ProcessShare, ...] = tuple(
+            replace(p, share=p.size / total_size if total_size > 0 else 0.0)
+            for p in sorted(self.measures.processes, key=lambda p: -p.size))
+        self.notes: tuple[Note, ...] = self._notes() + tuple(
+            Note("process", text) for text in self.measures.process_notes)
 
     # -- frames -------------------------------------------------------------------------------
     def _frame(self, raw: tuple) -> FrameInfo:
@@ -1001,6 +1039,12 @@ def report_data(report: Report, *, top: int | None = None, note_text: Any = None
                          "error": site.rel_error, "share": site.percent / 100.0,
                          "tracebacks": [builder.traceback(tb) for tb in site.live_tracebacks]})
         groupings[name] = {"rows": rows}
+    if report.processes:
+        groupings["process"] = {"label": "process", "rows": [
+            {"label": p.label, "detail": f"{p.kind}, pid {p.pid}" + (
+                f", {p.address}" if p.address else ""),
+             "size": p.size, "count": p.count, "samples": p.samples, "error": p.rel_error,
+             "share": p.share, "tracebacks": []} for p in report.processes]}
     summary: list[dict[str, Any]] = [
         {"label": "still alive", "value": s.current, "unit": "bytes"},
         {"label": "peak", "value": s.peak, "unit": "bytes"},

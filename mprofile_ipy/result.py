@@ -71,7 +71,10 @@ def _read(part: str, name: str, doc: str) -> property:
 
 
 class _Displayable:
-    """The display protocol shared by results: text for terminals, static HTML for notebooks."""
+    """The display protocol shared by results: text for terminals; in notebooks the
+    self-contained interactive HTML report (server-side table, flame graph and timeline,
+    enhanced by an inline script where scripts run; it needs no kernel and no widget
+    manager, so it survives saving, reloading, nbconvert and GitHub)."""
 
     def to_text(self) -> str:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -79,14 +82,17 @@ class _Displayable:
     def to_html(self) -> str:  # pragma: no cover - overridden
         raise NotImplementedError
 
+    def to_interactive_html(self) -> str:  # pragma: no cover - overridden
+        raise NotImplementedError
+
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
         printer.text(repr(self) if cycle else self.to_text())
 
     def _repr_html_(self) -> str:
-        return self.to_html()
+        return self.to_interactive_html()
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
-        return {"text/plain": self.to_text(), "text/html": self.to_html()}
+        return {"text/plain": self.to_text(), "text/html": self.to_interactive_html()}
 
 
 class ProfileResult(_Displayable):
@@ -124,6 +130,7 @@ class ProfileResult(_Displayable):
         attributor: Attributor | None = None,
         created: float | None = None,
         caller_stack: CallerStack | None = None,
+        live_blocks: Sequence[Any] | None = None,
     ) -> None:
         measures = Measures(
             label=label, elapsed=elapsed, current=current, peak=peak, allocated=allocated,
@@ -134,18 +141,29 @@ class ProfileResult(_Displayable):
             options=dict(options or {}), caller_stack=caller_stack,
             **({"created": created} if created is not None else {}))
         view = ViewOptions(group_by, top, show_all, tuple(include), tuple(exclude))
-        self._set(Report(snapshot, measures, view, attributor))
+        self._set(Report(snapshot, measures, view, attributor),
+                  tuple(live_blocks) if live_blocks is not None else None)
 
-    def _set(self, report: Report) -> None:
+    def _set(self, report: Report, live_blocks: tuple[Any, ...] | None = None) -> None:
         self.report = report
         self.snapshot = report.snapshot
+        # The sampled blocks alive when the result was made, with their addresses (the
+        # IPython layer records them while the sampler still runs): what retainers() needs.
+        self._live_blocks = live_blocks
 
     @classmethod
-    def from_report(cls, report: Report) -> ProfileResult:
+    def from_report(cls, report: Report, live_blocks: Sequence[Any] | None = None
+                    ) -> ProfileResult:
         """The result of an existing report (no recomputation)."""
         result = cls.__new__(cls)
-        result._set(report)
+        result._set(report, tuple(live_blocks) if live_blocks is not None else None)
         return result
+
+    @property
+    def has_live_blocks(self) -> bool:
+        """True when the addresses of the blocks alive at the end were recorded (results of
+        the magics and of a session), so :meth:`retainers` can look for their objects."""
+        return self._live_blocks is not None
 
     # -- figures (read from the report) -----------------------------------------------------
     label = _read("summary", "label", "``In [12]`` or a name.")
@@ -229,6 +247,80 @@ class ProfileResult(_Displayable):
             old = ProfileResult.from_report(Report(old, Measures(), self.report.options,
                                                    self.attributor))
         return DiffResult(self, old, group_by=group_by or self.group_by, top=self.top)
+
+    # -- why is it still alive ---------------------------------------------------------------
+    def site(self, site: int | str | Site, group_by: str | None = None) -> Site:
+        """One site of the table: by position in :meth:`sites` (0 is the top row), by its
+        label (``"In [5], line 3"``) or title (label and source text), or a Site itself."""
+        if isinstance(site, Site):
+            return site
+        sites = self.sites(group_by)
+        if isinstance(site, bool) or not isinstance(site, (int, str)):
+            raise TypeError(f"site must be a row number, a site label or a Site, not "
+                            f"{type(site).__name__}")
+        if isinstance(site, int):
+            if not 0 <= site < len(sites):
+                raise IndexError(f"site {site} is not a row of the table: it has "
+                                 f"{len(sites)} site{'s' if len(sites) != 1 else ''} with "
+                                 f"memory still alive (0 is the top one)")
+            return sites[site]
+        wanted = " ".join(site.split())
+        for found in sites:
+            if wanted in (found.label, " ".join(found.title.split())):
+                return found
+        labels = ", ".join(repr(s.label) for s in sites[:5]) or "none"
+        raise KeyError(f"no site labelled {site!r} with memory still alive; sites: {labels}"
+                       + (" ..." if len(sites) > 5 else ""))
+
+    def retainers(self, site: int | str | Site, *, blocks: Sequence[Any] | None = None,
+                  user_ns: dict | None = None, max_blocks: int = 20, max_chains: int = 3,
+                  time_limit: float | None = 60.0, progress: Any = None) -> list[Any]:
+        """Why the memory of one site is still alive: a
+        :class:`mprofile_ipy.retainers.RetainerReport` for each of its largest live sampled
+        blocks (``max_blocks``): what object the block is, and the shortest reference chains
+        that keep it alive from a root the user can name (``df``, ``Out[12]``,
+        ``mymod.CACHE``), each with the command that frees it.
+
+        ``site``: see :meth:`site`. ``blocks`` are live blocks to search (default: the ones
+        recorded when this result was made); ``user_ns`` the namespace whose names are the
+        user's (default: the running IPython shell's). An empty list: no sampled block of
+        the site is alive. See :mod:`mprofile_ipy.retainers` for the guarantees (no user
+        code runs, nothing is kept, bounded by ``time_limit``).
+        """
+        return self.retainers_by_site([site], blocks=blocks, user_ns=user_ns,
+                                      max_blocks=max_blocks, max_chains=max_chains,
+                                      time_limit=time_limit, progress=progress)[0][1]
+
+    def retainers_by_site(self, sites: Sequence[int | str | Site] | None = None, *,
+                          blocks: Sequence[Any] | None = None, user_ns: dict | None = None,
+                          max_blocks: int = 20, max_chains: int = 3,
+                          time_limit: float | None = 60.0, progress: Any = None
+                          ) -> list[tuple[Site, list[Any]]]:
+        """:meth:`retainers` for several sites (default: every site with memory still
+        alive) in one search of the heap: ``[(site, reports), ...]`` in table order."""
+        from .retainers import find_retainers, select_site_blocks
+
+        chosen = [self.site(s) for s in sites] if sites is not None else self.sites()
+        if blocks is None:
+            if self._live_blocks is None:
+                raise ValueError(
+                    "this result has no record of the live blocks' addresses (only results "
+                    "of %%mprofile, %mprofile and a session do); pass blocks= "
+                    "(mprofile_ipy.sampler.live_blocks() while the profiler runs)")
+            blocks = self._live_blocks
+        per_site: list[tuple[Site, list[Any]]] = []
+        wanted: dict[int, Any] = {}
+        for site in chosen:
+            picked = select_site_blocks(site, blocks)[:max_blocks]
+            per_site.append((site, picked))
+            for block in picked:
+                wanted.setdefault(block.address, block)
+        reports = find_retainers(list(wanted.values()), user_ns=user_ns,
+                                 max_chains=max_chains, time_limit=time_limit,
+                                 progress=progress)
+        by_address = {report.address: report for report in reports}
+        return [(site, [by_address[b.address] for b in picked if b.address in by_address])
+                for site, picked in per_site]
 
     # -- charts, widgets, files --------------------------------------------------------------
     def plot(self, kind: str = "bar", *, group_by: str | None = None, top: int | None = None,
@@ -319,14 +411,29 @@ class ProfileResult(_Displayable):
                    for k, v in given.items() if v is not None}
         if not changes:
             return self
-        return ProfileResult.from_report(self.report.replace(**changes))
+        return ProfileResult.from_report(self.report.replace(**changes), self._live_blocks)
 
     def with_measures(self, **changes: Any) -> ProfileResult:
         """The same snapshot with some measured figures replaced (see ``report.Measures``)."""
         report = self.report
         return ProfileResult.from_report(Report(
             report.snapshot, dataclasses.replace(report.measures, **changes), report.options,
-            report.attributor))
+            report.attributor), self._live_blocks)
+
+    def with_snapshot(self, snapshot: Snapshot, **changes: Any) -> ProfileResult:
+        """Another snapshot (several processes merged, say) with this result's view
+        options, attribution and recorded live blocks, and some measures replaced."""
+        report = self.report
+        return ProfileResult.from_report(Report(
+            snapshot, dataclasses.replace(report.measures, **changes), report.options,
+            report.attributor), self._live_blocks)
+
+    @property
+    def processes(self) -> list[Any]:
+        """Each process's part (``report.ProcessShare``: label, kind, pid, size and count
+        with their standard errors, share) when the result merges several processes
+        (``%%mprofile --children`` or ``--dask``), largest first; else an empty list."""
+        return list(self.report.processes)
 
     # -- display ---------------------------------------------------------------------------
     def __repr__(self) -> str:
@@ -347,6 +454,13 @@ class ProfileResult(_Displayable):
         from .renderers.html import render_report
 
         return render_report(self.report, top=top, group_by=group_by)
+
+    def to_interactive_html(self, top: int | None = None) -> str:
+        """The self-contained interactive HTML report (what a notebook shows): sort, group,
+        filter, unfold tracebacks, flame graph; no kernel, widget or network needed."""
+        from .renderers.html import interactive_report
+
+        return interactive_report(self.report, top=top)
 
 
 class DiffResult(_Displayable):
@@ -409,6 +523,12 @@ class DiffResult(_Displayable):
         from .renderers.html import render_diff
 
         return render_diff(self.report, top=top, group_by=group_by)
+
+    def to_interactive_html(self, top: int | None = None) -> str:
+        """The self-contained interactive HTML comparison (what a notebook shows)."""
+        from .renderers.html import interactive_diff
+
+        return interactive_diff(self.report, top=top)
 
     def __repr__(self) -> str:
         from .units import format_size

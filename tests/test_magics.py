@@ -212,7 +212,10 @@ def test_views_and_pprof_output(ip, tmp_path):
     assert figure.data["image/png"].startswith(b"\x89PNG")
     assert "block2 = bytearray(3 * 2**20)" in figure.data["text/plain"]
     _, _, out = run(ip, "%%mprofile -v widget\nblock3 = bytearray(3 * 2**20)\n")
-    data = out.outputs[0].data
+    report, widget = out.outputs  # the report first, as an output of its own: it survives
+    assert "mprofile-ir" in report.data["text/html"]  # a reload without the widget's kernel
+    assert "block3 = bytearray(3 * 2**20)" in report.data["text/plain"]
+    data = widget.data
     assert "application/vnd.jupyter.widget-view+json" in data and "text/html" in data
     _, _, out = run(ip, "%%mprofile -v none\nblock4 = bytearray(3 * 2**20)\n")
     assert out.outputs == [] and out.stdout == ""
@@ -429,12 +432,12 @@ def test_views_degrade_to_text_without_their_library(without_modules):
     assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
     lines = result.stderr.splitlines()
     charts = [line for line in lines if "a chart needs matplotlib" in line]
-    assert len(charts) == 3  # chart, flame, and the timeline's chart
+    assert len(charts) == 2  # chart and flame (the timeline's chart is HTML)
     assert all("pip install matplotlib" in line for line in charts)
     assert [line for line in lines if "the widget view needs ipywidgets" in line]
     for view in ("chart", "flame", "widget"):
         assert f"block_{view} = bytearray(3 * 2**20)" in result.stdout
-    assert "alive" in result.stdout and "peak" in result.stdout  # the timeline as text
+    assert "alive" in result.stdout and "peak" in result.stdout  # the timeline's text form
 
 
 def test_pprof_export_without_protobuf_says_so(without_modules, tmp_path):

@@ -116,3 +116,52 @@ def test_dataframes_display_readably(executed):
     cell = cell_starting(executed, "np_res.to_dataframe()")
     shown = cell.outputs[0].data["text/plain"]
     assert "MiB" in shown and "e+0" not in shown and "±" in shown
+
+
+PROCESSES = ROOT / "notebooks" / "processes.ipynb"
+
+
+@pytest.fixture(scope="module")
+def processes_nb(tmp_path_factory):
+    import time
+
+    work = tmp_path_factory.mktemp("processes-notebook")
+    env_path = os.environ.get("PYTHONPATH", "")
+    os.environ["PYTHONPATH"] = str(ROOT) + (os.pathsep + env_path if env_path else "")
+    try:
+        nb = nbformat.read(PROCESSES, as_version=4)
+        client = NotebookClient(nb, timeout=120, startup_timeout=60, kernel_name="python3",
+                                resources={"metadata": {"path": str(work)}})
+        started = time.perf_counter()
+        client.execute()
+        nb.metadata["mprofile_seconds"] = time.perf_counter() - started
+    finally:
+        if env_path:
+            os.environ["PYTHONPATH"] = env_path
+        else:
+            del os.environ["PYTHONPATH"]
+    return nb
+
+
+def test_processes_walkthrough_runs_in_a_minute(processes_nb):
+    errors = [o for c in processes_nb.cells if c.cell_type == "code" for o in c.outputs
+              if o.output_type == "error"]
+    assert not errors
+    assert processes_nb.metadata["mprofile_seconds"] < 60
+
+
+def test_processes_walkthrough_merges_the_pool_and_the_workers(processes_nb):
+    pool = cell_starting(processes_nb, "%%mprofile --children")
+    text = text_of(pool)
+    assert "8 batches" in text and "Per process (3)" in text
+    assert text.count("[child]") == 2
+    shares = text_of(cell_starting(processes_nb, "for p in pool_res.processes"))
+    allocated = [float(line.split("allocated")[1].split()[0])
+                 for line in shares.splitlines() if " child " in line]
+    assert len(allocated) == 2 and abs(sum(allocated) - 8 * 8e6 / 2**20) < 0.1 * 64e6 / 2**20
+    assert "steps = rng.standard_normal((500, 1000))" in shares
+    dask = cell_starting(processes_nb, "%%mprofile --dask")
+    html = next(o.data["text/html"] for o in dask.outputs if o.output_type == "display_data")
+    assert "data-kind='profile'" in html and "worker tcp://" in html
+    workers = text_of(cell_starting(processes_nb, "for p in dask_res.processes"))
+    assert workers.count(" worker ") == 2

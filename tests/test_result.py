@@ -292,7 +292,13 @@ def test_reprs(result):
     assert set(bundle) == {"text/plain", "text/html"}
     assert "In [3], line 5" in bundle["text/plain"]
     assert "&lt;" not in bundle["text/plain"]
-    assert "<details>" in bundle["text/html"]
+    # the rich output is the self-contained interactive report: tracebacks unfold, the data
+    # travels along, and the static HTML stays available
+    assert bundle["text/html"].startswith("<div class='mprofile-ir'")
+    assert "<details class='mpr-tbs'>" in bundle["text/html"]
+    assert "In [3], line 5" in bundle["text/html"]
+    assert result._repr_html_().startswith("<div class='mprofile-ir'")
+    assert "<details>" in result.to_html()
     assert repr(result).startswith("<ProfileResult In [3]:")
     assert isinstance(result.to_dataframe(), pd.DataFrame)
 
@@ -303,6 +309,8 @@ def test_source_text_is_escaped_in_html():
     res = ProfileResult(Snapshot([trace(100, (f(name, 1),))], 128), attributor=Attributor(None))
     html = res.to_html()
     assert "<script>" not in html and "&lt;script&gt;" in html
+    rich = res._repr_mimebundle_()["text/html"]  # the interactive report: escaped too
+    assert "<script>alert(1)" not in rich and "&lt;script&gt;alert(1)" in rich
 
 
 def test_bad_arguments_say_what_is_allowed(result):
@@ -430,6 +438,11 @@ def test_the_public_surface_exports_results_loaders_and_errors():
     assert mprofile_ipy.load_pprof is pprof.load_pprof
     assert mprofile_ipy.load_snapshot is storage.load_snapshot
     assert issubclass(mprofile_ipy.SnapshotFormatError, mprofile_ipy.MprofileError)
+    from mprofile_ipy import budget, postmortem
+
+    assert mprofile_ipy.set_budget is budget.set_budget
+    assert mprofile_ipy.memory_budget is budget.budget
+    assert mprofile_ipy.load_postmortem is postmortem.load_postmortem
     missing = [name for name in mprofile_ipy.__all__ if not hasattr(mprofile_ipy, name)]
     assert missing == []
     assert set(mprofile_ipy.__all__) <= set(dir(mprofile_ipy))

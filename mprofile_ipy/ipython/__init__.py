@@ -20,7 +20,10 @@ _loaded: dict[int, MProfileMagics] = {}
 
 
 def load_ipython_extension(ip: Any) -> None:
-    """Register ``%mprofile``/``%%mprofile`` and the session's cell events."""
+    """Register ``%mprofile``/``%%mprofile`` and the session's cell events, and turn on the
+    safety net (a cell is stopped with ``MemoryBudgetExceeded`` before the machine, the
+    container or ``ulimit -v`` runs out of memory; ``%mprofile budget off`` opts out) and
+    the flight recorder (what ``%mprofile postmortem`` reads after a kernel died)."""
     if id(ip) in _loaded:
         return
     magics = MProfileMagics(ip)
@@ -29,6 +32,15 @@ def load_ipython_extension(ip: Any) -> None:
     ip.events.register("pre_run_cell", magics.pre_run_cell)
     ip.events.register("post_run_cell", magics.post_run_cell)
     _loaded[id(ip)] = magics
+    try:
+        from ..budget import enable_for_ipython
+
+        enable_for_ipython(ip)
+    except Exception as exc:  # noqa: BLE001 - the magics work without the safety net
+        import sys
+
+        print(f"mprofile: the safety net and flight recorder could not start "
+              f"({type(exc).__name__}: {exc}); the magics work without them.", file=sys.stderr)
 
 
 def _register_figure_png(ip: Any) -> None:
@@ -58,6 +70,12 @@ def unload_ipython_extension(ip: Any) -> None:
     if magics is None:
         return
     magics.stop_session()
+    try:
+        from ..budget import disable_for_ipython
+
+        disable_for_ipython(ip)
+    except Exception:  # noqa: BLE001 - unloading goes on
+        pass
     for event, callback in (("pre_run_cell", magics.pre_run_cell),
                             ("post_run_cell", magics.post_run_cell)):
         try:

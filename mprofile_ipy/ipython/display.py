@@ -21,7 +21,9 @@ from ..report import TimelinePoint
 from ..result import DiffResult, ProfileResult
 from .options import Options
 
-__all__ = ["Bundle", "check_path", "finish", "show", "show_timeline", "write_pprof"]
+__all__ = ["Bundle", "check_path", "finish", "retainers_text", "show", "show_postmortem",
+           "show_retainers",
+           "show_timeline", "show_widget", "write_pprof"]
 
 
 class Bundle:
@@ -71,6 +73,40 @@ def _show_chart(result: ProfileResult | DiffResult, view: str) -> None:
     _display(Bundle(rest, figure=figure))
 
 
+def show_widget(result: ProfileResult | DiffResult) -> None:
+    """The report of the explorer's current view as an output of its own, then the explorer.
+
+    A widget output saved without the widget's state shows "Error displaying widget: model
+    not found" once its kernel is gone, and JupyterLab never falls back to the HTML of the
+    same bundle. So the cell first shows the self-contained interactive report, marked as
+    standing in for the widget (where scripts run it hides the widget's error after a reload
+    and says why the controls are gone), then the explorer's live controls. The report is
+    updated in place (a display id) whenever the explorer's grouping, top N or frame hiding
+    changes, so the saved notebook holds the view as it was last shown: readable, sortable
+    and filterable in nbconvert's HTML and on GitHub too.
+    """
+    from IPython.display import display
+
+    from ..renderers import html, text
+
+    def bundle(report: Any) -> dict[str, str]:
+        if isinstance(result, DiffResult):
+            return {"text/plain": text.render_diff(report),
+                    "text/html": html.interactive_diff(report, replaces_widget=True)}
+        return {"text/plain": text.render_report(report),
+                "text/html": html.interactive_report(report, replaces_widget=True)}
+
+    widget = result.widget()  # built first: a failure shows the text report only once
+    handle = display(bundle(widget.view_report()), raw=True, display_id=True)
+
+    def follow(report: Any) -> None:
+        if handle is not None:
+            handle.update(bundle(report), raw=True)
+
+    widget.on_view_change(follow)
+    _display(widget)
+
+
 def show(result: ProfileResult | DiffResult, view: str) -> None:
     """Display a result in one of the views; the text report (and one line saying why)
     when the view cannot be shown."""
@@ -81,7 +117,7 @@ def show(result: ProfileResult | DiffResult, view: str) -> None:
             print(result.to_text())
         elif view == "widget":
             require("ipywidgets", "the widget view")
-            _display(result.widget())
+            show_widget(result)
         elif view in ("chart", "flame"):
             _show_chart(result, view)
         else:
@@ -99,7 +135,8 @@ def show(result: ProfileResult | DiffResult, view: str) -> None:
 
 
 def show_timeline(points: Sequence[TimelinePoint], view: str) -> None:
-    """A session's timeline as a chart, an HTML table or text."""
+    """A session's timeline: ``chart`` the self-contained interactive chart (hover a point),
+    ``image`` a matplotlib PNG, ``table`` an HTML table, ``text``, or ``none``."""
     from ..renderers.text import render_timeline
 
     text = render_timeline(points)
@@ -108,10 +145,12 @@ def show_timeline(points: Sequence[TimelinePoint], view: str) -> None:
     if view == "text":
         print(text)
         return
-    if view == "table":
-        from ..renderers.html import timeline_html
+    if view in ("table", "chart"):
+        from ..renderers import html
 
-        _display(Bundle(text, html=timeline_html(points)))
+        page = html.timeline_html(points) if view == "table" else html.interactive_timeline(
+            points)
+        _display(Bundle(text, html=page))
         return
     try:
         from ..renderers import chart
@@ -120,6 +159,56 @@ def show_timeline(points: Sequence[TimelinePoint], view: str) -> None:
     except MissingDependencyError as exc:
         _say(f"{exc}; showing the text timeline instead.")
         print(text)
+
+
+def retainers_text(result: ProfileResult, pairs: Sequence[tuple[Any, list[Any]]],
+                   fresh: bool) -> tuple[str, list[tuple[str, str]]]:
+    """The answer of ``%mprofile why`` as a header and, per site, (title, chains as text)."""
+    from ..renderers import fmt_size
+    from ..retainers import format_retainers
+
+    when = ("read now (the profiler is running)" if fresh else
+            f"recorded when {result.label or 'the result'} was made; the profiler is not "
+            f"running now, so an object freed since then may be replaced at its address")
+    head = (f"Why is the memory of {result.label or 'this result'} still alive? Sampled "
+            f"blocks {when}.")
+    sections = []
+    for site, reports in pairs:
+        title = f"{site.title}: {fmt_size(site.size)} alive"
+        sections.append((title, format_retainers(reports).rstrip("\n")))
+    return head, sections
+
+
+def show_retainers(result: ProfileResult, pairs: Sequence[tuple[Any, list[Any]]],
+                   fresh: bool) -> None:
+    """Text in a terminal, escaped HTML in a notebook."""
+    from html import escape
+
+    head, sections = retainers_text(result, pairs, fresh)
+    if not sections:
+        text = head + "\nNo site with memory still alive."
+        _display(Bundle(text, html=f"<div class='mprofile-why'>{escape(text)}</div>"))
+        return
+    text = "\n\n".join([head] + [f"{title}\n{body}" for title, body in sections])
+    style = ("font-family: var(--jp-code-font-family, monospace); font-size: 12px; "
+             "white-space: pre-wrap; margin: 2px 0 10px 0")
+    html = "".join([f"<div class='mprofile-why'><div>{escape(head)}</div>"] + [
+        f"<div style='margin-top: 6px'><b>{escape(title)}</b></div>"
+        f"<pre style=\"{style}\">{escape(body)}</pre>" for title, body in sections]
+        + ["</div>"])
+    _display(Bundle(text, html=html))
+
+
+def show_postmortem(summary: str, path: str) -> None:
+    """The facts of a dead kernel (which cell and line ran, the peak) before its report."""
+    from html import escape
+
+    text = f"{summary}\n  (record: {path})"
+    lines = text.split("\n")
+    html = (f"<div class='mprofile-postmortem'><b>{escape(lines[0])}</b>"
+            + "".join(f"<div style='margin-left: 12px'>{escape(line.strip())}</div>"
+                      for line in lines[1:]) + "</div>")
+    _display(Bundle(text, html=html))
 
 
 def finish(shell: Any, result: ProfileResult | DiffResult, opts: Options) -> None:

@@ -55,6 +55,28 @@ def _with_view(result: ProfileResult, opts: Options) -> ProfileResult:
                            group_by=view.group_by, top=view.top)
 
 
+def budget_status_text(status: Any, now: Any = None) -> str:
+    """``%mprofile budget`` without argument: the budget, the safety net, memory now
+    (``now``: a reading of the memory, default the watcher's last one)."""
+    parts = []
+    if status.limit is None:
+        parts.append("no memory budget")
+    else:
+        parts.append(f"memory budget {fmt_size(status.limit)}")
+        if status.block_limits:
+            parts[-1] += (f" (this cell's --budget; the session's: "
+                          f"{fmt_size(status.session_limit) if status.session_limit else 'none'})")
+    parts.append(f"safety net {'on' if status.safety_net else 'off'}"
+                 + (f" (margin {fmt_size(status.margin)})" if status.safety_net else ""))
+    reading = now if now is not None else status.reading
+    if reading is not None and reading.rss is not None:
+        peak = max(status.peak_rss or 0, reading.rss)
+        parts.append(f"resident memory now {fmt_size(reading.rss)}, peak {fmt_size(peak)}")
+    if status.trips:
+        parts.append(f"{status.trips} interrupt{'s' if status.trips != 1 else ''} so far")
+    return "mprofile: " + "; ".join(parts)
+
+
 @magics_class
 class MProfileMagics(Magics):
     """``%mprofile`` and ``%%mprofile``; holds the session, if any."""
@@ -62,6 +84,8 @@ class MProfileMagics(Magics):
     def __init__(self, shell: Any) -> None:
         super().__init__(shell)
         self.session: Session | None = None
+        #: The last ProfileResult shown or stored (what `%mprofile why` explains).
+        self.last_result: ProfileResult | None = None
 
     # -- events (sampling paused: their work is the profiler's bookkeeping) ---------------------
     def _on_cell_event(self, action: Any) -> None:
@@ -174,6 +198,7 @@ class MProfileMagics(Magics):
         label = cell_label(number) if number is not None else "mprofile"
         value, result, error = runner.run(self.shell, compiled, opts, local_ns, label)
         if result is not None:
+            self.last_result = result
             display.finish(self.shell, result, opts)
         if error is not None:
             raise error
@@ -255,6 +280,7 @@ class MProfileMagics(Magics):
         result = self._get(session, args.name, opts)
         if result.label != NOW:  # a stored snapshot: apply this command's view options
             result = _with_view(result, opts)
+        self.last_result = result
         display.finish(self.shell, result, opts)
 
     def _cmd_compare(self, args: Any) -> None:
@@ -294,6 +320,65 @@ class MProfileMagics(Magics):
         print(f"mprofile session {state} (rate {fmt_rate(opts.rate)}, {opts.max_frames} "
               f"frames{current}); snapshots: {', '.join(session.snapshots) or 'none'}; "
               f"{len(session.timeline)} timeline points")
+
+    def _cmd_why(self, args: Any) -> None:
+        result = self.last_result
+        if result is None:
+            raise UsageError("no result to explain yet: profile a cell with %%mprofile, or "
+                             "show a snapshot of a session (`%mprofile show`), then "
+                             "`%mprofile why [SITE]`")
+        opts = Options().update(args)
+        text = " ".join(args.site).strip()
+        site: int | str | None = int(text) if text.isdigit() else (text or None)
+        fresh = sampler.is_tracing()
+        blocks = sampler.live_blocks() if fresh else None
+        if not fresh and not result.has_live_blocks:
+            raise UsageError(f"the result {result.label or ''} has no record of its blocks' "
+                             "addresses; profile the code again with %%mprofile")
+        try:
+            pairs = result.retainers_by_site(
+                [site] if site is not None else None, blocks=blocks,
+                user_ns=self.shell.user_ns, max_blocks=opts.max_blocks,
+                max_chains=opts.chains, time_limit=opts.time_limit)
+        except (IndexError, KeyError) as exc:
+            raise UsageError(f"%mprofile why: {exc.args[0]}") from None
+        display.show_retainers(result, pairs, fresh)
+
+    def _cmd_budget(self, args: Any) -> None:
+        from .. import budget
+
+        limit = (args.limit or "").strip()
+        if limit.lower() == "off":
+            budget.set_budget(None, safety_net=False)
+            print("mprofile: no memory budget, safety net off (`%mprofile budget SIZE` sets "
+                  "one; the safety net comes back with a budget)")
+            return
+        if limit:
+            try:
+                budget.set_budget(limit, safety_net=True)
+            except (ValueError, TypeError) as exc:
+                raise UsageError(f"%mprofile budget: {exc} (a size such as 4GB, +1GB or "
+                                 f"'off')") from None
+        print(budget_status_text(budget.status(), budget.read_memory()))
+
+    def _cmd_postmortem(self, args: Any) -> None:
+        from ..postmortem import NoPostMortem, load_postmortem
+
+        opts = Options().update(args)
+        display.check_path(opts.pprof, "--pprof")
+        try:
+            found = load_postmortem(args.path)
+        except NoPostMortem as exc:
+            raise UsageError(f"%mprofile postmortem: {exc}") from None
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"%mprofile postmortem: cannot read {args.path!r}: {exc}") from None
+        view = opts.view_options()
+        result = found.to_result(group_by=view.group_by, top=view.top,
+                                 show_all=view.show_all, include=view.include,
+                                 exclude=view.exclude)
+        display.show_postmortem(found.summary(), str(found.path))
+        self.last_result = result
+        display.finish(self.shell, result, opts)
 
     def stop_session(self) -> None:
         """Stop the session's sampling, if this object started it."""

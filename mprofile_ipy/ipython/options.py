@@ -27,9 +27,10 @@ __all__ = ["COMMANDS", "NOW", "TIMELINE_VIEWS", "VIEWS", "Options", "command_par
            "help_text", "parse_cell_line", "parse_command", "split_statement"]
 
 VIEWS = ("table", "chart", "flame", "widget", "text", "none")
-TIMELINE_VIEWS = ("chart", "table", "text", "none")
+TIMELINE_VIEWS = ("chart", "image", "table", "text", "none")
 #: First words that make a line a session command rather than a statement.
-COMMANDS = ("start", "stop", "snapshot", "show", "compare", "timeline", "export", "status")
+COMMANDS = ("start", "stop", "snapshot", "show", "compare", "timeline", "export", "status",
+            "why", "budget", "postmortem")
 #: The name of "a snapshot taken right now" in show/compare/export.
 NOW = "now"
 #: Largest number of sites a report lists.
@@ -89,6 +90,29 @@ def _identifier(text: str) -> str:
     return text
 
 
+def _budget(text: str) -> str:
+    """A budget as ``budget.set_budget`` takes it: a size (``4GB``) or ``+SIZE`` (above
+    the resident memory when the cell starts); checked now, applied when the cell runs."""
+    size = text[1:] if text.startswith("+") else text
+    try:
+        value = parse_size(size)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"--budget: {exc} (a size such as 4GB, 512MiB or +1GB)") from None
+    if value <= 0:
+        raise UsageError(f"--budget must be a positive size, got {text!r}")
+    return text
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise UsageError(f"--time-limit must be a number of seconds, got {text!r}") from None
+    if not 0 < value <= 3600:
+        raise UsageError(f"--time-limit must be between 0 and 3600 seconds, got {text!r}")
+    return value
+
+
 def _rate_text(rate: int) -> str:
     for power, unit in ((3, "GiB"), (2, "MiB"), (1, "KiB")):
         step = 1024**power
@@ -121,7 +145,10 @@ def _option(*flags: str, default: Any, help: str, group: str,
 
 
 #: Option groups, in the order of the help text.
-GROUPS = {"sampling": "Sampling", "report": "Report", "output": "Output"}
+GROUPS = {"sampling": "Sampling", "limits": "Memory limit", "processes": "Processes",
+          "report": "Report", "output": "Output", "why": "Why (%mprofile why)"}
+#: The groups of ``%%mprofile`` and of ``%mprofile statement``.
+RUN_GROUPS = ("sampling", "limits", "processes", "report", "output")
 
 
 @dataclass(frozen=True)
@@ -146,6 +173,22 @@ class Options:
         "--native", default=False, group="sampling",
         help="Also sample malloc/mmap made by native libraries (Arrow, SQLite, PyTorch, ...); "
              "NumPy arrays are always seen. Linux/glibc only.")
+    budget: str | None = _option(
+        "--budget", default=None, convert=_budget, metavar="SIZE", group="limits",
+        help="A memory budget for this cell only (4GB, 512MiB, or +1GB above the memory in "
+             "use when it starts): when the process's memory (RSS, or the sampler's "
+             "estimate) crosses it, the cell stops with MemoryBudgetExceeded, the report "
+             "shows what was allocating, and the kernel keeps every variable. On top of "
+             "the session's `%%mprofile budget` (the tighter one applies).")
+    children: bool = _option(
+        "--children", default=False, group="processes",
+        help="Also profile the processes the code starts (multiprocessing with fork, spawn "
+             "or forkserver, ProcessPoolExecutor, joblib/loky, subprocess python): their "
+             "snapshots are merged into the report, with a table per process.")
+    dask: bool = _option(
+        "--dask", default=False, group="processes",
+        help="Also profile every worker of the current Dask distributed Client (workers "
+             "that join during the cell too); merged into the report, per worker.")
     group_by: str = _option(
         "-g", "--group-by", default="cell", convert=_group_by, metavar="KEY", group="report",
         help=f"How to group allocations into sites: {', '.join(GROUP_BY)}. 'cell' (default) "
@@ -156,9 +199,11 @@ class Options:
         group="report", help=f"Number of sites to show (1 to {MAX_TOP}). Default: 10.")
     view: str = _option(
         "-v", "--view", default="table", convert=_view, metavar="VIEW", group="report",
-        help=f"How to show the report: {', '.join(VIEWS)}. 'table' (default) is HTML in "
-             "notebooks and text in terminals; 'chart' a bar chart; 'flame' an icicle graph; "
-             "'widget' an interactive explorer; 'none' shows nothing (use with -o).")
+        help=f"How to show the report: {', '.join(VIEWS)}. 'table' (default) is the "
+             "interactive HTML report in notebooks (sort, group, filter, unfold tracebacks, "
+             "flame graph; no kernel needed) and text in terminals; 'chart' a bar chart; "
+             "'flame' an icicle graph; 'widget' the report, then an explorer (ipywidgets) "
+             "for what needs the kernel; 'none' shows nothing (use with -o).")
     include: tuple[str, ...] = _option(
         "-i", "--include", default=(), metavar="PATTERN", repeat=True, convert=str,
         group="report",
@@ -181,6 +226,18 @@ class Options:
         "--pprof", default=None, convert=str, metavar="PATH", group="output",
         help="Also write the profile to PATH as gzipped pprof (go tool pprof, Pyroscope, "
              "speedscope).")
+
+    chains: int = _option(
+        "--chains", default=3, convert=_bounded("--chains", 10), metavar="N", group="why",
+        help="Reference chains per block (1 to 10): chain k+1 is what still holds the "
+             "object once chain k's command has run. Default: 3.")
+    max_blocks: int = _option(
+        "--max-blocks", default=20, convert=_bounded("--max-blocks", 1000), metavar="N",
+        group="why", help="Largest live sampled blocks searched per site (1 to 1000). "
+                          "Default: 20.")
+    time_limit: float = _option(
+        "--time-limit", default=60.0, convert=_seconds, metavar="SECONDS", group="why",
+        help="Stop the search after this many seconds and say so. Default: 60.")
 
     def update(self, given: Mapping[str, Any] | argparse.Namespace) -> Options:
         """A copy with the options given (an argparse namespace or a dict) applied; only
@@ -211,7 +268,7 @@ def specs(groups: Iterable[str] = tuple(GROUPS)) -> list[tuple[str, Spec]]:
 
 #: Every flag of the statement form -> whether it takes a value.
 TAKES_VALUE: dict[str, bool] = {flag: spec.convert is not None
-                                for _name, spec in specs() for flag in spec.flags}
+                                for _name, spec in specs(RUN_GROUPS) for flag in spec.flags}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,7 +309,7 @@ def _parser(prog: str, description: str, groups: Iterable[str],
 
 
 #: The parser of ``%%mprofile`` and of the options of ``%mprofile statement``.
-RUN_PARSER = _parser("%mprofile", "Profile a cell or a statement.", GROUPS,
+RUN_PARSER = _parser("%mprofile", "Profile a cell or a statement.", RUN_GROUPS,
                      [("rest", {"nargs": "*", "help": argparse.SUPPRESS})])
 
 _COMMANDS: dict[str, tuple[str, str, tuple[str, ...], list[tuple[str, dict[str, Any]]]]] = {
@@ -269,13 +326,36 @@ _COMMANDS: dict[str, tuple[str, str, tuple[str, ...], list[tuple[str, dict[str, 
                 "snapshot B (default: now, or 'final' once stopped).", ("report", "output"),
                 [("old", {"metavar": "A"}), ("new", {"metavar": "B", "nargs": "?",
                                                      "default": None})]),
-    "timeline": ("timeline [-v chart|table|text|none] [-o VAR]", "Memory still alive after "
+    "timeline": ("timeline [-v chart|image|table|text|none] [-o VAR]", "Memory still alive after "
                  "each cell of the session (and at each named snapshot), and each cell's "
                  "peak.", (), []),
     "export": ("export NAME|now PATH", "Write snapshot NAME ('now' for a new one) as a "
                "gzipped pprof profile at PATH.", (),
                [("name", {"metavar": "NAME"}), ("path", {"metavar": "PATH"})]),
     "status": ("status", "Whether a session runs, its settings and its snapshots.", (), []),
+    "why": ("why [SITE] [options]", "Why is this memory still alive? For a site of the last "
+            "result (its label, such as 'In [5], line 3', or its row in the table, 0 being "
+            "the top one; default: every site with memory still alive), the objects its "
+            "live sampled blocks are and the shortest reference chains that keep them "
+            "alive, from names you know (df, Out[12], mymod.CACHE, a closure, "
+            "sys.last_traceback), each with the command that frees it (%xdel df, "
+            "%reset -f out, gc.collect()). Runs no code of yours; bounded in time. In a "
+            "running session the blocks are read now; otherwise they are the ones alive "
+            "when the result was made.", ("why",),
+            [("site", {"metavar": "SITE", "nargs": "*"})]),
+    "budget": ("budget [SIZE|+SIZE|off]", "Set the session's memory budget (4GB; +1GB: 1 GB "
+               "above the memory in use now): a cell whose memory crosses it stops with "
+               "MemoryBudgetExceeded and the kernel keeps its variables. 'off' removes the "
+               "budget and the safety net (on since %load_ext: it stops a cell before the "
+               "machine, the container or ulimit -v runs out of memory). Without an "
+               "argument: the budget, the safety net and the memory now.", (),
+               [("limit", {"metavar": "SIZE", "nargs": "?", "default": None})]),
+    "postmortem": ("postmortem [PATH] [options]", "What a kernel that died (killed by the OOM "
+                   "killer, say) was doing: the cell and line that were running, the peak, "
+                   "and what was alive, as a normal report, from the flight record it left "
+                   "(this notebook's first, then this directory's; PATH: a record file or a "
+                   "folder of records).", ("report", "output"),
+                   [("path", {"metavar": "PATH", "nargs": "?", "default": None})]),
 }
 
 
@@ -287,7 +367,9 @@ def command_parser(command: str) -> _Parser:
         view = dict(specs(["report"]))["view"]
         output = dict(specs(["output"]))["output"]
         parser.add_argument(*view.flags, dest="view", default="chart", metavar=view.metavar,
-                            choices=TIMELINE_VIEWS, help="chart (default), table, text or none.")
+                            choices=TIMELINE_VIEWS,
+                            help="chart (default: an interactive chart that needs no kernel), "
+                                 "image (a PNG, needs matplotlib), table, text or none.")
         parser.add_argument(*output.flags, dest="output", default=None, type=_identifier,
                             metavar="VAR", help="Store the timeline points in VAR.")
     return parser
@@ -380,17 +462,20 @@ Usage:
   %mprofile snapshot NAME                    remember what is alive now as NAME
   %mprofile show [NAME|now] [options]        show a snapshot (default: now)
   %mprofile compare A [B|now] [options]      what changed from A to B (default: now)
-  %mprofile timeline [-v chart|table|text]   memory after each cell of the session
+  %mprofile timeline [-v chart|image|table|text]  memory after each cell of the session
   %mprofile export NAME|now PATH             write a snapshot as a pprof profile
   %mprofile status                           the session's settings and snapshots
   %mprofile stop                             stop (snapshots stay until next start)
+  %mprofile why [SITE]                       what keeps a site's memory alive
+  %mprofile budget [SIZE|+SIZE|off]          a memory budget for the session
+  %mprofile postmortem [PATH]                what a kernel that died was doing
 
-A line whose first word is one of start, stop, snapshot, show, compare, timeline, export or
-status is a session command. To profile a statement that begins with one of these words (or
-with '-'), put '--' before it: `%mprofile -- start = 3`. A `# comment` may end the line of
-%%mprofile and of a session command. Options of %%mprofile and of session commands expand
-{expr} and $name from the user's namespace, as other magics do; a statement is never
-expanded.
+A line whose first word is one of start, stop, snapshot, show, compare, timeline, export,
+status, why, budget or postmortem is a command. To profile a statement that begins with one
+of these words (or with '-'), put '--' before it: `%mprofile -- start = 3`. A `# comment`
+may end the line of %%mprofile and of a session command. Options of %%mprofile and of
+session commands expand {expr} and $name from the user's namespace, as other magics do; a
+statement is never expanded.
 
 The report gives the memory the code allocated that is still alive at its end, the peak
 during the run, all it allocated (freed included), the time, the number of samples, and the
@@ -420,10 +505,16 @@ def help_text() -> str:
     parts = [_INTRO, options.strip("\n"), "", "Session commands:"]
     for usage, description, groups, _pos in _COMMANDS.values():
         parts.append(f"  %mprofile {usage}")
-        if groups:
-            names = " and ".join(GROUPS[g].lower() for g in groups)
+        shared = [g for g in groups if g in RUN_GROUPS]
+        if shared:
+            names = " and ".join(GROUPS[g].lower() for g in shared)
             description += f" Takes the {names} options above."
         parts.append(textwrap.fill(description, 88, initial_indent=" " * 6,
                                    subsequent_indent=" " * 6))
+        for _name, spec in specs([g for g in groups if g not in RUN_GROUPS]):
+            flags = ", ".join(spec.flags) + (f" {spec.metavar}" if spec.metavar else "")
+            parts.append(f"      {flags}")
+            parts.append(textwrap.fill(spec.help, 88, initial_indent=" " * 10,
+                                       subsequent_indent=" " * 10))
     parts += ["", _EXAMPLES]
     return "\n".join(parts)

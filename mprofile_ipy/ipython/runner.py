@@ -11,21 +11,25 @@ started and always stops it; it records the stack that called the code
 from __future__ import annotations
 
 import ast
+import contextlib
 import io
 import itertools
 import linecache
 import sys
 import time
 import tokenize
+from collections.abc import Iterator
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
 from IPython.core.error import UsageError
 
+from .. import budget as _budget
 from .. import sampler
 from ..attribution import Attributor, register_code
-from ..report import CallerStack
+from ..errors import MemoryBudgetExceeded
+from ..report import CallerStack, TimelinePoint
 from ..result import ProfileResult
 from .options import Options
 
@@ -128,7 +132,10 @@ def make_result(shell: Any, opts: Options, label: str, elapsed: float,
     some (a session's peak) or add some (its timeline, the code's error, the caller stack).
     Call it with sampling paused: the result is the profiler's bookkeeping."""
     stats = sampler.get_stats()
-    snapshot = sampler.take_snapshot()
+    snapshot = measures.pop("snapshot", None) or sampler.take_snapshot()
+    # The addresses of the sampled blocks alive now, for `%mprofile why` / result.retainers():
+    # once the sampler stops they cannot be read any more.
+    measures.setdefault("live_blocks", sampler.live_blocks())
     figures: dict[str, Any] = {
         "current": stats.current_bytes,
         "peak": stats.peak_bytes,
@@ -145,11 +152,51 @@ def make_result(shell: Any, opts: Options, label: str, elapsed: float,
                          attributor=Attributor(shell), **figures)
 
 
+@contextlib.contextmanager
+def cell_budget(limit: str | None) -> Iterator[None]:
+    """``--budget``: the budget for the code only (on top of the session's); a limit the
+    budget refuses is a UsageError before the code runs."""
+    if not limit:
+        yield
+        return
+    guard = _budget.budget(limit)
+    try:
+        guard.__enter__()
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"--budget: {exc}") from None
+    try:
+        yield
+    finally:
+        guard.__exit__(None, None, None)
+
+
+def trip_measures(error: BaseException | None) -> dict[str, Any]:
+    """When the budget stopped the code: the report is of the sampled allocations alive at
+    the interrupt (what was allocating; unwinding may have freed it since) and the memory
+    over the last seconds, as the trip recorded them."""
+    if not isinstance(error, MemoryBudgetExceeded):
+        return {}
+    out: dict[str, Any] = {}
+    snapshot = getattr(error, "snapshot", None)
+    if snapshot is not None:
+        out.update(snapshot=snapshot, current=None)
+    points = getattr(error, "timeline", None) or []
+    if points:
+        end = points[-1][0]
+        out["timeline"] = [
+            TimelinePoint(f"{t - end:+.1f} s", None, t,
+                          float(traced if traced is not None else rss or 0), float(rss or 0))
+            for t, rss, traced in points]
+    return out
+
+
 def run(shell: Any, compiled: Compiled, opts: Options, local_ns: Any,
         label: str) -> tuple[Any, ProfileResult | None, BaseException | None]:
-    """Run the code under the sampler; always stops it. Returns (value, result, error).
+    """Run the code under the sampler (and its ``--budget``); always stops it. Returns
+    (value, result, error).
 
-    The result is None when the code itself stopped the sampler (nothing to report).
+    The result is None when the code itself stopped the sampler (nothing to report). When
+    the budget stopped the code, the result is of the allocations alive at the interrupt.
     """
     __tracebackhide__ = True  # noqa: F841 - IPython hides this frame from tracebacks
     check_idle()
@@ -160,20 +207,30 @@ def run(shell: Any, compiled: Compiled, opts: Options, local_ns: Any,
     result = None
     base = caller_stack(sys._getframe(), strict=True)  # the code runs one frame deeper
     start_sampler(opts)
+    followers = None
     try:
+        if opts.children or opts.dask:
+            from .followers import Followers
+
+            followers = Followers(opts)
         start = time.perf_counter()
-        try:
-            exec(compiled.code, glob, loc)
-            if compiled.last_expr is not None:
-                value = eval(compiled.last_expr, glob, loc)
-        except BaseException as exc:  # noqa: BLE001 - re-raised by the caller after the report
-            error = exc
+        with cell_budget(opts.budget):
+            try:
+                exec(compiled.code, glob, loc)
+                if compiled.last_expr is not None:
+                    value = eval(compiled.last_expr, glob, loc)
+            except BaseException as exc:  # noqa: BLE001 - re-raised after the report
+                error = exc
         elapsed = time.perf_counter() - start
         if sampler.is_tracing():
             with sampler.paused():
                 result = make_result(shell, opts, label, elapsed, error=error,
-                                     caller_stack=base)
+                                     caller_stack=base, **trip_measures(error))
+                if followers is not None:
+                    result = followers.merge_into(result)
     finally:
+        if followers is not None:
+            followers.close()
         sampler.stop()
     if result is None:
         print("mprofile: the profiled code stopped the profiler; no report.", file=sys.stderr)

@@ -21,6 +21,7 @@ from ..report import (
     TimelinePoint,
     diff_data,
     report_data,
+    timeline_data,
 )
 from . import (
     GROUP_WORDS,
@@ -35,7 +36,8 @@ from . import (
     plural,
 )
 
-__all__ = ["diff_summary_html", "interactive_diff", "interactive_report", "render_diff",
+__all__ = ["diff_summary_html", "interactive_diff", "interactive_report", "processes_html",
+           "interactive_timeline", "render_diff",
            "render_report", "sites_table_html",
            "summary_html", "timeline_html", "tracebacks_html"]
 
@@ -182,6 +184,22 @@ def sites_table_html(report: Report, sites: Sequence[Site], drill: bool = True) 
     return _table(headers, rows)
 
 
+def processes_html(report: Report) -> str:
+    """The per-process table of a result that merges several processes."""
+    exact = report.summary.exact
+    biggest = max((p.size for p in report.processes), default=0.0) or 1.0
+    rows = [[_bar(p.size / biggest) + fmt_size(p.size), fmt_error(p.rel_error, exact),
+             fmt_count(p.count), fmt_percent(100 * p.share), f"{p.samples:,}",
+             fmt_size(p.allocated),
+             f"{escape(p.label)} <span style='{_MUTED}'>{escape(p.kind)}, pid {p.pid}"
+             f"{', ' + escape(p.address) if p.address else ''}</span>"]
+            for p in report.processes]
+    return (f"<div style='margin-top: 6px'>Per process ({len(report.processes)}): memory "
+            f"still alive and all allocated.</div>"
+            + _table(["size", "±95%", "count", "share", "samples", "allocated", "process"],
+                     rows))
+
+
 def render_report(report: Report, top: int | None = None,
                   group_by: str | None = None) -> str:
     """The whole report as one HTML fragment."""
@@ -200,6 +218,8 @@ def render_report(report: Report, top: int | None = None,
     elif s.live_samples:
         body.append("<div>No site to show: every sampled allocation still alive was hidden or "
                     "filtered out.</div>")
+    if report.processes:
+        body.append(processes_html(report))
     churn = report.churn(group_by, top)
     if churn:
         body.append(f"<div style='margin-top: 6px'>Most allocated, freed included (all "
@@ -275,16 +295,36 @@ def timeline_html(points: Sequence[TimelinePoint]) -> str:
     return _report([_table(["after", "alive", "peak"], rows, text_column=0)])
 
 
-def interactive_report(report: Report, top: int | None = None) -> str:
+def _render_interactive(data: dict, replaces_widget: bool) -> str:
+    """``interactive.render_report``; ``replaces_widget`` marks a report that stands in for
+    a widget shown in the same cell (where scripts run, it hides that widget's "Error
+    displaying widget" after a reload), when this version of the interactive renderer can."""
+    import inspect
+
+    from .interactive import render_report as render
+
+    if replaces_widget and "replaces_widget" in inspect.signature(render).parameters:
+        return render(data, replaces_widget=True)
+    return render(data)
+
+
+def interactive_report(report: Report, top: int | None = None, *,
+                       replaces_widget: bool = False) -> str:
     """The self-contained interactive HTML report (``renderers.interactive``) of a report:
     server-side table and flame graph, enhanced by an inline script where scripts run."""
-    from .interactive import render_report as render
+    return _render_interactive(report_data(report, top=top, note_text=note_text),
+                               replaces_widget)
 
-    return render(report_data(report, top=top, note_text=note_text))
 
-
-def interactive_diff(diff: DiffReport, top: int | None = None) -> str:
+def interactive_diff(diff: DiffReport, top: int | None = None, *,
+                     replaces_widget: bool = False) -> str:
     """The self-contained interactive HTML report of a comparison."""
-    from .interactive import render_report as render
+    return _render_interactive(diff_data(diff, top=top, note_text=note_text), replaces_widget)
 
-    return render(diff_data(diff, top=top, note_text=note_text))
+
+def interactive_timeline(points: Sequence[TimelinePoint]) -> str:
+    """A session's memory after each cell as a self-contained interactive chart (hover a
+    point for its figures); a sentence when no cell has run yet."""
+    if not points:
+        return timeline_html(points)
+    return _render_interactive(timeline_data(points), False)

@@ -99,6 +99,21 @@ def site_rows(sites: Sequence[Site], exact: bool, allocated: bool = False,
     return lines
 
 
+def process_rows(report: Report, columns: int | None = None) -> list[str]:
+    """The per-process table of a result that merges several processes."""
+    columns = columns or width()
+    exact = report.summary.exact
+    lines = [f"Per process ({len(report.processes)}), memory still alive and all allocated:",
+             f"{'size':>10} {'±95%':>6} {'count':>10} {'share':>6} {'samples':>7} "
+             f"{'allocated':>10}  process"]
+    for p in report.processes:
+        prefix = (f"{fmt_size(p.size):>10} {fmt_error(p.rel_error, exact):>6} "
+                  f"{fmt_count(p.count):>10} {fmt_percent(100 * p.share):>6} "
+                  f"{p.samples:>7} {fmt_size(p.allocated):>10}  ")
+        lines.append(prefix + clip(f"{p.label} [{p.kind}]", columns - len(prefix)))
+    return lines
+
+
 def _report_body(report: Report, top: int | None, group_by: str | None) -> list[str]:
     columns = width()
     s = report.summary
@@ -113,6 +128,8 @@ def _report_body(report: Report, top: int | None, group_by: str | None) -> list[
     elif s.live_samples:
         lines.append("No site to show: every sampled allocation still alive was hidden or "
                      "filtered out.")
+    if report.processes:
+        lines.extend(process_rows(report, columns))
     churn = report.churn(group_by, top)
     if churn:
         lines.append(f"Most allocated, freed included (all allocated: "

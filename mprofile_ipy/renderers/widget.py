@@ -40,9 +40,26 @@ def _site_frames(site: Site) -> list[FrameInfo]:
 
 
 class _Fallback:
-    """Mixin: the display bundle of a widget plus static fallbacks."""
+    """Mixin: the display bundle of a widget plus static fallbacks, and listeners told the
+    explorer's current view (so a report shown beside it can follow it)."""
 
     box: Any
+    _listeners: list[Any]
+
+    def view_report(self) -> Any:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def on_view_change(self, callback: Any) -> None:
+        """Call ``callback(report)`` (a ``Report`` or ``DiffReport`` of the current grouping
+        and top N) after each change of the view."""
+        self._listeners.append(callback)
+
+    def _tell(self) -> None:
+        for callback in list(getattr(self, "_listeners", [])):
+            try:
+                callback(self.view_report())
+            except Exception:  # noqa: BLE001 - a listener never breaks the explorer
+                pass
 
     def static_html(self) -> str:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -73,6 +90,7 @@ class Explorer(_Fallback):
     def __init__(self, result: Any) -> None:
         import ipywidgets as w
 
+        self._listeners = []
         self.base = result
         self.result = result
         self.group_by = w.Dropdown(options=_GROUP_OPTIONS, value=result.group_by,
@@ -123,6 +141,11 @@ class Explorer(_Fallback):
         self.site.options = options
         self.site.value = 0 if options else None
         self._show_site()
+        self._tell()
+
+    def view_report(self) -> Any:
+        """The report of the current view: grouping, top N and frame hiding."""
+        return self.result.filtered(group_by=self.group_by.value, top=self.top.value).report
 
     def _show_site(self, _change: Any = None) -> None:
         index = self.site.value
@@ -147,6 +170,7 @@ class DiffExplorer(_Fallback):
     def __init__(self, diff: Any) -> None:
         import ipywidgets as w
 
+        self._listeners = []
         self.diff = diff
         self.group_by = w.Dropdown(options=_GROUP_OPTIONS, value=diff.group_by,
                                    description="Group by")
@@ -174,6 +198,14 @@ class DiffExplorer(_Fallback):
     def _refresh(self, _change: Any = None) -> None:
         self.table.value = render_diff(self.diff.report, group_by=self.group_by.value,
                                        rows=self.shown_rows())
+        self._tell()
+
+    def view_report(self) -> Any:
+        """The comparison of the current view: grouping and top N."""
+        from ..report import DiffReport
+
+        report = self.diff.report
+        return DiffReport(report.new, report.old, self.group_by.value, self.top.value)
 
     def static_html(self) -> str:
         """The comparison shown where widgets cannot render."""
