@@ -14,7 +14,12 @@
 #    dependencies) and the lean one (cffi + the wheel, --no-deps). scripts/smoke_installed.py
 #    runs in each (API; in the plain one also %load_ext and a %%mprofile cell in a real
 #    InteractiveShell, and a pprof round trip).
-# 4. The sampler's core tests again on every other CPython 3.10-3.13 found (pyenv or
+# 4. The browser stage (scripts/browser_tests.sh: the HTML report in headless Chromium, in
+#    JupyterLab with a save and reload, and in nbconvert's HTML; screenshots kept in
+#    test-artifacts/browser/), both loaders fuzzed for FUZZ_SECONDS (fuzz/run.sh), and the
+#    stress script (benchmarks/stress.py: start/stop while threads allocate without the
+#    GIL, Ctrl-C storms, tracemalloc round trips) for STRESS_SECONDS per scenario.
+# 5. The core tests and the stress script again on every other CPython 3.10-3.13 found (pyenv or
 #    PATH), each in its own venv (.venv-3.X): CPython's frame internals differ per version.
 # Every stage runs even if an earlier one failed; the exit status is non-zero if any did.
 set -euo pipefail
@@ -23,7 +28,10 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 CORE_TESTS=(tests/test_sampler.py tests/test_vs_tracemalloc.py tests/test_robustness.py
             tests/test_model.py tests/test_estimate.py tests/test_units.py tests/test_storage.py
-            tests/test_numpy_capture.py tests/test_native_mode.py)
+            tests/test_numpy_capture.py tests/test_native_mode.py tests/test_stress_hooks.py
+            tests/test_stress_fork.py tests/test_retainers.py tests/test_children.py)
+STRESS_SECONDS=${STRESS_SECONDS:-15}   # per scenario and CPython (benchmarks/stress.py)
+FUZZ_SECONDS=${FUZZ_SECONDS:-45}
 source scripts/common.sh
 status=0
 stage_started=$SECONDS
@@ -65,6 +73,15 @@ banner "full suite on $(.venv/bin/python --version)"
 banner "packaging: sdist -> wheel from the sdist -> fresh venvs outside the repository"
 bash scripts/test_packaging.sh .venv/bin/python || status=$?
 
+banner "browser: the HTML report in headless Chromium, JupyterLab (save, reload) and nbconvert"
+VENV=.venv bash scripts/browser_tests.sh || status=$?
+
+banner "fuzzing both loaders for ${FUZZ_SECONDS} s (fuzz/run.sh)"
+PYTHON=.venv/bin/python sh fuzz/run.sh "$FUZZ_SECONDS" || status=$?
+
+banner "stress on $(.venv/bin/python --version): no-GIL start/stop, Ctrl-C, tracemalloc round trips"
+.venv/bin/python benchmarks/stress.py --seconds "$STRESS_SECONDS" || status=$?
+
 main_version=$(.venv/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 for version in 3.10 3.11 3.12 3.13; do
     [ "$version" = "$main_version" ] && continue
@@ -80,10 +97,12 @@ for version in 3.10 3.11 3.12 3.13; do
         continue
     fi
     banner "core tests on $("$py" --version)"
-    setup_venv "$py" ".venv-$version" "" pytest pytest-timeout numpy
+    setup_venv "$py" ".venv-$version" "" pytest pytest-timeout numpy ipython objgraph
     existing=()
     for f in "${CORE_TESTS[@]}"; do [ -e "$f" ] && existing+=("$f"); done
     ".venv-$version/bin/python" -m pytest -q -p no:cacheprovider "${existing[@]}" || status=$?
+    banner "stress on $("$py" --version)"
+    ".venv-$version/bin/python" benchmarks/stress.py --seconds "$STRESS_SECONDS" || status=$?
 done
 banner "done: exit status $status"
 exit $status
