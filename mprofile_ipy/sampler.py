@@ -286,7 +286,8 @@ def _read_snapshot(snap: Any) -> tuple[list[tuple], list[tuple]]:
         key = int(ffi.cast("uintptr_t", ptr))
         s = strings.get(key)
         if s is None:
-            s = strings[key] = ffi.string(ptr).decode("utf-8", "replace")
+            # surrogateescape: names that are not UTF-8 come back as the same str
+            s = strings[key] = ffi.string(ptr).decode("utf-8", "surrogateescape")
         return s
 
     frames: list[tuple] = []

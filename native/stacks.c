@@ -391,14 +391,32 @@ void mp_names_release(mp_names_t *n) {
     free(n);
 }
 
+/* Names that are not valid UTF-8 (a module file whose name has bytes the file system
+ * encoding cannot decode comes back with lone surrogates, PEP 383) are kept as their
+ * original bytes: the "surrogateescape" encoding, which Python decodes back to the same
+ * str. The bytes objects live in this dict for the rest of the process (one per distinct
+ * such name), so the pointers stay valid as long as any snapshot needs them. GIL held. */
+static PyObject *g_escaped_names;
+
 static const char *utf8_or(PyObject *s, const char *fallback) {
     if (s == NULL || !PyUnicode_Check(s)) return fallback;
     const char *u = PyUnicode_AsUTF8(s);
-    if (u == NULL) {
-        PyErr_Clear();    /* e.g. lone surrogates in a file name */
-        return fallback;
+    if (u != NULL) return u;
+    PyErr_Clear();        /* lone surrogates: keep the original bytes */
+    if (g_escaped_names == NULL && (g_escaped_names = PyDict_New()) == NULL) goto fail;
+    PyObject *b = PyDict_GetItemWithError(g_escaped_names, s);   /* borrowed */
+    if (b == NULL) {
+        if (PyErr_Occurred()) goto fail;
+        b = PyUnicode_AsEncodedString(s, "utf-8", "surrogateescape");
+        if (b == NULL) goto fail;
+        int rc = PyDict_SetItem(g_escaped_names, s, b);
+        Py_DECREF(b);     /* the dict keeps it */
+        if (rc < 0) goto fail;
     }
-    return u;
+    return PyBytes_AS_STRING(b);
+fail:
+    PyErr_Clear();
+    return fallback;
 }
 
 void mp_resolve_frame(PyObject *codeobj, int32_t lasti, mp_frame_info_t *out) {

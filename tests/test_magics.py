@@ -167,6 +167,7 @@ def test_statement_form_sees_local_variables(ip):
         ("-f 0 x = 1", "--max-frames must be between 1 and"),
         ("--bogus x = 1", "unknown option '--bogus'"),
         ("-o 1abc x = 1", "needs a Python variable name"),
+        ("-o class x = 1", "needs a Python variable name"),
         ("-r 1KiB start", "is a session command and must come first"),
         ("", "nothing to profile"),
         ("snapshot now", "no session"),

@@ -556,3 +556,23 @@ def test_code_objects_only_the_profiler_holds_are_let_go_and_still_named():
                 if s.traceback[0].filename.startswith("<generated-")]) == 300
     mp.stop()
     del keep
+
+
+def test_file_names_that_are_not_utf8_are_kept():
+    """A module file name with bytes the file system encoding cannot decode (lone
+    surrogates, PEP 383) is reported as that same name, not as <unknown>, and exports."""
+    import io
+
+    name = "/tmp/mod\udcff.py"
+    code = compile("kept = [bytearray(512) for _ in range(20)]\n", name, "exec")
+    mp.start(sample_rate=1)
+    try:
+        ns: dict = {}
+        exec(code, ns)
+        snap = mp.take_snapshot()
+    finally:
+        mp.stop()
+    stats = [s for s in snap.statistics("lineno") if s.traceback[-1].filename == name]
+    assert stats and sum(s.count for s in stats) >= 20
+    snap.to_pprof(io.BytesIO())  # the exporter escapes what protobuf cannot carry
+    del ns

@@ -11,6 +11,7 @@ commands. Bad options raise IPython's ``UsageError`` naming the option.
 from __future__ import annotations
 
 import argparse
+import keyword
 import shlex
 import textwrap
 from collections.abc import Callable, Iterable, Mapping
@@ -85,7 +86,7 @@ def _view(text: str) -> str:
 
 
 def _identifier(text: str) -> str:
-    if not text.isidentifier():
+    if not text.isidentifier() or keyword.iskeyword(text):
         raise UsageError(f"--output needs a Python variable name, got {text!r}")
     return text
 
