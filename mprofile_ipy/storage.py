@@ -441,7 +441,13 @@ def _decode(doc: Any, error: Any, max_traces: int) -> Snapshot:
             thread = check.column(columns, "thread_id", n, 0, 2**64 - 1, null=True)
             rows = zip(domain, size, tb_col, total, allocator, thread, strict=True)
             if None in set(allocator) or None in set(thread):
-                # null allocator: a 4-tuple; null thread_id only: a 5-tuple.
+                # null allocator: a 4-tuple; null thread_id only: a 5-tuple. A thread id
+                # without an allocator is no trace this package writes.
+                bad = next((i for i, (a, th) in enumerate(zip(allocator, thread, strict=True))
+                            if a is None and th is not None), None)
+                if bad is not None:
+                    raise error(f"traces.allocator[{bad}] is null but traces.thread_id[{bad}] "
+                                "is not")
                 traces = [
                     (d, s, f, t, a, th) if th is not None
                     else (d, s, f, t) if a is None else (d, s, f, t, a)

@@ -97,7 +97,8 @@ for version in 3.10 3.11 3.12 3.13; do
         continue
     fi
     banner "core tests on $("$py" --version)"
-    setup_venv "$py" ".venv-$version" "" pytest pytest-timeout numpy ipython objgraph
+    setup_venv "$py" ".venv-$version" "" pytest pytest-timeout numpy ipython objgraph \
+        nbclient nbformat ipykernel
     existing=()
     for f in "${CORE_TESTS[@]}"; do [ -e "$f" ] && existing+=("$f"); done
     ".venv-$version/bin/python" -m pytest -q -p no:cacheprovider "${existing[@]}" || status=$?

@@ -80,6 +80,13 @@ def test_nul_in_file_names_is_refused_at_load():
         load_pprof(DATA / "pprof-nul-in-file-name.bin")
 
 
+def test_a_thread_id_without_an_allocator_is_refused_at_load():
+    # found by fuzzing in CI: a null allocator beside a thread id loaded as a 6-tuple with
+    # allocator None, and the pprof exporter failed on it
+    with pytest.raises(SnapshotFormatError, match=r"traces.allocator\[0\] is null"):
+        load_snapshot(DATA / "snapshot-thread-without-allocator.bin")
+
+
 def test_names_that_are_not_utf8_load_and_export():
     snap = load_snapshot(DATA / "snapshot-file-name-not-utf8.bin")
     assert snap.statistics("lineno")[0].traceback[0].filename == "/tmp/mod\udcff.py"
