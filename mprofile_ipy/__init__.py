@@ -18,9 +18,12 @@ from __future__ import annotations
 from typing import Any
 
 from .errors import (
+    BudgetError,
     FileFormatError,
     MemoryBudgetExceeded,
+    MissingDependencyError,
     MprofileError,
+    NoPostMortem,
     PprofFormatError,
     SnapshotFormatError,
 )
@@ -62,19 +65,22 @@ from .storage import load_snapshot
 __version__ = "0.1.0"
 
 __all__ = [
-    "NATIVE_DOMAIN",
-    "NUMPY_DOMAIN",
+    "Allocator",
+    "BaseFilter",
+    "BudgetError",
     "DEFAULT_MAX_FRAMES",
     "DEFAULT_SAMPLE_RATE",
-    "Allocator",
     "DiffResult",
-    "BaseFilter",
     "DomainFilter",
     "FileFormatError",
     "Filter",
     "Frame",
     "MemoryBudgetExceeded",
+    "MissingDependencyError",
     "MprofileError",
+    "NATIVE_DOMAIN",
+    "NUMPY_DOMAIN",
+    "NoPostMortem",
     "PprofFormatError",
     "ProfileResult",
     "SamplerStats",
@@ -85,11 +91,11 @@ __all__ = [
     "Trace",
     "Traceback",
     "clear_traces",
+    "get_budget",
     "get_object_traceback",
     "get_profiler_memory",
     "get_sample_rate",
     "get_stats",
-    "get_budget",
     "get_traceback_limit",
     "get_traced_memory",
     "get_tracemalloc_memory",
