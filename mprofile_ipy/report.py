@@ -616,6 +616,13 @@ def _num(value: float) -> float:
     return 0.0 if math.isnan(value) else value
 
 
+
+def _meta(meta: dict, key: str, default: float) -> float:
+    """A figure from a snapshot's meta, or ``default`` when absent or null (a loaded
+    file may say ``null`` for what it does not know)."""
+    value = meta.get(key)
+    return default if value is None else value
+
 class Report:
     """Everything one result shows, computed once from the snapshot's records.
 
@@ -663,13 +670,13 @@ class Report:
             label=m.label,
             elapsed=m.elapsed,
             current=current,
-            peak=float(m.peak) if m.peak is not None else float(meta.get("peak_bytes", current)),
+            peak=float(m.peak if m.peak is not None else _meta(meta, "peak_bytes", current)),
             allocated=float(m.allocated if m.allocated is not None
-                            else meta.get("allocated_bytes", current)),
+                            else _meta(meta, "allocated_bytes", current)),
             allocated_count=float(m.allocated_count if m.allocated_count is not None
-                                  else meta.get("allocated_count", live.count)),
+                                  else _meta(meta, "allocated_count", live.count)),
             samples=int(m.samples if m.samples is not None
-                        else meta.get("samples_total", live.samples)),
+                        else _meta(meta, "samples_total", live.samples)),
             live_samples=live.samples,
             sample_rate=self.sample_rate,
             exact=self.exact,

@@ -116,3 +116,12 @@ def test_a_variance_too_large_for_a_float_is_refused():
     # to a float raised OverflowError in the aggregation
     with pytest.raises(SnapshotFormatError, match="variance"):
         load_snapshot(DATA / "snapshot-huge-int-variance.bin")
+
+
+def test_null_meta_figures_load_and_show():
+    # found by fuzzing (seed 1): meta.allocated_count null loaded, then the report's
+    # summary called float(None)
+    from mprofile_ipy.result import ProfileResult
+
+    snap = load_snapshot(DATA / "snapshot-null-meta-figures.bin")
+    assert ProfileResult(snap, show_all=True).to_text()
