@@ -423,9 +423,8 @@ def test_notebook_in_a_real_kernel(tmp_path):
     import os
     from pathlib import Path
 
-    import nbformat
-    from nbclient import NotebookClient
-
+    nbformat = pytest.importorskip("nbformat")
+    NotebookClient = pytest.importorskip("nbclient").NotebookClient
     pytest.importorskip("pandas")
     root = Path(__file__).resolve().parents[1]
     nb = nbformat.read(root / "notebooks" / "why_alive.ipynb", as_version=4)
