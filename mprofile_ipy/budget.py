@@ -14,13 +14,6 @@ the last minutes. The safety net (on by default while the extension is loaded,
 :func:`enable_safety_net`) does the same when the cgroup or the machine is nearly out of
 memory (Fil's heuristics: under 100 MiB left, or swap growing past what is available).
 
-While the sampler runs, traced memory also rides on the sample path: the watcher arms a
-watermark in the sampler (:func:`mprofile_ipy.sampler.set_watermark`); the sample that
-crosses it writes to an eventfd (waking the watcher) and schedules a pending call that the
-main thread runs at its next bytecode, like a signal handler: :func:`_on_watermark` checks
-there and raises at once, so memory that grows faster than any poll (untouched calloc'ed
-pages) is stopped at the crossing.
-
 How the interrupt lands: ``PyThreadState_SetAsyncExc`` on the main thread. It is delivered
 at the next bytecode boundary, so a single long C call (one huge NumPy operation, a
 blocking read) finishes first; Python loops, pandas pipelines and anything that returns to
@@ -50,12 +43,10 @@ watched.
 from __future__ import annotations
 
 import collections
-import contextlib
 import ctypes
 import functools
 import math
 import os
-import select
 import sys
 import threading
 import time
@@ -735,55 +726,6 @@ class BudgetStatus:
     last_trip: Trip | None
 
 
-class _Wake:
-    """How the watcher sleeps: on an eventfd that the sampler's record path writes to when
-    traced memory reaches the budget (``sampler.set_watermark``), with the poll interval as
-    the time-out. Where eventfds do not exist it is a plain sleep."""
-
-    def __init__(self, open_fd: bool = True) -> None:
-        self.fd = -1
-        self.armed: int | None = None
-        if open_fd and hasattr(os, "eventfd"):
-            with contextlib.suppress(OSError):
-                self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-
-    @classmethod
-    def off(cls) -> _Wake:
-        """A plain sleep (no eventfd yet)."""
-        return cls(open_fd=False)
-
-    def wait(self, timeout: float) -> bool:
-        """Sleep up to ``timeout`` seconds; True when the watermark woke us."""
-        if self.fd < 0:
-            time.sleep(timeout)
-            return False
-        ready, _, _ = select.select([self.fd], [], [], timeout)
-        if not ready:
-            return False
-        with contextlib.suppress(BlockingIOError):
-            os.eventfd_read(self.fd)
-        return True
-
-    def poke(self) -> None:
-        """Wake the watcher now (the settings changed)."""
-        if self.fd >= 0:
-            with contextlib.suppress(OSError):
-                os.eventfd_write(self.fd, 1)
-
-    def arm(self, threshold: int | None, force: bool = False) -> None:
-        """Point the sampler's watermark at ``threshold`` (when it changed, or was used)."""
-        if self.fd < 0 or (threshold == self.armed and not force):
-            return
-        self.armed = threshold
-        sampler.set_watermark(threshold, self.fd, call_main=True)
-
-    def close(self) -> None:
-        fd, self.fd = self.fd, -1
-        if fd >= 0:
-            sampler.set_watermark(None)  # no write can be in flight once this returns
-            os.close(fd)
-
-
 class _Watcher:
     """The one watcher thread and the settings it reads. Settings change under ``lock``;
     the thread reads them once per tick."""
@@ -801,8 +743,6 @@ class _Watcher:
         self.thread: threading.Thread | None = None
         self.stop_event = threading.Event()
         self.interval = SLOW_INTERVAL
-        self.probe: Any = None  # made by the thread that starts the watcher
-        self.wake = _Wake.off()  # the sampler's watermark and the thread's sleep
         self.timeline: collections.deque = collections.deque(maxlen=TIMELINE_POINTS)
         self.peak_rss = 0
         self.cell_peak_rss = 0
@@ -823,14 +763,9 @@ class _Watcher:
         return self.limit() is not None or self.safety_net or bool(self.listeners)
 
     def update(self) -> None:
-        """Start or stop the thread to match the settings (call without ``lock`` held).
-        The sampler's watermark is armed for the new limits here, in the caller's thread,
-        so a budget set right before a fast allocation loop already rides on the sample
-        path (the watcher thread may need a few switch intervals to get the GIL)."""
+        """Start or stop the thread to match the settings (call without ``lock`` held)."""
         if self.needed():
             self.start()
-            with sampler.paused():
-                self.wake.arm(self.traced_threshold(), force=True)
         else:
             self.stop()
 
@@ -838,14 +773,6 @@ class _Watcher:
         with self.lock:
             if self.thread is not None and self.thread.is_alive():
                 return
-            with sampler.paused():
-                self.probe = self.probe_factory()
-                if self.wake.fd < 0:
-                    self.wake = _Wake()
-                with contextlib.suppress(Exception):  # where memory stood when watching began
-                    r = self.probe.read(self.margin, True)
-                    if not self.timeline or r.time - self.timeline[-1][0] >= TIMELINE_STEP:
-                        self.timeline.append((r.time, r.rss, r.traced))
             self.stop_event = threading.Event()
             self.thread = threading.Thread(target=self.run, args=(self.stop_event,),
                                            name="mprofile-ipy watcher", daemon=True)
@@ -855,21 +782,19 @@ class _Watcher:
         with self.lock:
             thread, self.thread = self.thread, None
             self.stop_event.set()
-        self.wake.poke()
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=2.0)
-            self.wake.close()  # the thread no longer waits on it
 
     # -- the thread ---------------------------------------------------------------------
     def run(self, stop_event: threading.Event) -> None:
         # The watcher's own allocations (its waits included) are not the user's memory:
         # never sample them. A pause per round, not one for the thread's life: start() ends
         # every pause, and a pause ends when its object is released.
-        probe, wake = self.probe, self.wake
+        with sampler.paused():
+            probe = self.probe_factory()
         while True:
             with sampler.paused():
-                woke = wake.wait(self.interval)
-                if stop_event.is_set():
+                if stop_event.wait(self.interval):
                     break
                 try:
                     self.tick(probe.read(self.margin, self.limit() is not None
@@ -880,14 +805,6 @@ class _Watcher:
                     self.last_error = f"{type(exc).__name__}: {exc}"
                     if self.errors >= 50:  # something is persistently broken: stop watching
                         break
-                wake.arm(self.traced_threshold(), force=woke)
-
-    def traced_threshold(self) -> int | None:
-        """The traced-memory level at which the budget trips now (None: no budget)."""
-        limit = self.limit()
-        if limit is None:
-            return None
-        return self.rearm.get("traced", limit)
 
     def tick(self, r: Reading, probe: Any = None) -> None:
         """One check: record the reading, interrupt if a limit is crossed, call listeners."""
@@ -896,12 +813,11 @@ class _Watcher:
         if r.rss is not None:
             self.peak_rss = max(self.peak_rss, r.rss)
             self.cell_peak_rss = max(self.cell_peak_rss, r.rss)
+        if not self.timeline or r.time - self.timeline[-1][0] >= TIMELINE_STEP:
+            self.timeline.append((r.time, r.rss, r.traced))
         if self.swap_base is None and r.swap_used is not None:
             self.swap_base = r.swap_used
         found = self.check(r)
-        if (not self.timeline or r.time - self.timeline[-1][0] >= TIMELINE_STEP
-                or found is not None):  # the moment of a trip is always on the timeline
-            self.timeline.append((r.time, r.rss, r.traced))
         if found is not None:
             self.fire(*found, r, probe)
         for listener in list(self.listeners):
@@ -976,7 +892,6 @@ class _Watcher:
         main = threading.main_thread()
         if main.ident is None or not main.is_alive():
             return
-        direct = threading.get_ident() == main.ident
         with self.lock:
             if self.ipython and not self.executing:
                 return
@@ -1029,16 +944,12 @@ class _Watcher:
                 if _pending is not None and detected - _pending.detected_at < PENDING_EXPIRY:
                     return
                 _pending = trip
-                # From the main thread itself (the sampler's pending call) raise directly:
-                # an async exception would land inside this very function.
-                if not direct and _set_async_exc(main.ident, _BudgetInterrupt) != 1:
+                if _set_async_exc(main.ident, _BudgetInterrupt) != 1:
                     _pending = None
                     return
             if kind == "budget":
                 self.fired_in_cell = True
         self.trips += 1
-        if direct:
-            raise _BudgetInterrupt()
 
 
 _watcher = _Watcher()
@@ -1047,8 +958,6 @@ _watcher = _Watcher()
 def _after_fork_in_child() -> None:
     """The watcher thread does not exist in a child: start it there with nothing enabled."""
     global _watcher, _probe, _pending, _pending_lock
-    with contextlib.suppress(Exception):
-        sampler.set_watermark(None)  # the parent's eventfd is not this process's watcher
     _watcher = _Watcher()
     _probe = None
     _pending = None
@@ -1057,24 +966,6 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def _on_watermark() -> None:
-    """Called by the sampler in the main thread (a pending call, like a signal handler)
-    when traced memory reached the budget: check at once, without waiting for the watcher
-    thread to get the GIL, and interrupt the way the watcher does (the exception lands as
-    this call returns to the user's code). Raises nothing but that interrupt."""
-    watcher = _watcher
-    probe = getattr(watcher, "probe", None)
-    if probe is None or watcher.thread is None:
-        return
-    try:
-        with sampler.paused():
-            watcher.tick(probe.read(watcher.margin, True), probe)
-    except MemoryBudgetExceeded:
-        raise  # the interrupt: the sampler's pending call raises it into the user's code
-    except Exception as exc:  # noqa: BLE001 - never turn a check into the user's error
-        watcher.last_error = f"{type(exc).__name__}: {exc}"
 
 
 # ---------------------------------------------------------------------------------------------
