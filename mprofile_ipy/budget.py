@@ -303,6 +303,8 @@ class _Probe:
     def __init__(self, proc: str = "/proc") -> None:
         self.proc = proc
         self.page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+        # reentrant: a signal handler in the main thread may read while that thread reads
+        self._lock = threading.RLock()
         self._statm = self._open(f"{proc}/self/statm")
         self._meminfo = self._open(f"{proc}/meminfo")
         self._levels: list[_CgroupLevel] = []
@@ -318,14 +320,18 @@ class _Probe:
             return -1
 
     def close(self) -> None:
-        for fd in [self._statm, self._meminfo] + [lv.current_fd for lv in self._all_levels()]:
-            if fd >= 0:
-                try:
+        """Close every file kept open (the probe reads nothing afterwards)."""
+        with self._lock:
+            levels = self._all_levels()
+            for level in levels:
+                fd, level.current_fd = level.current_fd, -1
+                if fd >= 0:
                     os.close(fd)
-                except OSError:
-                    pass
-        self._statm = self._meminfo = -1
-        self._levels, self._own = [], None
+            for fd in (self._statm, self._meminfo):
+                if fd >= 0:
+                    os.close(fd)
+            self._statm = self._meminfo = -1
+            self._levels, self._own = [], None
 
     def _all_levels(self) -> list[_CgroupLevel]:
         levels = list(self._levels)
@@ -335,8 +341,9 @@ class _Probe:
 
     def _refresh_limits(self) -> None:
         for level in self._all_levels():
-            if level.current_fd >= 0:
-                os.close(level.current_fd)
+            fd, level.current_fd = level.current_fd, -1  # never closed twice
+            if fd >= 0:
+                os.close(fd)
         self._levels, self._own = [], None
         try:
             with open(f"{self.proc}/self/cgroup") as fp:
@@ -389,50 +396,54 @@ class _Probe:
     def read(self, margin: int = DEFAULT_MARGIN, traced: bool = True) -> Reading:
         """Every measure now; ``traced=False`` skips the sampler's counters (a call into C
         that releases the GIL: only a budget needs it at every tick)."""
-        now = time.time()
-        if now - self._limits_at > self.LIMITS_EVERY:
-            self._limits_at = now
-            self._refresh_limits()
-        rss = vm = None
-        if self._statm >= 0:
-            try:
-                fields = _pread(self._statm, 128).split()
-                vm, rss = int(fields[0]) * self.page, int(fields[1]) * self.page
-            except (OSError, ValueError, IndexError):
-                pass
-        available = swap = None
-        if self._meminfo >= 0:
-            try:
-                info = _pread(self._meminfo, 8192)
-                available = _meminfo_field(info, b"MemAvailable:")
-                total, free = _meminfo_field(info, b"SwapTotal:"), _meminfo_field(info,
-                                                                                 b"SwapFree:")
-                if total is not None and free is not None:
-                    swap = total - free
-            except OSError:
-                pass
-        cg_current = cg_limit = None
-        best = math.inf
-        for level in self._levels:
-            usage = _pread_int(level.current_fd) if level.current_fd >= 0 else None
-            if usage is None:
-                continue
-            if level.limit - usage < 2 * margin + level.limit // 10:
-                usage = level.working_set(usage)  # near the limit: don't count page cache
-            if level.limit - usage < best:
-                best, cg_current, cg_limit = level.limit - usage, usage, level.limit
-        if cg_current is None and self._own is not None and self._own.current_fd >= 0:
-            cg_current = _pread_int(self._own.current_fd)
-        estimate = None
-        if traced:
-            try:
-                stats = sampler.get_stats()
-                if stats.tracing:
-                    estimate = int(stats.current_bytes)
-            except Exception:  # noqa: BLE001 - the sampler must never take the watcher down
-                estimate = None
-        return Reading(now, rss, vm, estimate, cg_current, cg_limit, available, swap,
-                       self._as_limit)
+        # One reader at a time: the watcher and the main thread both read, and a refresh
+        # closes and reopens the cgroup files; unlocked, one thread could close an fd number
+        # that the other (or the user's code) has just reopened.
+        with self._lock:
+            now = time.time()
+            if now - self._limits_at > self.LIMITS_EVERY:
+                self._limits_at = now
+                self._refresh_limits()
+            rss = vm = None
+            if self._statm >= 0:
+                try:
+                    fields = _pread(self._statm, 128).split()
+                    vm, rss = int(fields[0]) * self.page, int(fields[1]) * self.page
+                except (OSError, ValueError, IndexError):
+                    pass
+            available = swap = None
+            if self._meminfo >= 0:
+                try:
+                    info = _pread(self._meminfo, 8192)
+                    available = _meminfo_field(info, b"MemAvailable:")
+                    total = _meminfo_field(info, b"SwapTotal:")
+                    free = _meminfo_field(info, b"SwapFree:")
+                    if total is not None and free is not None:
+                        swap = total - free
+                except OSError:
+                    pass
+            cg_current = cg_limit = None
+            best = math.inf
+            for level in self._levels:
+                usage = _pread_int(level.current_fd) if level.current_fd >= 0 else None
+                if usage is None:
+                    continue
+                if level.limit - usage < 2 * margin + level.limit // 10:
+                    usage = level.working_set(usage)  # near the limit: don't count page cache
+                if level.limit - usage < best:
+                    best, cg_current, cg_limit = level.limit - usage, usage, level.limit
+            if cg_current is None and self._own is not None and self._own.current_fd >= 0:
+                cg_current = _pread_int(self._own.current_fd)
+            estimate = None
+            if traced:
+                try:
+                    stats = sampler.get_stats()
+                    if stats.tracing:
+                        estimate = int(stats.current_bytes)
+                except Exception:  # noqa: BLE001 - the sampler must never take the watcher down
+                    estimate = None
+            return Reading(now, rss, vm, estimate, cg_current, cg_limit, available, swap,
+                           self._as_limit)
 
 
 def _meminfo_field(info: bytes, name: bytes) -> int | None:

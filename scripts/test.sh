@@ -98,10 +98,10 @@ for version in 3.10 3.11 3.12 3.13; do
         continue
     fi
     banner "core tests on $("$py" --version)"
-    # No kernel client here: on CPython 3.12.1, gc.collect() after the retainers' heap walk
-    # loops in _asyncio's module_traverse once a kernel client has run in the same
-    # process (an open problem of issue 12); the kernel tests run on the main venv.
-    setup_venv "$py" ".venv-$version" "" pytest pytest-timeout numpy ipython objgraph
+    # With a kernel client: `%mprofile why` in a real kernel of each CPython (on 3.12.1 the
+    # heap walk once made the next gc.collect() loop forever, CPython gh-122695).
+    setup_venv "$py" ".venv-$version" "" pytest pytest-timeout numpy ipython objgraph \
+        nbclient nbformat ipykernel
     existing=()
     for f in "${CORE_TESTS[@]}"; do [ -e "$f" ] && existing+=("$f"); done
     ".venv-$version/bin/python" -m pytest -q -p no:cacheprovider "${existing[@]}" || status=$?

@@ -113,6 +113,46 @@ def test_cgroup_limit_of_a_parent_level_is_found(tmp_path, version):
     assert r.available == 200 * MiB and r.swap_used == 0
 
 
+def test_concurrent_reads_never_close_a_file_they_do_not_own(tmp_path):
+    # The watcher and the main thread read at once, each read re-opening the cgroup files
+    # (normally every 2 s). Unlocked, one reader closed the fd number another had just
+    # re-opened: readers died with EBADF and the user's own files were closed under them.
+    proc, *_ = _fake_cgroup_tree(tmp_path, 2, str(1024 * MiB), 900 * MiB)
+    probe = B._Probe(str(proc))
+    mine = tmp_path / "mine.txt"
+    mine.write_bytes(b"the user's file")
+    stop = threading.Event()
+    errors: list = []
+
+    def reader():
+        try:
+            while not stop.is_set():
+                probe._limits_at = -float("inf")  # re-open the cgroup files at every read
+                r = probe.read(traced=False)
+                assert r.rss is not None and r.cgroup_limit == 1024 * MiB, r
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 1.5
+    try:
+        while time.monotonic() < deadline and not errors:
+            fd = os.open(mine, os.O_RDONLY)
+            try:
+                assert os.pread(fd, 64, 0) == b"the user's file"
+            finally:
+                os.close(fd)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert errors == []
+    probe.close()
+    assert probe.read(traced=False).rss is None  # closed: reads nothing, raises nothing
+
+
 def test_cgroup_page_cache_is_not_counted_near_the_limit(tmp_path):
     # 1000 of 1024 MiB used, but 600 MiB of it is inactive page cache the kernel reclaims
     proc, *_ = _fake_cgroup_tree(tmp_path, 2, str(1024 * MiB), 1000 * MiB, 600 * MiB)

@@ -384,6 +384,34 @@ def test_runs_no_user_code_and_keeps_no_reference(tracing):
     assert probe() is None
 
 
+_FREED_FUTURE_ITERATOR = """
+import asyncio, gc
+import mprofile_ipy as mp
+from mprofile_ipy.retainers import find_retainers
+loop = asyncio.new_event_loop()
+it = iter(loop.create_future())
+del it  # its memory goes to _asyncio's free list
+mp.start(sample_rate=1)
+kept = [bytearray(1000) for _ in range(5)]
+reports = find_retainers(mp.sampler.live_blocks()[:20], user_ns={"kept": kept},
+                         progress=lambda p: None)
+assert any(c.root_name == "kept" for r in reports for c in r.chains), reports
+gc.collect()
+print("collected")
+"""
+
+
+def test_heap_walk_leaves_the_asyncio_free_list_alone():
+    # CPython 3.12.0-3.12.4 (gh-122695): gc.get_referents(_asyncio) hands out freed
+    # FutureIter objects; dropping them corrupted the free list and the next
+    # gc.collect() looped forever: `%mprofile why` hung a kernel that had run asyncio.
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-c", _FREED_FUTURE_ITERATOR],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "collected", proc.stderr
+
+
 def test_not_a_python_object_is_said_so():
     reports = find_retainers([(8, 64, 0), (16, 64, 4)], user_ns={}, progress=lambda p: None)
     assert [r.kind for r in reports] == ["unknown", "unknown"]

@@ -489,7 +489,7 @@ def _explain_unreached(targets: list[_Target], search: Pass, ctx: Context,
     index = BlockIndex([(t.block.address, t.block.size) for t in looking])
     try:
         unreached = analyse_unreached(search.parent, addresses, index, search.kind_of,
-                                      search.numpy, clock, own)
+                                      search.numpy, search.referents, clock, own)
     except SearchTimeout:
         return
     for target in looking:

@@ -22,6 +22,7 @@ import bisect
 import gc
 import sys
 import time
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +53,24 @@ _KIND_SKIP = 3  # never traversed: see _UNSAFE_MODULES
 # (reproduced without mprofile-ipy: a BFS over gc.get_referents, then `%reset -f out`).
 # They hold the kernel's sockets and messages, never user data.
 _UNSAFE_MODULES = frozenset({"zmq"})
+_KIND_MODULE = 4  # module objects: see module_referents
+# Extension modules whose module state gc.get_referents must not see. CPython 3.12.0-3.12.4
+# (gh-122695): the traverse of `_asyncio` visits its free list of FutureIter objects, so
+# get_referents hands out references to freed ones; dropping them frees them a second
+# time, the free list becomes a cycle and the next gc.collect() never ends (a hung kernel).
+# Their state holds the event loop's bookkeeping, never a root a user would recognise.
+_UNSAFE_MODULE_STATE = frozenset({"_asyncio"})
+# The module's own namespace, read through the C member descriptor: no user code runs.
+_MODULE_DICT = types.ModuleType.__dict__["__dict__"]
+
+
+def module_referents(module: Any) -> list:
+    """What a module references: its namespace, plus its C state unless that is unsafe."""
+    namespace = _MODULE_DICT.__get__(module)
+    name = namespace.get("__name__") if type(namespace) is dict else None
+    if type(name) is str and name in _UNSAFE_MODULE_STATE:
+        return [namespace]
+    return gc.get_referents(module)
 
 
 @dataclass
@@ -120,6 +139,8 @@ class Pass:
                 kind = _KIND_BUFFERS
             elif self.numpy is not None and issubclass(tp, self.numpy.ndarray):
                 kind = _KIND_NDARRAY
+            elif issubclass(tp, types.ModuleType):
+                kind = _KIND_MODULE
             else:
                 kind = _KIND_PLAIN
             self.kinds[id(tp)] = kind
@@ -128,8 +149,13 @@ class Pass:
 
     def referents(self, obj: Any) -> list:
         """What ``obj`` references, as the search follows it."""
+        kind = self.kind_of(type(obj))
+        if kind == _KIND_SKIP:
+            return []
+        if kind == _KIND_MODULE:
+            return module_referents(obj)
         refs = gc.get_referents(obj)
-        if self.numpy is not None and self.kind_of(type(obj)) == _KIND_NDARRAY:
+        if self.numpy is not None and kind == _KIND_NDARRAY:
             base = self.numpy.base(obj)
             if base is not None:
                 refs.append(base)
@@ -185,8 +211,9 @@ class Pass:
                 if kind:
                     if kind == _KIND_SKIP:
                         continue
-                    owners.append(obj)  # may own a buffer in another block
-                refs = self.referents(obj) if kind == _KIND_NDARRAY else get_referents(obj)
+                    if kind != _KIND_MODULE:
+                        owners.append(obj)  # may own a buffer in another block
+                refs = self.referents(obj) if kind else get_referents(obj)
                 for ref in refs:
                     key = _id(ref)
                     if key in parent:
@@ -298,12 +325,14 @@ class Unreached:
 
 def analyse_unreached(visited: dict[int, Any], addresses: list[int], index: BlockIndex,
                       kind_of: Callable[[type], int], numpy: NumpyAccess | None,
-                      clock: Clock, own: set[int]) -> Unreached:
+                      referents: Callable[[Any], list], clock: Clock, own: set[int],
+                      ) -> Unreached:
     """Look at the GC-tracked objects the search did not reach (and what they reference).
 
     Finds the targets among them, then tells cyclic garbage from objects held from C with
     the GC's own rule: an object referenced more often than the unreached objects
-    reference it is held from outside.
+    reference it is held from outside. ``referents`` is the search's own
+    (:meth:`Pass.referents`): the same edges, the same objects left alone.
     """
     # No comprehension below may use `members`: on 3.10/3.11 that would put it in a cell,
     # a GC object the analysis would then see holding everything.
@@ -323,13 +352,7 @@ def analyse_unreached(visited: dict[int, Any], addresses: list[int], index: Bloc
         obj = members[i]
         if not (i + 1) % _CHECK_EVERY:
             clock.tick("unreachable", i)
-        refs = [] if kind_of(type(obj)) == _KIND_SKIP else gc.get_referents(obj)
-        if numpy is not None and kind_of(type(obj)) == _KIND_NDARRAY:
-            base = numpy.base(obj)
-            if base is not None:
-                refs.append(base)
-            if numpy.is_object_array(obj):
-                refs.extend(numpy.elements(obj))
+        refs = referents(obj)
         out: list[int] = []
         for ref in refs:
             key = id(ref)
