@@ -10,7 +10,10 @@ from run to run, whatever else the machine is doing.
 
 Configurations: ``none`` (no profiler, the baseline); ``floor`` (a tiny C extension,
 benchmarks/floor/floor.c, built here with cffi, whose RAW/MEM/OBJ hooks only forward to the
-allocator they replaced: the price of the ``PyMem_SetAllocator`` design itself);
+allocator they replaced: the price of the ``PyMem_SetAllocator`` design itself); ``import``
+(``import mprofile_ipy``, nothing started: what the package's modules cost a process in
+steady state) and ``floor+import`` (the floor in such a process, the baseline of the
+sampler's own work);
 ``mprofile_ipy`` (default rate, 128 KiB, seeded); ``native`` (``start(native=True)``);
 ``exact`` (``sample_rate=1``); ``tracemalloc-1``; and, when importable,
 ``mprofile-0.0.15`` and ``memray`` (``trace_python_allocators=True``).
@@ -242,7 +245,7 @@ def summarize(measures: dict[tuple[str, str], dict[int, Measure]],
             value = per_run(measures[(w, c)], repeat)
             entry: dict[str, Any] = {"per_run": value, "ratio": value / base,
                                      "added_per_event": (value - base) / max(1, allocs + frees)}
-            if c in ("mprofile_ipy", "native", "exact", "floor"):
+            if c in ("mprofile_ipy", "native", "exact", "floor", "floor+import"):
                 fn = per_run_functions(measures[(w, c)], repeat)
                 diff = {k: fn.get(k, 0) - base_fn.get(k, 0) for k in set(fn) | set(base_fn)}
                 own = {k: v for k, v in fn.items() if is_mprofile_object(k[0]) or
@@ -283,19 +286,29 @@ def markdown(summary: dict[str, Any], configs: list[str], notes: dict[str, str],
         lines.append(f"\n{c}: skipped, {note}")
     lines += ["", "Floor and mprofile_ipy (default rate) in percentage points over no "
               "profiler; added instructions per allocator call (floor counters):", "",
-              "| workload | allocs/run | frees/run | floor | mprofile_ipy | above floor | "
+              "| workload | allocs/run | frees/run | floor | import | floor+import | "
+              "mprofile_ipy | above floor | above floor+import | "
               "mprofile_ipy +instr/alloc | +instr/free | floor +instr/call |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def points(entry: dict[str, Any] | None) -> float | None:
+        return None if entry is None else (entry["ratio"] - 1) * 100
+
+    def cell(value: float | None, sign: str = "+") -> str:
+        return "-" if value is None else f"{value:{sign}.2f}"
+
     for row in summary["rows"]:
         floor = row["configs"].get("floor")
         mp = row["configs"].get("mprofile_ipy")
         if not (floor and mp):
             continue
-        fp = (floor["ratio"] - 1) * 100
-        mpp = (mp["ratio"] - 1) * 100
+        fp, mpp = points(floor), points(mp)
+        imp, fip = points(row["configs"].get("import")), points(row["configs"].get("floor+import"))
         lines.append(f"| {row['workload']} | {fmt_int(row['allocs'])} | {fmt_int(row['frees'])} "
-                     f"| +{fp:.2f} | +{mpp:.2f} | {mpp - fp:+.2f} | {mp['per_alloc']:.1f} | "
-                     f"{mp['per_free']:.1f} | {floor['added_per_event']:.1f} |")
+                     f"| {cell(fp)} | {cell(imp)} | {cell(fip)} | {cell(mpp)} | "
+                     f"{cell(mpp - fp)} | {cell(None if fip is None else mpp - fip)} | "
+                     f"{mp['per_alloc']:.1f} | {mp['per_free']:.1f} | "
+                     f"{floor['added_per_event']:.1f} |")
     if breakdown:
         for row in summary["rows"]:
             mp = row["configs"].get("mprofile_ipy")

@@ -103,8 +103,12 @@ WORKLOAD_NEEDS = {"numpy": ("numpy",), "pandas": ("numpy", "pandas")}
 # ---------------------------------------------------------------------------------------
 # Configurations: how each one starts and stops, inside the child.
 
-CONFIGS = ("none", "floor", "mprofile_ipy", "native", "exact", "tracemalloc-1",
-           "mprofile-0.0.15", "memray")
+# "import" only imports mprofile_ipy (no hooks): what having the package's modules in the
+# process costs in steady state (more objects for each full GC to traverse, another heap
+# layout, so glibc extends fewer blocks in place). "floor+import" is the floor in that
+# same process: mprofile_ipy over it is the sampler's own work alone.
+CONFIGS = ("none", "floor", "import", "floor+import", "mprofile_ipy", "native", "exact",
+           "tracemalloc-1", "mprofile-0.0.15", "memray")
 DEFAULT_CONFIGS = CONFIGS
 
 
@@ -136,7 +140,11 @@ class Profiler:
         name = self.name
         if name == "none":
             return
-        if name == "floor":
+        if name in ("import", "floor+import"):
+            import mprofile_ipy  # noqa: F401  (imported, never started)
+        if name == "import":
+            return
+        if name in ("floor", "floor+import"):
             lib = _import_floor().lib
             if lib.floor_install(0) != 0:
                 raise RuntimeError("the floor hooks are already installed")

@@ -44,14 +44,14 @@ static uint64_t os_seed(void) {
 
 /* Drop every trace, interned frame and counter. GIL held, g_lock not held. */
 static void clear_state(void) {
-    size_t ncodes = 0;
+    size_t ncodes = 0, bytes = 0;
     mp_lock();
     mp_table_clear_locked();
     memset(&g_counters, 0, sizeof(g_counters));
-    PyObject **codes = mp_intern_detach_locked(&ncodes);
+    PyObject **codes = mp_intern_detach_locked(&ncodes, &bytes);
     mp_unlock();
     for (size_t i = 0; i < ncodes; i++) Py_XDECREF(codes[i]);
-    free(codes);
+    mp_os_free(codes, bytes);
 }
 
 int mp_start(int64_t sample_rate, int max_frames, uint64_t seed, int use_seed) {

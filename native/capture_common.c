@@ -46,8 +46,8 @@ typedef struct {
 static pthread_mutex_t g_pending_lock = PTHREAD_MUTEX_INITIALIZER;
 static nc_pending_t g_pending[NC_PENDING_MAX];
 static uint16_t g_index[NC_INDEX_CAP];                   /* position + 1; 0 = empty */
-static uint16_t g_fcount[1u << NC_FILTER_BITS];           /* pending pointers per bucket */
-static uint64_t g_fbits[(1u << NC_FILTER_BITS) / 64];     /* lock-free reads */
+/* Pending pointers per bucket (core.h's counting filter): lock-free reads. */
+static uint8_t g_fmap[1u << NC_FILTER_BITS] __attribute__((aligned(64)));
 static int g_pending_scheduled = 0;                       /* a pending call is queued */
 int g_nc_pending_count = 0;                               /* written under the lock */
 uint64_t g_nc_deferred = 0;                               /* atomic counters (status only) */
@@ -70,11 +70,11 @@ static inline size_t index_home(const void *p) {
     return (size_t)(mix(p) >> 40) & (NC_INDEX_CAP - 1);
 }
 static void filter_add_locked(const void *p) {
-    mp_filter_add(g_fbits, g_fcount, NC_FILTER_BITS, p);
+    mp_filter_add(g_fmap, NC_FILTER_BITS, p);
 }
 
 static void filter_remove_locked(const void *p) {
-    mp_filter_remove(g_fbits, g_fcount, NC_FILTER_BITS, p);
+    mp_filter_remove(g_fmap, NC_FILTER_BITS, p);
 }
 
 static size_t find_slot_locked(const void *p) {
@@ -137,7 +137,7 @@ static void pending_remove_locked(size_t slot) {
 
 static void pending_clear_locked(void) {
     memset(g_index, 0, sizeof(g_index));
-    mp_filter_clear(g_fbits, g_fcount, NC_FILTER_BITS);
+    mp_filter_clear(g_fmap, NC_FILTER_BITS);
     set_count_locked(0);
 }
 
@@ -196,7 +196,7 @@ void nc_record(void *ptr, size_t size, int allocator) {
 }
 
 int nc_pending_forget_slow(void *ptr) {
-    if (!mp_filter_test(g_fbits, NC_FILTER_BITS, ptr)) return 0;
+    if (!mp_filter_test(g_fmap, NC_FILTER_BITS, ptr)) return 0;
     int found = 0;
     pthread_mutex_lock(&g_pending_lock);
     size_t slot = find_slot_locked(ptr);

@@ -271,7 +271,21 @@ static MP_NOINLINE void *hook_realloc_slow(int d, int k, void *ptr, size_t size)
     return p;
 }
 
+/* The common realloc of the MEM and OBJ domains (a list or a str growing) is not sampled:
+ * the old block is not a live sample (its filter byte is 0) and the new size is not a
+ * sample either. It still runs inside the reentrancy guard, so no tail call: pymalloc
+ * hands every block it does not manage, whatever the new size, to PyMem_RawRealloc, and
+ * that nested call must not charge the countdown a second time. The RAW domain, where
+ * such reallocs land, always takes the slow path (it sees few calls). */
 MP_INLINE void *hook_realloc(int d, int k, void *ptr, size_t size) {
+    if (d != 0 && MP_LIKELY(!mp_maybe_tracked(ptr) && size <= MP_POOL_MAX &&
+                            mp_fast_skip(size))) {
+        const mp_layer_t *l = &g_layers[d][k];
+        mp_enter();
+        void *p = l->prev.realloc(l->prev.ctx, ptr, size);
+        mp_leave();
+        return p;
+    }
     return hook_realloc_slow(d, k, ptr, size);
 }
 

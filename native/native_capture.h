@@ -21,6 +21,8 @@
 
 #include "core.h"
 
+#pragma GCC visibility push(hidden)   /* internal, as in core.h */
+
 /* ---- capture_common.c ----------------------------------------------------------------- */
 
 /* Record a block that mp_should_sample() chose. With the GIL held, the Python stack is read
@@ -98,5 +100,7 @@ void nc_patch_fork_unlock(void);
 
 /* The thread that may defer samples (threading.main_thread()), 0 = none. */
 extern uint64_t g_nc_main_thread;
+
+#pragma GCC visibility pop
 
 #endif

@@ -72,7 +72,7 @@ static int reserve(void **arr, size_t *cap, size_t need, size_t elem) {
     if (need <= *cap) return 0;
     size_t ncap = *cap ? *cap : 256;
     while (ncap < need) ncap *= 2;
-    void *n = realloc(*arr, ncap * elem);
+    void *n = mp_os_realloc(*arr, *cap * elem, ncap * elem);
     if (n == NULL) return -1;
     *arr = n;
     *cap = ncap;
@@ -86,7 +86,7 @@ static uint32_t hash_frame(const PyObject *code, int32_t lasti) {
 }
 
 static int rebuild_frame_index(size_t ncap) {
-    uint32_t *idx = calloc(ncap, sizeof(uint32_t));
+    uint32_t *idx = mp_os_alloc(ncap * sizeof(uint32_t));
     if (idx == NULL) return -1;
     for (size_t id = 0; id < f_count; id++) {
         if (f_codes[id] == NULL) continue;     /* resolved: never looked up again */
@@ -94,7 +94,7 @@ static int rebuild_frame_index(size_t ncap) {
         while (idx[i]) i = (i + 1) & (ncap - 1);
         idx[i] = (uint32_t)id + 1;
     }
-    free(f_index);
+    mp_os_free(f_index, f_index_cap * sizeof(uint32_t));
     f_index = idx;
     f_index_cap = ncap;
     return 0;
@@ -137,14 +137,14 @@ static uint32_t hash_frames(const uint32_t *ids, uint32_t n, uint32_t total,
 }
 
 static int rebuild_tb_index(size_t ncap) {
-    uint32_t *idx = calloc(ncap, sizeof(uint32_t));
+    uint32_t *idx = mp_os_alloc(ncap * sizeof(uint32_t));
     if (idx == NULL) return -1;
     for (size_t id = 0; id < tb_count; id++) {
         size_t i = tbs[id].hash & (ncap - 1);
         while (idx[i]) i = (i + 1) & (ncap - 1);
         idx[i] = (uint32_t)id + 1;
     }
-    free(tb_index);
+    mp_os_free(tb_index, tb_index_cap * sizeof(uint32_t));
     tb_index = idx;
     tb_index_cap = ncap;
     return 0;
@@ -265,29 +265,30 @@ void mp_tb_account_locked(uint32_t tb, double weight, uint64_t size) {
     tbs[tb].alloc_var += s * s * weight * (weight - 1.0);
 }
 
-PyObject **mp_intern_detach_locked(size_t *ncodes) {
+PyObject **mp_intern_detach_locked(size_t *ncodes, size_t *bytes) {
     PyObject **codes = f_codes;     /* NULL entries: resolved frames (Py_XDECREF) */
     *ncodes = f_count;
+    *bytes = f_cap * sizeof(PyObject *);
     f_codes = NULL;
-    free(f_lasti);
+    mp_os_free(f_lasti, f_cap * sizeof(int32_t));
     f_lasti = NULL;
-    free(f_res);
+    mp_os_free(f_res, f_cap * sizeof(mp_resolved_t *));
     f_res = NULL;
     f_count = f_cap = 0;
     g_clear_epoch++;
     mp_names_release(g_names);
     g_names = NULL;
     g_compacted_at = 0;
-    free(f_index);
+    mp_os_free(f_index, f_index_cap * sizeof(uint32_t));
     f_index = NULL;
     f_index_cap = 0;
-    free(tbs);
+    mp_os_free(tbs, tb_cap * sizeof(mp_tb_t));
     tbs = NULL;
     tb_count = tb_cap = 0;
-    free(tb_refs);
+    mp_os_free(tb_refs, refs_cap * sizeof(uint32_t));
     tb_refs = NULL;
     refs_count = refs_cap = 0;
-    free(tb_index);
+    mp_os_free(tb_index, tb_index_cap * sizeof(uint32_t));
     tb_index = NULL;
     tb_index_cap = 0;
     return codes;
@@ -372,7 +373,7 @@ static void *names_alloc(mp_names_t *n, size_t size) {
     mp_names_chunk_t *c = n->chunks;
     if (c == NULL || c->cap - c->used < size) {
         size_t cap = size > MP_NAMES_CHUNK ? size : MP_NAMES_CHUNK;
-        c = malloc(sizeof(*c) + cap);
+        c = mp_os_alloc(sizeof(*c) + cap);
         if (c == NULL) return NULL;
         c->next = n->chunks;
         c->used = 0;
@@ -396,7 +397,7 @@ void mp_names_release(mp_names_t *n) {
     if (n == NULL || --n->refs > 0) return;
     for (mp_names_chunk_t *c = n->chunks, *next; c != NULL; c = next) {
         next = c->next;
-        free(c);
+        mp_os_free(c, sizeof(*c) + c->cap);
     }
     free(n);
 }

@@ -1,13 +1,13 @@
 /* table.c: the live sampled pointers, and the filter that keeps frees cheap.
  *
  * Every free must ask "was this pointer sampled?". Asking the table would take g_lock on
- * every free of the process. Instead a filter sits in front of it: a bitset with one bit
- * per bucket of addresses, set while at least one sampled pointer of that bucket is alive
- * (a counter per bucket, kept under g_lock, says how many). A free whose bit is clear
- * cannot be a sampled pointer and returns after one relaxed load and no lock. The bitset
- * is 32 KiB so that it stays in cache: a 2 MiB counter array read directly cost a cache
- * miss per free. With L live samples, about L / 2^18 of the unsampled frees take the lock
- * for nothing (2% at 5,000 live samples).
+ * every free of the process. Instead a filter sits in front of it (core.h): one byte per
+ * 16-byte bucket of addresses, the number of live sampled pointers in it (kept under
+ * g_lock). A free whose byte is 0 cannot be a sampled pointer and returns after one relaxed
+ * load and no lock. The map is 256 KiB, indexed by address bits, so frees of nearby blocks
+ * read the same cache lines (a 2 MiB counter array indexed by a hash cost a cache miss per
+ * free). With L live samples, about L / 2^18 of the unsampled frees take the lock for
+ * nothing (2% at 5,000 live samples).
  *
  * Why the lock-free read is safe: a pointer cannot be freed by one thread while another
  * thread is inserting it, because insertion happens before malloc returns it, and removal
@@ -18,11 +18,13 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
 
-static uint16_t g_bucket_count[1u << MP_FILTER_BITS];   /* under g_lock; saturating */
-uint64_t g_filter_bits[(1u << MP_FILTER_BITS) / 64];     /* lock-free reads, written under g_lock */
+/* Lock-free reads; written under g_lock. 8-byte aligned for mp_filter_clear's stores. */
+uint8_t g_filter_map[1u << MP_FILTER_BITS] __attribute__((aligned(64)));
 
 /* Open addressing with linear probing and backward-shift deletion (no tombstones).
  * Protected by g_lock. */
@@ -35,16 +37,54 @@ mp_counters_t g_counters;      /* protected by g_lock */
 void mp_lock(void) { pthread_mutex_lock(&g_lock); }
 void mp_unlock(void) { pthread_mutex_unlock(&g_lock); }
 
+/* ---- the tables' own memory (core.h says why) ----------------------------------------- */
+
+static size_t page_round(size_t bytes) {
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    if (page == 0 || page == (size_t)-1) page = 4096;
+    if (bytes > SIZE_MAX - page) return 0;
+    return (bytes + page - 1) & ~(page - 1);
+}
+
+void *mp_os_alloc(size_t bytes) {
+    size_t len = page_round(bytes ? bytes : 1);
+    if (len == 0) return NULL;
+    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+void mp_os_free(void *p, size_t bytes) {
+    if (p != NULL) munmap(p, page_round(bytes ? bytes : 1));
+}
+
+void *mp_os_realloc(void *p, size_t old_bytes, size_t new_bytes) {
+    if (p == NULL) return mp_os_alloc(new_bytes);
+    size_t old_len = page_round(old_bytes ? old_bytes : 1);
+    size_t new_len = page_round(new_bytes ? new_bytes : 1);
+    if (new_len == 0) return NULL;
+    if (new_len == old_len) return p;
+#ifdef MREMAP_MAYMOVE
+    void *n = mremap(p, old_len, new_len, MREMAP_MAYMOVE);
+    return n == MAP_FAILED ? NULL : n;
+#else
+    void *n = mp_os_alloc(new_len);
+    if (n == NULL) return NULL;
+    memcpy(n, p, old_len < new_len ? old_len : new_len);
+    munmap(p, old_len);
+    return n;
+#endif
+}
+
 static inline uint64_t mix_ptr(uintptr_t p) {
     return ((uint64_t)p >> 3) * 0x9E3779B97F4A7C15ull;
 }
 
 static void filter_add_locked(uintptr_t p) {
-    mp_filter_add(g_filter_bits, g_bucket_count, MP_FILTER_BITS, (const void *)p);
+    mp_filter_add(g_filter_map, MP_FILTER_BITS, (const void *)p);
 }
 
 static void filter_remove_locked(uintptr_t p) {
-    mp_filter_remove(g_filter_bits, g_bucket_count, MP_FILTER_BITS, (const void *)p);
+    mp_filter_remove(g_filter_map, MP_FILTER_BITS, (const void *)p);
 }
 
 static inline size_t slot_of(uintptr_t p, size_t cap) {
@@ -52,7 +92,7 @@ static inline size_t slot_of(uintptr_t p, size_t cap) {
 }
 
 static int resize_locked(size_t ncap) {
-    mp_live_t *ns = calloc(ncap, sizeof(mp_live_t));
+    mp_live_t *ns = mp_os_alloc(ncap * sizeof(mp_live_t));
     if (ns == NULL) return -1;
     for (size_t i = 0; i < g_cap; i++) {
         if (g_slots[i].ptr == 0) continue;
@@ -60,7 +100,7 @@ static int resize_locked(size_t ncap) {
         while (ns[j].ptr != 0) j = (j + 1) & (ncap - 1);
         ns[j] = g_slots[i];
     }
-    free(g_slots);
+    mp_os_free(g_slots, g_cap * sizeof(mp_live_t));
     g_slots = ns;
     g_cap = ncap;
     return 0;
@@ -127,11 +167,11 @@ const mp_live_t *mp_table_find_locked(uintptr_t p) {
 }
 
 void mp_table_clear_locked(void) {
-    free(g_slots);
+    mp_os_free(g_slots, g_cap * sizeof(mp_live_t));
     g_slots = NULL;
     g_cap = 0;
     g_count = 0;
-    mp_filter_clear(g_filter_bits, g_bucket_count, MP_FILTER_BITS);
+    mp_filter_clear(g_filter_map, MP_FILTER_BITS);
 }
 
 size_t mp_table_count_locked(void) { return g_count; }
@@ -144,6 +184,5 @@ size_t mp_table_copy_locked(mp_live_t *out, size_t cap) {
 }
 
 uint64_t mp_table_memory_locked(void) {
-    return (uint64_t)g_cap * sizeof(mp_live_t) + sizeof(g_bucket_count) +
-           sizeof(g_filter_bits);
+    return (uint64_t)g_cap * sizeof(mp_live_t) + sizeof(g_filter_map);
 }
