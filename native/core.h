@@ -71,6 +71,9 @@ static inline void mp_leave(void) { t_state.busy--; }
 void mp_sampler_configure(int64_t rate, uint64_t seed);  /* new generation, GIL held */
 int mp_sample_slow(mp_tls_t *t, size_t size);            /* countdown crossed or stale */
 extern uint32_t g_generation;
+/* 1 when the PyMem hooks of this session may skip the generation check (sampler.c says
+ * when that is exact); set by mp_sampler_configure, GIL held. */
+extern int g_unchecked_ok;
 
 /* The hot-path decision: is this allocation of `size` bytes a sample? One subtraction and
  * a compare on the calling thread's countdown; everything else is out of line. */
@@ -109,6 +112,38 @@ static inline int mp_fast_skip(size_t size) {
         return 1;
     }
     return 0;
+}
+
+/* The same without the generation check, for the hooks installed while g_unchecked_ok:
+ * every countdown a thread can hold was then drawn at the current rate, so an old one is
+ * as good as a new one (sampler.c, "Stale countdowns"). `size` <= MP_POOL_MAX.
+ * On x86-64 it subtracts first and branches on the result, in one instruction on the
+ * thread-local countdown and a jump (GCC emits a load, compare, subtract and store for
+ * the C below): the malloc fast path is then 7 instructions, 3 of them the floor's.
+ * A crossing (countdown <= size) gives the bytes back before returning 0, so the slow
+ * path sees the countdown untouched; nothing else runs on this thread in between. The
+ * countdown is >= 0 and size <= 512, so the signed subtraction cannot overflow. The
+ * countdown is an input operand (its address) with a "memory" clobber, not an output:
+ * GCC 12 dropped the give-back on the jump path when it was a "+m" output. */
+static inline int mp_fast_skip_unchecked(size_t size) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    __asm__ goto("subq %1, %0\n\tjle %l[crossed]"
+                 : /* no outputs: the classic asm goto; the clobber says memory changed */
+                 : "m"(t_state.countdown), "r"((int64_t)size)
+                 : "cc", "memory"
+                 : crossed);
+    return 1;
+crossed:
+    t_state.countdown += (int64_t)size;
+    return 0;
+#else
+    mp_tls_t *t = &t_state;
+    if ((uint64_t)t->countdown > size) {
+        t->countdown -= (int64_t)size;
+        return 1;
+    }
+    return 0;
+#endif
 }
 uint64_t mp_thread_ident(void);
 double mp_weight(uint64_t size);                         /* 1 / P(sampled) */

@@ -77,6 +77,8 @@ int mp_snapshot_frame_info(mp_snapshot *snap, size_t frame_id, mp_frame_info_t *
 void *mp_test_raw_malloc_nogil(size_t size);
 void mp_test_raw_free_nogil(void *ptr);
 void *mp_test_raw_realloc_nogil(void *ptr, size_t size);
+/* Which function set serves the OBJ domain: 1 unchecked, 0 checked, -1 not ours. */
+int mp_test_hooks_unchecked(void);
 
 /* ==== native capture: NumPy array data and native mode ===================================
  * (native/capture_common.c, numpy_handler.c, native_hooks.c; Python side:

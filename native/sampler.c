@@ -21,6 +21,26 @@ int g_max_frames = 128;
 
 /* Bumped by every configure; a thread whose state is older re-seeds itself lazily. */
 uint32_t g_generation = 1;
+
+/* Stale countdowns. A thread's countdown outlives stop() and start(): other threads'
+ * thread-local state cannot be reset from here. The hooks' fast path normally compares
+ * the thread's generation with g_generation, so that an old countdown is never used: its
+ * first allocation after a start() goes to mp_sample_slow, which draws a fresh one.
+ * That compare costs 3 of the ~11 instructions of the malloc fast path, and it is only
+ * needed when the old countdown could be wrong for the new session. A countdown is an
+ * exponential gap with mean `rate`, minus bytes allocated without a sample point; by
+ * memorylessness, what is left of it at any moment chosen without looking at it is
+ * again exponential with mean `rate`. So if every session of this process sampled at the
+ * same rate (exact sessions aside: they never draw a gap, their countdowns stay as they
+ * were or 0), an old countdown is exactly as good as a fresh one, and the hooks may skip
+ * the compare (g_unchecked_ok; hooks.c installs the unchecked set). mp_sample_slow then
+ * keeps a stale countdown (it only adopts the new generation) instead of redrawing it:
+ * redrawing it *because* it crossed would drop that sample point, a bias. A different
+ * rate (or the first session after one) installs the checked hooks, as before. Under the
+ * GIL (configure) and read relaxed. */
+int g_unchecked_ok = 0;
+static int64_t g_first_rate = 0;      /* the first sampled (non-exact) rate; 0: none yet */
+static int g_rates_mixed = 0;         /* a later session sampled at another rate */
 static uint64_t g_seed = 0;
 static uint64_t g_thread_seq = 0;     /* atomic: per-thread stream numbers */
 
@@ -62,6 +82,11 @@ static void reseed(mp_tls_t *t, uint64_t stream) {
 }
 
 void mp_sampler_configure(int64_t rate, uint64_t seed) {
+    if (rate > 1) {
+        if (g_first_rate == 0) g_first_rate = rate;
+        else if (rate != g_first_rate) g_rates_mixed = 1;
+    }
+    __atomic_store_n(&g_unchecked_ok, rate > 1 && !g_rates_mixed, __ATOMIC_RELAXED);
     __atomic_store_n(&g_sample_rate, rate, __ATOMIC_RELAXED);
     __atomic_store_n(&g_exact, rate <= 1, __ATOMIC_RELAXED);
     g_seed = seed;
@@ -80,8 +105,16 @@ int mp_sample_slow(mp_tls_t *t, size_t size) {
         t->pause = 0;                  /* a pause from before the last start() */
     }
     if (__atomic_load_n(&g_exact, __ATOMIC_RELAXED)) return 1;
-    if (t->generation != __atomic_load_n(&g_generation, __ATOMIC_RELAXED))
-        reseed(t, __atomic_fetch_add(&g_thread_seq, 1, __ATOMIC_RELAXED));
+    uint32_t gen = __atomic_load_n(&g_generation, __ATOMIC_RELAXED);
+    if (t->generation != gen) {
+        /* A countdown left by an earlier session at this same rate is kept when the
+         * unchecked hooks may already have charged it ("Stale countdowns" above); 0 is a
+         * thread that never drew one (or an exact session's). */
+        if (t->countdown > 0 && __atomic_load_n(&g_unchecked_ok, __ATOMIC_RELAXED))
+            t->generation = gen;
+        else
+            reseed(t, __atomic_fetch_add(&g_thread_seq, 1, __ATOMIC_RELAXED));
+    }
     int64_t s = size > (size_t)INT64_MAX ? INT64_MAX : (int64_t)size;
     t->countdown -= s;
     if (t->countdown > 0) return 0;
