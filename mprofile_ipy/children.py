@@ -38,6 +38,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import errno
+import io
 import json
 import os
 import shutil
@@ -52,7 +53,7 @@ from typing import Any
 
 from . import sampler
 from .errors import MprofileError, SnapshotFormatError
-from .storage import load_snapshot, save_snapshot
+from .storage import load_snapshot, save_snapshot, write_atomically
 
 __all__ = [
     "ENV_VAR",
@@ -151,13 +152,6 @@ def _describe_self() -> ChildProcess:
                         start_method=_child.start_method, argv=tuple(sys.argv[:4]))
 
 
-def _write_atomic(path: str, write: Any) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as fh:
-        write(fh)
-    os.replace(tmp, path)
-
-
 def _announce() -> None:
     directory = _child.directory
     if directory is None:
@@ -166,8 +160,7 @@ def _announce() -> None:
     doc = {"pid": info.pid, "ppid": info.ppid, "name": info.name,
            "start_method": info.start_method, "argv": list(info.argv)}
     with sampler.paused():
-        _write_atomic(os.path.join(directory, f"{info.pid}.json"),
-                      lambda fh: fh.write(json.dumps(doc).encode()))
+        write_atomically(os.path.join(directory, f"{info.pid}.json"), json.dumps(doc).encode())
 
 
 def _deliver(final: bool) -> None:
@@ -184,8 +177,9 @@ def _deliver(final: bool) -> None:
             info = _describe_self()
             snap.meta["process"] = {"pid": info.pid, "ppid": info.ppid, "name": info.name,
                                     "start_method": info.start_method, "final": final}
-            _write_atomic(os.path.join(directory, f"{info.pid}.snap"),
-                          lambda fh: save_snapshot(snap, fh))
+            buffer = io.BytesIO()
+            save_snapshot(snap, buffer)
+            write_atomically(os.path.join(directory, f"{info.pid}.snap"), buffer.getbuffer())
         if final:
             _child.delivered_final = True
 
@@ -336,7 +330,7 @@ def _ensure_startup_hook() -> str | None:
     except OSError:
         pass
     try:
-        _write_atomic(path, lambda fh: fh.write(_PTH_LINE.encode()))
+        write_atomically(path, _PTH_LINE.encode())
     except OSError:
         return None
     return path

@@ -40,6 +40,7 @@ import gzip
 import json
 import math
 import os
+import secrets
 import sys
 import zlib
 from collections.abc import Callable
@@ -51,7 +52,8 @@ from .errors import SnapshotFormatError
 from .model import Snapshot
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "MAX_INFLATED_BYTES", "MAX_TRACES",
-           "SnapshotFormatError", "load_snapshot", "read_capped", "save_snapshot"]
+           "SnapshotFormatError", "load_snapshot", "read_capped", "save_snapshot",
+           "write_atomically"]
 
 FORMAT_NAME = "mprofile-ipy-snapshot"
 FORMAT_VERSION = 2
@@ -186,15 +188,42 @@ def save_snapshot(snapshot: Snapshot, filename: str | os.PathLike | IO[bytes]) -
     if hasattr(filename, "write"):
         filename.write(data)  # type: ignore[union-attr]
         return
-    path = os.fspath(filename)  # type: ignore[arg-type]
-    tmp = f"{path}.tmp{os.getpid()}"
+    write_atomically(os.fspath(filename), data)  # type: ignore[arg-type]
+
+
+def write_atomically(path: str | os.PathLike, data: bytes | bytearray | memoryview, *,
+                     mode: int = 0o666, fsync: bool = False) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one.
+
+    The bytes go to a new, uniquely named file beside ``path`` (same folder, so the rename
+    stays on one file system), which then replaces ``path`` with :func:`os.replace`. A
+    failure (disk full, a signal, an exception) removes the temporary file and leaves
+    ``path`` as it was. ``mode`` is the new file's permission bits before the umask
+    (0o666: as a file opened normally; 0o600: private to the owner). ``fsync`` flushes the
+    data to the disk before the rename, for files that must survive a machine crash.
+    Every atomic write of the package (snapshots, pprof files, the flight recorder, child
+    processes' snapshots and the start-up hook) goes through here.
+    """
+    path = os.fspath(path)
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    directory, base = os.path.split(os.path.abspath(path))
+    # ".NAME.RANDOM.PID.tmp": hidden, unique, and the writer's pid where the clean-up of
+    # old flight records (postmortem.cleanup) looks for it.
+    tmp = os.path.join(directory, f".{base}.{secrets.token_hex(4)}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), mode)
     try:
-        with open(tmp, "wb") as fp:
-            fp.write(data)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            if fsync:
+                out.flush()
+                os.fsync(out.fileno())
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
+        try:
             os.unlink(tmp)
+        except OSError:
+            pass
         raise
 
 

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import secrets
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -51,7 +50,13 @@ from typing import IO, TYPE_CHECKING, Any, Union
 from .. import aggregate, estimate
 from ..errors import MissingDependencyError, PprofFormatError
 from ..model import Frame, Snapshot
-from ..storage import MAX_INFLATED_BYTES, MAX_SAMPLE_RATE, check_estimates, read_capped
+from ..storage import (
+    MAX_INFLATED_BYTES,
+    MAX_SAMPLE_RATE,
+    check_estimates,
+    read_capped,
+    write_atomically,
+)
 
 if TYPE_CHECKING:
     from . import profile_pb2
@@ -422,27 +427,6 @@ def to_profile(
     return profile
 
 
-def _write_atomically(path: str, data: bytes) -> None:
-    """Write ``data`` to a new file beside ``path``, then rename it over ``path``.
-
-    The temporary file is created with mode 0o666 so that the umask applies, as it would
-    to a file opened normally (``tempfile.mkstemp`` would leave it private to the owner).
-    """
-    directory, base = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{base}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def write_pprof(
     snapshot: Snapshot,
     path_or_file: PathOrFile,
@@ -473,7 +457,7 @@ def write_pprof(
     if isinstance(path, bytes):
         path = os.fsdecode(path)
     try:
-        _write_atomically(path, data)
+        write_atomically(path, data)
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise OSError(exc.errno, f"cannot write pprof profile to {path!r}: {reason}", path) from exc
