@@ -664,6 +664,10 @@ class Snapshot:
         counts: Iterable[int] | None = None,
     ) -> None:
         raw = list(traces)
+        if meta is not None and not isinstance(meta, dict):
+            raise TypeError(f"meta must be a dict or None, not {type(meta).__name__}")
+        if meta and ("trace_labels" in meta or "allocated_labels" in meta):
+            raw, allocated, meta = _fold_labels(raw, allocated, meta)
         rate = parse_size(sample_rate)
         self._sample_rate = rate
         self.traces = _Traces(raw, rate,
@@ -683,9 +687,8 @@ class Snapshot:
             alloc_records = _normalised_allocated(allocated)
         self._allocated: tuple | None = allocated
         self._alloc_records: tuple | None = alloc_records
-        if meta is not None and not isinstance(meta, dict):
-            raise TypeError(f"meta must be a dict or None, not {type(meta).__name__}")
         self.meta: dict[str, Any] = dict(meta) if meta else {}
+        self._label_lists()
         self._records: list[aggregate.Record] | None = None  # aggregate.by_traceback's cache
         self._size_counts: dict | None = None  # aggregate.diff's cache
 
@@ -783,6 +786,22 @@ class Snapshot:
 
     # -- processes and labels -----------------------------------------------------------------
 
+    def _label_lists(self) -> None:
+        """Keep ``meta["trace_labels"]`` and ``meta["allocated_labels"]`` (the sampler's
+        documented hand-off: one label per raw trace, one per allocation total) as copies of
+        the traces' ``label`` fields, present only when some label is non-zero. Every
+        snapshot made from this one (filters, parts, merges, files) gets them from its own
+        traces, never a stale copy."""
+        records = self.traces._records
+        trace_labels = ([t[LABEL_FIELD] for t in records]
+                        if records and len(records[0]) > 6 else [])
+        alloc = self._alloc_records or ()
+        alloc_labels = [e[7] for e in alloc] if alloc and len(alloc[0]) > 7 else []
+        if any(trace_labels) or any(alloc_labels):
+            self.meta["trace_labels"] = trace_labels or [0] * len(records)
+            if self._alloc_records is not None:
+                self.meta["allocated_labels"] = alloc_labels or [0] * len(alloc)
+
     @property
     def labels(self) -> dict[int, str]:
         """Names of the thread labels of this snapshot's traces (``meta["labels"]``; for a
@@ -861,7 +880,8 @@ class Snapshot:
             parts[(0,) * len(fields)] = ([], None if counts is None else [],
                                          None if self._allocated is None else [])
         return {key: Snapshot(traces, self.traceback_limit, sample_rate=self._sample_rate,
-                              allocated=allocated, meta=self.meta, counts=part_counts or None)
+                              allocated=allocated, meta=_own_meta(self.meta),
+                              counts=part_counts or None)
                 for key, (traces, part_counts, allocated) in parts.items()}
 
     def split(self, by: str) -> dict[str, Snapshot]:
@@ -951,7 +971,7 @@ class Snapshot:
         else:
             raw = raw.copy()
         return Snapshot(raw, self.traceback_limit, sample_rate=self._sample_rate,
-                        allocated=allocated, meta=self.meta, counts=counts)
+                        allocated=allocated, meta=_own_meta(self.meta), counts=counts)
 
     # -- grouping -----------------------------------------------------------------------------
 
@@ -1045,6 +1065,47 @@ class Snapshot:
 _KEY_TYPES = ("traceback", "filename", "lineno")
 
 
+def _fold_labels(raw: list[tuple], allocated: Iterable[tuple] | None, meta: dict
+                 ) -> tuple[list[tuple], tuple | None, dict]:
+    """The sampler's thread labels, handed over as lists parallel to the traces and the
+    allocation totals (``meta["trace_labels"]``, ``meta["allocated_labels"]``), put where
+    the model keeps them: each trace's and each total's ``label`` field. Traces that carry
+    their labels already make the lists mere copies (dropped; the snapshot writes its own)."""
+    meta = _own_meta(meta, derived=False)
+    trace_labels = meta.get("trace_labels")
+    alloc_labels = meta.get("allocated_labels")
+    if any(len(t) > 6 for t in raw) or (
+            allocated is not None and any(len(e) > 7 for e in allocated)):
+        return raw, allocated, _own_meta(meta, derived=True)
+    meta = _own_meta(meta, derived=True)
+    if trace_labels is not None:
+        if not isinstance(trace_labels, list) or len(trace_labels) != len(raw):
+            raise ValueError("meta['trace_labels'] must hold one label per trace "
+                             f"({len(raw)})")
+        raw = [(*_normalise(t)[:6], label) for t, label in zip(raw, trace_labels, strict=True)]
+    if allocated is not None:
+        allocated = tuple(allocated)
+        if alloc_labels is not None:
+            if not isinstance(alloc_labels, list) or len(alloc_labels) != len(allocated):
+                raise ValueError("meta['allocated_labels'] must hold one label per "
+                                 f"allocation total ({len(allocated)})")
+            allocated = tuple(
+                (*_normalise_allocated(e)[:7], label)
+                for e, label in zip(allocated, alloc_labels, strict=True))
+    return raw, allocated, meta
+
+
+_DERIVED_META = ("trace_labels", "allocated_labels")
+
+
+def _own_meta(meta: dict, derived: bool = True) -> dict:
+    """A copy of ``meta`` for another snapshot, without the label lists that describe only
+    this snapshot's own traces (see :meth:`Snapshot._label_lists`)."""
+    if not derived:
+        return dict(meta)
+    return {k: v for k, v in meta.items() if k not in _DERIVED_META}
+
+
 def _concat(parts: list[Snapshot]) -> Snapshot:
     """Parts of one snapshot (same rate, limit and meta) put back together."""
     first = parts[0]
@@ -1055,7 +1116,7 @@ def _concat(parts: list[Snapshot]) -> Snapshot:
     allocated = (None if first.allocated is None
                  else [e for p in parts for e in (p.allocated or ())])
     return Snapshot(traces, first.traceback_limit, sample_rate=first.sample_rate,
-                    allocated=allocated, meta=first.meta, counts=counts)
+                    allocated=allocated, meta=_own_meta(first.meta), counts=counts)
 
 
 def _statistic_traceback(key: Any, key_type: str) -> Traceback:

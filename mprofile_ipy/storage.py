@@ -172,7 +172,9 @@ def _encode(snapshot: Snapshot) -> dict[str, Any]:
         "version": FORMAT_VERSION if labelled else 2,
         "traceback_limit": snapshot.traceback_limit,
         "sample_rate": snapshot.sample_rate,
-        "meta": snapshot.meta,
+        # the label lists are copies of the label column, rebuilt when the file is loaded
+        "meta": {k: v for k, v in snapshot.meta.items()
+                 if k not in ("trace_labels", "allocated_labels")},
         "strings": list(tables.strings),
         "frames": tables.frame_rows,
         "tracebacks": tables.traceback_rows,

@@ -239,3 +239,56 @@ def test_go_tool_pprof_filters_on_task_and_process(tmp_path):
     alloc = go_pprof("-top", "-unit=B", "-sample_index=alloc_space", "-tagfocus=task=sum",
                      str(path))
     assert top_total(alloc) == 3800
+
+
+def test_the_samplers_label_lists_are_folded_into_the_traces():
+    """The sampler hands labels over as lists parallel to the traces and the totals
+    (meta['trace_labels'], meta['allocated_labels']); the model keeps them per trace."""
+    traces = [(0, 100, READ, 2, 1, 11), (0, 50, SUM, 2, 1, 11)]
+    allocated = [(READ, 2, 1.0, 100.0, 1, 0.0), (SUM, 2, 1.0, 50.0, 1, 0.0)]
+    snap = Snapshot(traces, 8, allocated=allocated,
+                    meta={"trace_labels": [4, 0], "allocated_labels": [4, 0],
+                          "labels": {"4": "read_parquet"}})
+    assert [t.label for t in snap.traces] == [4, 0]
+    assert sizes(snap, "task") == {"read_parquet": 100, "": 50}
+    assert sizes(snap, "task", "allocated") == {"read_parquet": 100, "": 50}
+    # the lists stay, as copies of the traces' labels: a filtered snapshot has its own
+    assert snap.meta["trace_labels"] == [4, 0] and snap.meta["allocated_labels"] == [4, 0]
+    only_read = snap.filter_traces([Filter(True, "/w/tasks.py", 3)])
+    assert only_read.meta["trace_labels"] == [4] and only_read.meta["allocated_labels"] == [4]
+    unlabelled = snap.split("task")[""]
+    assert "trace_labels" not in unlabelled.meta  # no label left: the lists go
+    assert "trace_labels" not in merged().meta or len(merged().meta["trace_labels"]) == 8
+    with pytest.raises(ValueError, match="one label per trace"):
+        Snapshot(traces, 8, meta={"trace_labels": [1]})
+
+
+def test_a_real_thread_label_reaches_the_task_split():
+    import threading
+
+    import mprofile_ipy as mp
+    from mprofile_ipy import sampler
+
+    if not hasattr(sampler, "set_thread_label"):
+        pytest.skip("this sampler records no thread labels")
+    kept: list = []
+
+    def labelled() -> None:
+        sampler.set_thread_label(7)
+        kept.extend(bytearray(1000) for _ in range(20))
+        sampler.set_thread_label(0)
+
+    mp.start(sample_rate=1)
+    try:
+        worker = threading.Thread(target=labelled)
+        worker.start()
+        worker.join()
+        snap = mp.take_snapshot()
+    finally:
+        mp.stop()
+    snap.meta["labels"] = {"7": "load"}
+    parts = snap.split("task")
+    at_line = [s for s in parts["load"].statistics("lineno")
+               if s.traceback[0].filename == __file__]
+    assert sum(s.size for s in at_line) >= 20 * 1000
+    kept.clear()
