@@ -16,6 +16,7 @@ from ..report import (
     DiffReport,
     FrameInfo,
     Report,
+    Retention,
     Site,
     SiteDiff,
     TimelinePoint,
@@ -36,10 +37,10 @@ from . import (
     plural,
 )
 
-__all__ = ["diff_summary_html", "interactive_diff", "interactive_report", "processes_html",
-           "interactive_timeline", "render_diff",
-           "render_report", "sites_table_html",
-           "summary_html", "timeline_html", "tracebacks_html"]
+__all__ = ["diff_summary_html", "interactive_diff", "interactive_report",
+           "interactive_timeline", "processes_html", "render_diff", "render_report",
+           "retention_html", "sites_table_html", "summary_html", "timeline_html",
+           "tracebacks_html"]
 
 _BOX = ("font-family: var(--jp-ui-font-family, -apple-system, 'Segoe UI', sans-serif);"
         "font-size: 13px; line-height: 1.4; max-width: 1100px;")
@@ -130,8 +131,43 @@ def tracebacks_html(site: Site, limit: int = MAX_TRACEBACKS, allocated: bool = F
     return "".join(parts)
 
 
-def _site_cell(site: Site, drill: bool = True, allocated: bool = False) -> str:
+def retention_html(why: Retention) -> str:
+    """What keeps a site alive: per group of blocks with the same story, what they are,
+    the chains from a root the user can name (chain k+1 holds them once chain k's command
+    has run) and the command that frees each."""
+    head = (f"{plural(why.searched, 'sampled block')} searched in {fmt_time(why.elapsed)}"
+            + (f"; {why.when}" if why.when else ""))
+    parts = [f"<div class='mprofile-why' style='margin: 6px 0 6px 12px; padding-left: 6px; "
+             f"border-left: 2px solid {_RED}'><b>Why still alive</b> "
+             f"<span style='{_MUTED}'>{escape(head)}</span>"]
+    for group in why.groups:
+        parts.append(f"<div style='margin: 3px 0'>{escape(plural(group.blocks, 'block'))}, "
+                     f"{fmt_size(group.size)}: {escape(group.description)}</div>")
+        items = []
+        for chain in group.chains:
+            also = (f" <span style='{_MUTED}'>(also named {escape(', '.join(chain.also_named))})"
+                    "</span>" if chain.also_named else "")
+            free = (f"<div>free it with <code style='{_CODE} font-weight: 600'>"
+                    f"{escape(chain.command)}</code></div>" if chain.command else "")
+            items.append(f"<li><code style='{_CODE}'>{escape(chain.text)}</code>{also}{free}"
+                         f"</li>")
+        if items:
+            parts.append(f"<ol style='margin: 2px 0; padding-left: 22px'>{''.join(items)}</ol>")
+        if len(group.commands) > 1:
+            parts.append(f"<div>to free it, run all of: <code style='{_CODE} font-weight: "
+                         f"600'>{escape('; '.join(group.commands))}</code></div>")
+        if group.note:
+            parts.append(f"<div style='{_MUTED}'>{escape(group.note)}</div>")
+    if not why.groups:
+        parts.append(f"<div style='{_MUTED}'>no sampled block of this site is alive</div>")
+    return "".join(parts) + "</div>"
+
+
+def _site_cell(site: Site, drill: bool = True, allocated: bool = False,
+               why: Retention | None = None) -> str:
     details = tracebacks_html(site, allocated=allocated) if drill else ""
+    if drill and why is not None:
+        details += retention_html(why)
     if not details:
         return _title(site)
     return (f"<details><summary style='cursor: pointer'>{_title(site)}</summary>"
@@ -180,7 +216,7 @@ def sites_table_html(report: Report, sites: Sequence[Site], drill: bool = True) 
                fmt_percent(site.percent), f"{site.samples:,}"]
         if allocated:
             row.append(fmt_size(site.allocated))
-        rows.append(row + [_site_cell(site, drill)])
+        rows.append(row + [_site_cell(site, drill, why=report.retention(site))])
     return _table(headers, rows)
 
 
