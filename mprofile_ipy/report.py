@@ -967,7 +967,7 @@ def report_data(report: Report, *, top: int | None = None, note_text: Any = None
     fmt = note_text or _plain_note
     builder = _DataBuilder()
     retention: list[dict[str, Any]] = []
-    retention_ids: dict[int, int] = {}
+    retention_ids: dict[Retention, int] = {}  # equal entries (one site, several groupings) once
     groupings: dict[str, Any] = {}
     for name in GROUP_BY:
         rows = []
@@ -978,9 +978,9 @@ def report_data(report: Report, *, top: int | None = None, note_text: Any = None
                    "tracebacks": [builder.traceback(tb) for tb in site.live_tracebacks]}
             why = report.retention(site)
             if why is not None:
-                index = retention_ids.get(id(why))
+                index = retention_ids.get(why)
                 if index is None:
-                    index = retention_ids[id(why)] = len(retention)
+                    index = retention_ids[why] = len(retention)
                     retention.append(retention_data(why))
                 row["retention"] = index
             rows.append(row)

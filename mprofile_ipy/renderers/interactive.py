@@ -611,7 +611,7 @@ def _tracebacks_html(row: dict[str, Any], data: dict[str, Any]) -> str:
     parts = []
     for index in row["tracebacks"]:
         tb = data["tracebacks"][index]
-        head = f"{_size(tb['size'])} · {tb['samples']:,} samples · oldest frame first"
+        head = f"{_size(tb['size'])} · {plural(tb['samples'], 'sample')} · oldest frame first"
         if tb.get("size_diff") is not None:
             head = f"{_size(tb['size_diff'], True)} · " + head
         cut = (f"<div class='mpr-muted'>… {tb['cut']} older frames</div>"

@@ -255,7 +255,7 @@
     details.appendChild(label);
     row.tracebacks.forEach(function (t) {
       var tb = data.tracebacks[t], box = el("div", "mpr-tb");
-      var head = fmtSize(tb.size) + " \u00b7 " + fmtCount(tb.samples) + " samples \u00b7 oldest frame first";
+      var head = fmtSize(tb.size) + " \u00b7 " + plural(tb.samples, "sample") + " \u00b7 oldest frame first";
       if (tb.size_diff !== undefined && tb.size_diff !== null) { head = fmtSize(tb.size_diff, true) + " \u00b7 " + head; }
       box.appendChild(el("div", "mpr-muted", head));
       if (tb.cut) { box.appendChild(el("div", "mpr-muted", "\u2026 " + tb.cut + " older frames")); }
