@@ -540,8 +540,9 @@ class Report:
 
     ``summary`` (figures), ``notes``, :meth:`sites` per grouping (cached), :meth:`site_list`
     (the top sites and the rest), :meth:`churn` (sites that allocated much more than they
-    kept), :meth:`call_tree` (flame chart), :meth:`iter_traces` (raw traces with their
-    visible frames, for per-allocation tables and exports), :meth:`to_dict` (the plain data
+    kept), :meth:`call_tree` (flame chart), :meth:`iter_traces` and
+    :meth:`iter_trace_records` (raw traces with their visible frames, for per-allocation
+    tables and exports), :meth:`to_dict` (the plain data
     of the interactive HTML report). ``replace(**options)`` gives the report of the same run
     under other :class:`ViewOptions`.
     """
@@ -662,6 +663,25 @@ class Report:
         facade computes it (``ProfileResult.retainers``); the report only carries it, so
         every view shows it with its site."""
         self._retention = dict(retention)
+
+    def iter_trace_records(self) -> Iterator[tuple[tuple, int, tuple[FrameInfo, ...]]]:
+        """Each distinct raw trace of the snapshot once, with how many identical sampled
+        allocations it stands for (a pprof profile's counted traces: one record, not
+        millions) and its visible frames (``()`` when hidden)."""
+        records = getattr(self.snapshot, "trace_records", None)
+        if records is None:  # a snapshot-like object without records: one per allocation
+            for trace, visible in self.iter_traces():
+                yield trace, 1, visible
+            return
+        counts = getattr(self.snapshot, "trace_counts", None)
+        seen: dict[int, tuple[FrameInfo, ...]] = {}
+        for index, trace in enumerate(records):
+            frames = trace[2]
+            visible = seen.get(id(frames))
+            if visible is None:
+                visible = seen[id(frames)] = self.visible(
+                    aggregate.Traceback(frames, trace[3]))
+            yield trace, (counts[index] if counts is not None else 1), visible
 
     def to_dict(self, **kwargs: Any) -> dict[str, Any]:
         """The plain data of the interactive HTML report (see :func:`report_data`)."""

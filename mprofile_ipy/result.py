@@ -469,8 +469,11 @@ class ProfileResult(_Displayable):
                     (f.filename, f.lineno, f.name, f.firstlineno) for f in reversed(visible))
             return frames
 
-        traces = [(trace[0], trace[1], raw_frames(visible), *trace[3:])
-                  for trace, visible in report.iter_traces() if visible]
+        traces, counts = [], []
+        for trace, count, visible in report.iter_trace_records():
+            if visible:
+                traces.append((trace[0], trace[1], raw_frames(visible), *trace[3:]))
+                counts.append(count)
         allocated = None
         if self.snapshot.allocated is not None:
             allocated = [
@@ -480,7 +483,8 @@ class ProfileResult(_Displayable):
         meta.update(view={"show_all": self.show_all, "include": list(self.include),
                           "exclude": list(self.exclude)})
         return Snapshot(traces, self.snapshot.traceback_limit, sample_rate=self.sample_rate,
-                        allocated=allocated, meta=meta)
+                        allocated=allocated, meta=meta,
+                        counts=counts if any(c != 1 for c in counts) else None)
 
     def to_pprof(self, path_or_file: Any) -> None:
         """Write what the views show as a gzipped pprof profile, cells named as shown here

@@ -36,6 +36,7 @@ from . import (
     note_text,
     plural,
 )
+from .interactive import render_report as render_interactive
 
 __all__ = ["diff_summary_html", "interactive_diff", "interactive_report",
            "interactive_timeline", "processes_html", "render_diff", "render_report",
@@ -331,31 +332,19 @@ def timeline_html(points: Sequence[TimelinePoint]) -> str:
     return _report([_table(["after", "alive", "peak"], rows, text_column=0)])
 
 
-def _render_interactive(data: dict, replaces_widget: bool) -> str:
-    """``interactive.render_report``; ``replaces_widget`` marks a report that stands in for
-    a widget shown in the same cell (where scripts run, it hides that widget's "Error
-    displaying widget" after a reload), when this version of the interactive renderer can."""
-    import inspect
-
-    from .interactive import render_report as render
-
-    if replaces_widget and "replaces_widget" in inspect.signature(render).parameters:
-        return render(data, replaces_widget=True)
-    return render(data)
-
-
 def interactive_report(report: Report, top: int | None = None, *,
                        replaces_widget: bool = False) -> str:
     """The self-contained interactive HTML report (``renderers.interactive``) of a report:
     server-side table and flame graph, enhanced by an inline script where scripts run."""
-    return _render_interactive(report_data(report, top=top, note_text=note_text),
-                               replaces_widget)
+    return render_interactive(report_data(report, top=top, note_text=note_text),
+                              replaces_widget=replaces_widget)
 
 
 def interactive_diff(diff: DiffReport, top: int | None = None, *,
                      replaces_widget: bool = False) -> str:
     """The self-contained interactive HTML report of a comparison."""
-    return _render_interactive(diff_data(diff, top=top, note_text=note_text), replaces_widget)
+    return render_interactive(diff_data(diff, top=top, note_text=note_text),
+                              replaces_widget=replaces_widget)
 
 
 def interactive_timeline(points: Sequence[TimelinePoint]) -> str:
@@ -363,4 +352,4 @@ def interactive_timeline(points: Sequence[TimelinePoint]) -> str:
     point for its figures); a sentence when no cell has run yet."""
     if not points:
         return timeline_html(points)
-    return _render_interactive(timeline_data(points), False)
+    return render_interactive(timeline_data(points))
