@@ -243,8 +243,8 @@ class Traceback(Sequence):
         return lines
 
 
-def source_line(filename: str, lineno: int) -> str:
-    """Line ``lineno`` of ``filename`` (stripped), or "" when unknown.
+def source_lines(filename: str) -> list[str]:
+    """The lines of ``filename`` (``[]`` when unknown).
 
     Reads :mod:`linecache` (which knows IPython cells) but never opens anything other than
     a regular file: a snapshot from elsewhere may name ``/dev/zero`` or a FIFO, which
@@ -253,15 +253,21 @@ def source_line(filename: str, lineno: int) -> str:
     if filename not in linecache.cache:
         try:
             if not stat.S_ISREG(os.stat(filename).st_mode):
-                return ""
+                return []
         except ValueError:  # NUL in the name
-            return ""
+            return []
         except OSError:  # missing: linecache may still find it (module globals, sys.path)
             pass
     try:
-        return linecache.getline(filename, lineno).strip()
+        return linecache.getlines(filename)
     except (ValueError, OSError):
-        return ""
+        return []
+
+
+def source_line(filename: str, lineno: int) -> str:
+    """Line ``lineno`` of ``filename`` (stripped), or "" when unknown (see source_lines)."""
+    lines = source_lines(filename)
+    return lines[lineno - 1].strip() if 0 < lineno <= len(lines) else ""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,21 +15,7 @@ from mprofile_ipy.result import DiffResult, ProfileResult
 MiB = 2**20
 
 
-@pytest.fixture(scope="module")
-def ip(ipython_shell):
-    ipython_shell.run_line_magic("load_ext", "mprofile_ipy")
-    yield ipython_shell
-    ipython_shell.run_line_magic("unload_ext", "mprofile_ipy")
-
-
-@pytest.fixture(autouse=True)
-def nothing_left_running(ip):
-    yield
-    magics = ip.magics_manager.registry.get("MProfileMagics")
-    if magics is not None:
-        magics.stop_session()
-        magics.session = None
-    assert not mprofile_ipy.is_tracing(), "a test left the sampler running"
+pytestmark = pytest.mark.usefixtures("no_session_left")  # ip: tests/conftest.py
 
 
 def run(ip, source):
