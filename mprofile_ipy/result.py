@@ -63,12 +63,15 @@ def describe_error(error: BaseException) -> str:
     return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
 
-def _read(part: str, name: str, doc: str) -> property:
-    """A read-only attribute of the facade: ``report.<part>.<name>`` (``report.<name>``)."""
+def _read(part: str, name: str, doc: str, copy: Callable[[Any], Any] | None = None
+          ) -> property:
+    """A read-only attribute of the facade: ``report.<part>.<name>`` (``report.<name>``),
+    passed through ``copy`` (so a caller cannot change the report's own values)."""
 
     def get(self: Any) -> Any:
         source = getattr(self.report, part) if part else self.report
-        return getattr(source, name)
+        value = getattr(source, name)
+        return copy(value) if copy is not None and value is not None else value
 
     return property(get, doc=doc)
 
@@ -265,16 +268,11 @@ class ProfileResult(_Displayable):
     exclude = _read("options", "exclude", "Exclude patterns.")
     created = _read("measures", "created", "When the result was made (``time.time()``).")
 
-    @property
-    def options(self) -> dict[str, Any]:
-        """The options the result was made with (a copy)."""
-        return dict(self.report.measures.options)
-
-    @property
-    def timeline(self) -> list[TimelinePoint] | None:
-        """A session's points (memory after each cell), or None."""
-        points = self.report.measures.timeline
-        return list(points) if points is not None else None
+    options = _read("measures", "options", "The options the result was made with (a copy).",
+                    dict)
+    timeline = _read("measures", "timeline",
+                     "A session's points (memory after each cell, ``TimelinePoint``), or None.",
+                     list)
 
     def sites(self, group_by: str | None = None, top: int | None = None, *,
               by: str = "size") -> list[Site]:
