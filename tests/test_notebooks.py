@@ -168,3 +168,7 @@ def test_processes_walkthrough_merges_the_pool_and_the_workers(processes_nb):
     assert "data-kind='profile'" in html and "worker tcp://" in html
     workers = text_of(cell_starting(processes_nb, "for p in dask_res.processes"))
     assert workers.count(" worker ") == 2
+    tasks = text_of(cell_starting(processes_nb, "from mprofile_ipy.processes import group_totals"))
+    assert "groupby" in tasks
+    back = text_of(cell_starting(processes_nb, "from mprofile_ipy import load_pprof"))
+    assert "worker tcp://" in back and "groupby" in back

@@ -4,6 +4,7 @@ a kernel killed with SIGKILL whose record the next kernel reads."""
 from __future__ import annotations
 
 import gzip
+import mmap
 import os
 import signal
 import subprocess
@@ -101,6 +102,16 @@ def no_gc():
     gc.enable()
 
 
+def _resident(size: int) -> mmap.mmap:
+    """``size`` bytes of new resident memory. Not a bytes object: malloc may serve even
+    64 MiB from memory an earlier test freed inside the heap, already resident, and then
+    RSS does not move (seen in full runs)."""
+    block = mmap.mmap(-1, max(size, 1))
+    for offset in range(0, size, mmap.PAGESIZE):
+        block[offset] = 1
+    return block
+
+
 def test_record_written_only_when_something_changed(tmp_path, no_gc):
     rec = R.start_recording(tmp_path, interval=100)  # the watcher will not write again
     first = rec.path.stat().st_mtime_ns
@@ -111,12 +122,12 @@ def test_record_written_only_when_something_changed(tmp_path, no_gc):
     writes = rec.writes
     results, seen = [], []
     for size in (0, 0, 64 * MiB):
-        blob = b"\x01" * size  # every page touched: RSS changes the last time, a write
+        blob = _resident(size)  # RSS changes the last time: a write
         results.append(rec.write())
         seen.append((B.read_memory().rss, rec._fingerprint))
     assert results[1:] == [False, True], (results, rec.last_error, rec.skipped, seen)
     assert rec.writes == writes + 1 + results[0]
-    del blob
+    blob.close()
     assert rec.path.stat().st_mtime_ns >= first
 
 
@@ -127,7 +138,7 @@ def test_recorder_rewrites_at_most_every_interval(tmp_path, no_gc, monkeypatch):
     blocks = []
     t0 = time.monotonic()
     while time.monotonic() - t0 < 1.25:
-        blocks.append(bytearray(2 * MiB))  # memory changes all the time
+        blocks.append(_resident(2 * MiB))  # memory changes all the time
         time.sleep(0.01)
     writes = rec.writes
     assert 3 <= writes <= 1 + 1.25 / 0.3 + 1
