@@ -147,7 +147,7 @@ def _option(*flags: str, default: Any, help: str, group: str,
 
 #: Option groups, in the order of the help text.
 GROUPS = {"sampling": "Sampling", "limits": "Memory limit", "processes": "Processes",
-          "report": "Report", "output": "Output", "why": "Why (%mprofile why)"}
+          "report": "Report", "output": "Output", "why": "Why (%mprofile why, --why)"}
 #: The groups of ``%%mprofile`` and of ``%mprofile statement`` (the why options bound
 #: ``--why``).
 RUN_GROUPS = ("sampling", "limits", "processes", "report", "output", "why")

@@ -5,6 +5,8 @@ after switching the grouping); hostile text in a chain stays text."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from _chromium import ConsoleLog, browser, screenshot
 from _reports import CACHE_CHAIN, EVIL, retention_report_html
@@ -51,3 +53,51 @@ def test_an_unfolded_row_shows_its_chains(tmp_path, javascript):
             row.locator("summary").click()
             assert row.locator(".mpr-why code.mpr-chain").first.inner_text() == CACHE_CHAIN
         assert dialogs == [] and log.errors == [], (dialogs, log.errors)
+
+
+def test_why_survives_nbconvert(tmp_path):
+    """``%%mprofile --why`` in a real kernel, then ``jupyter nbconvert --to html
+    --execute``: the page (offline, scripts on) unfolds the site to its chains."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    nbformat = pytest.importorskip("nbformat")
+    pytest.importorskip("nbconvert")
+    notebook = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("%load_ext mprofile_ipy"),
+        nbformat.v4.new_code_cell("%%mprofile --why --time-limit 60\n"
+                                  "rows = [bytearray(3 * 2**20) for _ in range(2)]"),
+    ])
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                       "language": "python"}
+    target = tmp_path / "why.ipynb"
+    nbformat.write(notebook, target)
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path),
+           "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "html", "--execute",
+                    "--ExecutePreprocessor.timeout=120", str(target)],
+                   check=True, timeout=240, capture_output=True, cwd=tmp_path, env=env)
+    page_path = tmp_path / "why.html"
+    assert "rows -&gt; list[0] -&gt; bytearray" in page_path.read_text(encoding="utf-8")
+    with browser(tmp_path) as context:
+        context.route(re.compile(r"^https?://"), lambda route: route.abort())  # offline
+        page = context.new_page()
+        log = ConsoleLog(page, ignore=("net::ERR_FAILED", "Failed to load resource"))
+        page.goto(page_path.as_uri())
+        report = page.locator(".mprofile-ir.mpr-live")
+        assert report.count() == 1
+        row = report.locator("tr.mpr-row", has_text="rows = [bytearray")
+        why = row.locator(".mpr-why")
+        assert not why.is_visible()
+        row.locator("td.mpr-num").first.click()
+        assert why.is_visible()
+        chains = why.locator("code.mpr-chain").all_inner_texts()
+        assert sorted(chains) == ["rows -> list[0] -> bytearray.<byte buffer> -> bytearray "
+                                  "byte buffer", "rows -> list[1] -> bytearray.<byte buffer> "
+                                  "-> bytearray byte buffer"], chains
+        assert why.locator("code.mpr-cmd").all_inner_texts() == ["%xdel rows", "%xdel rows"]
+        screenshot(page, "why-nbconvert", full_page=True)
+        assert log.errors == [], log.errors
