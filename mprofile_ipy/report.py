@@ -535,6 +535,38 @@ def _meta(meta: dict, key: str, default: float) -> float:
     return default if value is None else value
 
 
+OUTSIDE_TASKS = "(outside tasks)"
+
+
+def _dimension_shares(snapshot: Any, by: str) -> tuple[ProcessShare, ...]:
+    """Each process's (``by="process"``) or task's (``"task"``) part of a snapshot whose
+    traces carry that dimension (``Snapshot.split``), largest first, as
+    :class:`ProcessShare` rows (a task's ``kind`` is ``"task"``); () when it has none."""
+    if not getattr(snapshot, "has_dimensions", False):
+        return ()
+    parts = snapshot.split(by)
+    if by == "task" and set(parts) <= {""}:
+        return ()
+    who = {p["label"]: p for p in snapshot.processes} if by == "process" else {}
+    out = []
+    for name, part in parts.items():
+        live = alloc = aggregate.Totals()
+        for record in aggregate.by_traceback(part):
+            live = live + record.live
+            alloc = alloc + record.allocated
+        known = part.allocated is not None
+        info = who.get(name, {})
+        out.append(ProcessShare(
+            label=name or OUTSIDE_TASKS, kind=str(info.get("kind") or by),
+            pid=int(info.get("pid") or 0), size=float(live.size),
+            size_std_error=math.sqrt(live.size_var), count=float(live.count),
+            count_std_error=math.sqrt(live.count_var), samples=live.samples,
+            allocated=float(alloc.size) if known else math.nan,
+            allocated_std_error=math.sqrt(alloc.size_var) if known else math.nan,
+            address=str(info.get("address") or "")))
+    return tuple(out)
+
+
 class Report:
     """Everything one result shows, computed once from the snapshot's records.
 
@@ -603,10 +635,17 @@ class Report:
         )
         self._sites: dict[str, tuple[Site, ...]] = {}
         total_size = self.summary.total
-        #: Each process's part when the result merges several (largest first), else ().
+        #: Each process's part when the result merges several (largest first), else ();
+        #: read from the snapshot itself when the measures do not say (a loaded file).
         self.processes: tuple[ProcessShare, ...] = tuple(
             replace(p, share=p.size / total_size if total_size > 0 else 0.0)
-            for p in sorted(self.measures.processes, key=lambda p: -p.size))
+            for p in sorted(self.measures.processes or _dimension_shares(snapshot, "process"),
+                            key=lambda p: -p.size))
+        #: Each Dask task prefix's part when the samples carry task labels (largest first;
+        #: "(outside tasks)" is what ran between tasks, and other processes), else ().
+        self.tasks: tuple[ProcessShare, ...] = tuple(
+            replace(p, share=p.size / total_size if total_size > 0 else 0.0)
+            for p in _dimension_shares(snapshot, "task"))
         self.notes: tuple[Note, ...] = self._notes() + tuple(
             Note("process", text) for text in self.measures.process_notes)
         self._retention: dict[tuple[str, Any], Retention] = {}
@@ -1011,6 +1050,12 @@ def report_data(report: Report, *, top: int | None = None, note_text: Any = None
                 f", {p.address}" if p.address else ""),
              "size": p.size, "count": p.count, "samples": p.samples, "error": p.rel_error,
              "share": p.share, "tracebacks": []} for p in report.processes]}
+    if report.tasks:
+        groupings["task"] = {"label": "Dask task", "rows": [
+            {"label": p.label, "detail": "Dask task prefix" if p.label != OUTSIDE_TASKS
+             else "allocated outside any task",
+             "size": p.size, "count": p.count, "samples": p.samples, "error": p.rel_error,
+             "share": p.share, "tracebacks": []} for p in report.tasks]}
     summary: list[dict[str, Any]] = [
         {"label": "still alive", "value": s.current, "unit": "bytes"},
         {"label": "peak", "value": s.peak, "unit": "bytes"},

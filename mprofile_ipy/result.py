@@ -532,6 +532,19 @@ class ProfileResult(_Displayable):
         (``%%mprofile --children`` or ``--dask``), largest first; else an empty list."""
         return list(self.report.processes)
 
+    @property
+    def tasks(self) -> list[Any]:
+        """Each Dask task prefix's part (``report.ProcessShare`` rows, kind ``"task"``) when
+        the samples carry task labels (``%%mprofile --dask``), largest first; else []."""
+        return list(self.report.tasks)
+
+    def shares_dataframe(self, by: str = "process") -> pd.DataFrame:
+        """One row per process (``by="process"``) or per Dask task (``"task"``): size and
+        count still alive with standard errors, samples, allocated, share."""
+        from .renderers.dataframe import shares_dataframe
+
+        return shares_dataframe(self.report, by)
+
     # -- display ---------------------------------------------------------------------------
     def __repr__(self) -> str:
         from .units import format_size

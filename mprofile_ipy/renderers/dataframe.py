@@ -134,6 +134,26 @@ def sites_dataframe(report: Report, group_by: str | None = None,
     return _typed(df, report.exact)
 
 
+SHARE_COLUMNS = ["size", "size_stderr", "count", "count_stderr", "samples", "allocated",
+                 "allocated_stderr", "share", "kind", "pid", "address"]
+
+
+def shares_dataframe(report: Report, by: str = "process") -> ReportFrame:
+    """One row per process (``by="process"``) or per Dask task (``"task"``), indexed by
+    its label, largest first; empty when the result has no such dimension."""
+    if by not in ("process", "task"):
+        raise ValueError(f"by must be 'process' or 'task', not {by!r}")
+    shares = report.processes if by == "process" else report.tasks
+    df = pd.DataFrame(
+        [[p.size, p.size_std_error, p.count, p.count_std_error, p.samples, p.allocated,
+          p.allocated_std_error, p.share, p.kind, p.pid, p.address] for p in shares],
+        columns=SHARE_COLUMNS, index=pd.Index([_text(p.label) for p in shares], name=by))
+    df.attrs.update(group_by=by, sample_rate=report.sample_rate, label=report.summary.label)
+    return _typed(df, report.exact, size_stderr="float64", count_stderr="float64",
+                  allocated_stderr="float64", share="float64", pid="int64")
+
+
+
 def traces_dataframe(report: Report) -> ReportFrame:
     """One row per distinct sampled allocation still alive (those the views show), with
     ``count``: how many identical sampled allocations it stands for (1 for the sampler's

@@ -221,20 +221,23 @@ def sites_table_html(report: Report, sites: Sequence[Site], drill: bool = True) 
     return _table(headers, rows)
 
 
-def processes_html(report: Report) -> str:
-    """The per-process table of a result that merges several processes."""
+def processes_html(report: Report, by: str = "process") -> str:
+    """The per-process (``by="process"``) or per-Dask-task (``"task"``) table of a result
+    whose samples carry that dimension."""
     exact = report.summary.exact
-    biggest = max((p.size for p in report.processes), default=0.0) or 1.0
+    shares = report.processes if by == "process" else report.tasks
+    biggest = max((p.size for p in shares), default=0.0) or 1.0
     rows = [[_bar(p.size / biggest) + fmt_size(p.size), fmt_error(p.rel_error, exact),
              fmt_count(p.count), fmt_percent(100 * p.share), f"{p.samples:,}",
              fmt_size(p.allocated),
+             escape(p.label) if by == "task" else
              f"{escape(p.label)} <span style='{_MUTED}'>{escape(p.kind)}, pid {p.pid}"
              f"{', ' + escape(p.address) if p.address else ''}</span>"]
-            for p in report.processes]
-    return (f"<div style='margin-top: 6px'>Per process ({len(report.processes)}): memory "
+            for p in shares]
+    title = "Per process" if by == "process" else "Per Dask task"
+    return (f"<div style='margin-top: 6px'>{title} ({len(shares)}): memory "
             f"still alive and all allocated.</div>"
-            + _table(["size", "±95%", "count", "share", "samples", "allocated", "process"],
-                     rows))
+            + _table(["size", "±95%", "count", "share", "samples", "allocated", by], rows))
 
 
 def render_report(report: Report, top: int | None = None,
@@ -257,6 +260,8 @@ def render_report(report: Report, top: int | None = None,
                     "filtered out.</div>")
     if report.processes:
         body.append(processes_html(report))
+    if report.tasks:
+        body.append(processes_html(report, by="task"))
     churn = report.churn(group_by, top)
     if churn:
         body.append(f"<div style='margin-top: 6px'>Most allocated, freed included (all "

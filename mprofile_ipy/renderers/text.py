@@ -99,18 +99,23 @@ def site_rows(sites: Sequence[Site], exact: bool, allocated: bool = False,
     return lines
 
 
-def process_rows(report: Report, columns: int | None = None) -> list[str]:
-    """The per-process table of a result that merges several processes."""
+def process_rows(report: Report, columns: int | None = None, *,
+                 by: str = "process") -> list[str]:
+    """The per-process (``by="process"``) or per-Dask-task (``"task"``) table of a result
+    whose samples carry that dimension."""
     columns = columns or width()
     exact = report.summary.exact
-    lines = [f"Per process ({len(report.processes)}), memory still alive and all allocated:",
+    rows = report.processes if by == "process" else report.tasks
+    title = "Per process" if by == "process" else "Per Dask task"
+    lines = [f"{title} ({len(rows)}), memory still alive and all allocated:",
              f"{'size':>10} {'±95%':>6} {'count':>10} {'share':>6} {'samples':>7} "
-             f"{'allocated':>10}  process"]
-    for p in report.processes:
+             f"{'allocated':>10}  {by}"]
+    for p in rows:
         prefix = (f"{fmt_size(p.size):>10} {fmt_error(p.rel_error, exact):>6} "
                   f"{fmt_count(p.count):>10} {fmt_percent(100 * p.share):>6} "
                   f"{p.samples:>7} {fmt_size(p.allocated):>10}  ")
-        lines.append(prefix + clip(f"{p.label} [{p.kind}]", columns - len(prefix)))
+        name = f"{p.label} [{p.kind}]" if by == "process" else p.label
+        lines.append(prefix + clip(name, columns - len(prefix)))
     return lines
 
 
@@ -167,6 +172,8 @@ def _report_body(report: Report, top: int | None, group_by: str | None) -> list[
                      "filtered out.")
     if report.processes:
         lines.extend(process_rows(report, columns))
+    if report.tasks:
+        lines.extend(process_rows(report, columns, by="task"))
     churn = report.churn(group_by, top)
     if churn:
         lines.append(f"Most allocated, freed included (all allocated: "
