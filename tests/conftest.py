@@ -38,16 +38,22 @@ def ip(ipython_shell):
 
 
 @pytest.fixture
-def no_session_left(ip):
-    """After the test: end any %mprofile session; fail if the sampler still runs."""
+def magics(ip):
+    """The extension's magics object; after the test, any %mprofile session is ended and
+    the test fails if the sampler still runs."""
     import mprofile_ipy
 
-    yield
-    magics = ip.magics_manager.registry.get("MProfileMagics")
-    if magics is not None:
-        magics.stop_session()
-        magics.session = None
+    found = ip.magics_manager.registry["MProfileMagics"]
+    yield found
+    found.stop_session()
+    found.session = None
     assert not mprofile_ipy.is_tracing(), "a test left the sampler running"
+
+
+@pytest.fixture
+def no_session_left(magics):
+    """For modules that only need the clean-up of :func:`magics`."""
+    return
 
 
 @pytest.fixture

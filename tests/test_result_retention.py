@@ -19,12 +19,8 @@ MiB = 2**20
 
 
 @pytest.fixture
-def magics(ip):
-    found = ip.magics_manager.registry["MProfileMagics"]
-    yield found
-    found.stop_session()
-    found.session = None
-    assert not mprofile_ipy.is_tracing()
+def magics(magics, ip):  # tests/conftest.py's, then the names these tests made
+    yield magics
     for name in ("keep", "scratch", "res"):
         ip.user_ns.pop(name, None)
 

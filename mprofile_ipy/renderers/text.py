@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from ..report import DiffReport, Report, Retention, Site, TimelinePoint
 from . import (
@@ -119,6 +120,20 @@ def process_rows(report: Report, columns: int | None = None, *,
     return lines
 
 
+def chain_lines(chains: Sequence[Any], indent: str = "  ") -> list[str]:
+    """Numbered reference chains, each with its other names and the command that frees
+    it (anything with ``text``, ``also_named`` and ``command``: the report's chains and
+    :class:`mprofile_ipy.retainers.Chain` alike)."""
+    lines = []
+    for i, chain in enumerate(chains, 1):
+        lines.append(f"{indent}{i}. {chain.text}")
+        if chain.also_named:
+            lines.append(f"{indent}   (also named {', '.join(chain.also_named)})")
+        if chain.command:
+            lines.append(f"{indent}   free it with: {chain.command}")
+    return lines
+
+
 def retention_lines(why: Retention, indent: str = "  ") -> list[str]:
     """What keeps a site alive, as ``%mprofile why`` prints it: per group of blocks, what
     they are, each chain and the command that frees it."""
@@ -126,12 +141,7 @@ def retention_lines(why: Retention, indent: str = "  ") -> list[str]:
     for group in why.groups:
         lines.append(f"{indent}{plural(group.blocks, 'block')}, {fmt_size(group.size)}: "
                      f"{group.description}")
-        for i, chain in enumerate(group.chains, 1):
-            lines.append(f"{indent}  {i}. {chain.text}")
-            if chain.also_named:
-                lines.append(f"{indent}     (also named {', '.join(chain.also_named)})")
-            if chain.command:
-                lines.append(f"{indent}     free it with: {chain.command}")
+        lines.extend(chain_lines(group.chains, indent + "  "))
         if len(group.commands) > 1:
             lines.append(f"{indent}  to free it, run all of: " + "; ".join(group.commands))
         if group.note:

@@ -47,6 +47,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..renderers.text import chain_lines
 from ._labels import Step, describe_object, label_path
 from ._layout import type_module, type_name
 from ._roots import (
@@ -754,12 +755,7 @@ def format_retainers(reports: Sequence[RetainerReport]) -> str:
         count = f"{len(group)} block{'s' if len(group) > 1 else ''}"
         lines.append(f"{count}, {_size(total)} ({first.allocator}) at {first.site}: "
                      f"{description}")
-        for i, chain in enumerate(first.chains, 1):
-            lines.append(f"  {i}. {chain.text}")
-            if chain.also_named:
-                lines.append(f"     (also named {', '.join(chain.also_named)})")
-            if chain.command:
-                lines.append(f"     free it with: {chain.command}")
+        lines.extend(chain_lines(first.chains))
         if status != "reachable" or not first.chains:
             lines.append(f"  {first.note}")
         elif len(first.commands) > 1:
