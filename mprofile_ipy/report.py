@@ -343,6 +343,15 @@ class SiteList:
         return self.total - len(self.shown)
 
 
+def chain_text(root: str, steps: Sequence[str], target: str, root_kind: str) -> str:
+    """``Out[12] -> [3] -> DataFrame``: a chain with no step from a reference cycle or from
+    C is its root alone (the root already says what it is)."""
+    parts = [root, *steps]
+    if steps or root_kind not in ("unreachable_cycle", "held_from_c"):
+        parts.append(target)
+    return " -> ".join(parts)
+
+
 @dataclass(frozen=True)
 class RetentionChain:
     """One reference chain that keeps sampled blocks alive, as plain text.
@@ -366,10 +375,7 @@ class RetentionChain:
     def text(self) -> str:
         """``Out[12] -> [3] -> DataFrame`` (a chain with no step from a cycle or from C
         is its root alone)."""
-        parts = [self.root, *self.steps]
-        if self.steps or self.root_kind not in ("unreachable_cycle", "held_from_c"):
-            parts.append(self.target)
-        return " -> ".join(parts)
+        return chain_text(self.root, self.steps, self.target, self.root_kind)
 
 
 @dataclass(frozen=True)

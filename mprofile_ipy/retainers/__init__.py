@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..renderers.text import chain_lines
+from ..report import chain_text
 from ._labels import Step, describe_object, label_path
 from ._layout import type_module, type_name
 from ._roots import (
@@ -128,10 +129,8 @@ class Chain:
     @property
     def text(self) -> str:
         """``Out[12] -> list[3] -> DataFrame``."""
-        parts = [self.root_name, *(str(step) for step in self.steps)]
-        if self.steps or self.root_kind not in (UNREACHABLE_CYCLE, HELD_FROM_C):
-            parts.append(self.target_type)
-        return " -> ".join(parts)
+        return chain_text(self.root_name, [str(step) for step in self.steps],
+                          self.target_type, self.root_kind)
 
     def __str__(self) -> str:
         return self.text
