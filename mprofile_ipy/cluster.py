@@ -265,9 +265,15 @@ class WorkerCollection:
     lost: list[str] = field(default_factory=list)
 
     def notes(self) -> list[str]:
-        """One sentence per worker whose memory is not in the report."""
+        """One sentence per worker whose memory is not in the report, and one per reason
+        the workers' samples carry no task labels."""
         out = [f"worker {a}: not profiled ({why})" for a, why in sorted(self.failed.items())]
         out += [f"worker {a} left the cluster: its memory is not counted" for a in self.lost]
+        unlabelled = {str(snap.meta.get("task_labels"))[len("not recorded: "):]
+                      for _, snap in self.snapshots
+                      if str(snap.meta.get("task_labels", "")).startswith("not recorded: ")}
+        out += [f"Dask task labels not recorded ({why}): group by task shows no tasks"
+                for why in sorted(unlabelled)]
         return out
 
 

@@ -195,3 +195,21 @@ def test_each_task_prefix_share_of_the_merged_profile(client, tmp_path):
             assert by_task[prefix] == pytest.approx(size, rel=0.10), by_task
         total = sum(by_task[p] for p in want)
         assert by_task["alpha"] / total == pytest.approx(2 / 3, rel=0.10)
+
+
+def test_notes_say_why_task_labels_are_missing():
+    class Snap:
+        def __init__(self, labels):
+            self.meta = {"task_labels": labels}
+
+    got = cluster.WorkerCollection(
+        snapshots=[("tcp://a", Snap("recorded")),
+                   ("tcp://b", Snap("not recorded: this sampler has no thread labels")),
+                   ("tcp://c", Snap("not recorded: this sampler has no thread labels"))],
+        failed={"tcp://d": "mprofile-ipy is not installed"}, lost=["tcp://e"])
+    assert got.notes() == [
+        "worker tcp://d: not profiled (mprofile-ipy is not installed)",
+        "worker tcp://e left the cluster: its memory is not counted",
+        "Dask task labels not recorded (this sampler has no thread labels): group by task "
+        "shows no tasks"]
+    assert cluster.WorkerCollection(snapshots=[("tcp://a", Snap("recorded"))]).notes() == []
