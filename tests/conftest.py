@@ -29,6 +29,33 @@ def ipython_shell():
     return shell()
 
 
+@pytest.fixture(scope="module")
+def ip(ipython_shell):
+    """The test shell with the extension loaded, for one test module (unloaded after)."""
+    ipython_shell.run_line_magic("load_ext", "mprofile_ipy")
+    yield ipython_shell
+    ipython_shell.run_line_magic("unload_ext", "mprofile_ipy")
+
+
+@pytest.fixture
+def magics(ip):
+    """The extension's magics object; after the test, any %mprofile session is ended and
+    the test fails if the sampler still runs."""
+    import mprofile_ipy
+
+    found = ip.magics_manager.registry["MProfileMagics"]
+    yield found
+    found.stop_session()
+    found.session = None
+    assert not mprofile_ipy.is_tracing(), "a test left the sampler running"
+
+
+@pytest.fixture
+def no_session_left(magics):
+    """For modules that only need the clean-up of :func:`magics`."""
+    return
+
+
 @pytest.fixture
 def run_cell() -> Callable:
     """``run_cell(ip, source)`` runs a cell as the user would, with history, and returns

@@ -158,10 +158,17 @@ def test_processes_walkthrough_merges_the_pool_and_the_workers(processes_nb):
     shares = text_of(cell_starting(processes_nb, "for p in pool_res.processes"))
     allocated = [float(line.split("allocated")[1].split()[0])
                  for line in shares.splitlines() if " child " in line]
-    assert len(allocated) == 2 and abs(sum(allocated) - 8 * 8e6 / 2**20) < 0.1 * 64e6 / 2**20
+    # the arrays (near exact: 4 MB blocks are always sampled) plus what else the workers
+    # allocated (pickled tasks and results, NumPy's temporaries): seen +0.5 to +6.7 MiB
+    expected = 8 * 8e6 / 2**20
+    assert len(allocated) == 2 and 0.95 * expected < sum(allocated) < 1.2 * expected
     assert "steps = rng.standard_normal((500, 1000))" in shares
     dask = cell_starting(processes_nb, "%%mprofile --dask")
     html = next(o.data["text/html"] for o in dask.outputs if o.output_type == "display_data")
     assert "data-kind='profile'" in html and "worker tcp://" in html
     workers = text_of(cell_starting(processes_nb, "for p in dask_res.processes"))
     assert workers.count(" worker ") == 2
+    tasks = text_of(cell_starting(processes_nb, "from mprofile_ipy.processes import group_totals"))
+    assert "groupby" in tasks
+    back = text_of(cell_starting(processes_nb, "from mprofile_ipy import load_pprof"))
+    assert "worker tcp://" in back and "groupby" in back

@@ -14,22 +14,6 @@ from mprofile_ipy.result import ProfileResult
 MiB = 2**20
 
 
-@pytest.fixture(scope="module")
-def ip(ipython_shell):
-    ipython_shell.run_line_magic("load_ext", "mprofile_ipy")
-    yield ipython_shell
-    ipython_shell.run_line_magic("unload_ext", "mprofile_ipy")
-
-
-@pytest.fixture
-def magics(ip):
-    found = ip.magics_manager.registry["MProfileMagics"]
-    yield found
-    found.stop_session()
-    found.session = None
-    assert not mprofile_ipy.is_tracing()
-
-
 def test_why_names_user_roots_and_the_command_frees_them(ip, magics, run_cell):
     number, result, _ = run_cell(ip, "%%mprofile -v none -o res\n"
                                      "CACHE = {}\n"

@@ -14,8 +14,9 @@ import os
 import shutil
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-from ..report import DiffReport, Report, Site, TimelinePoint
+from ..report import DiffReport, Report, Retention, Site, TimelinePoint
 from . import (
     GROUP_WORDS,
     Z95,
@@ -31,7 +32,7 @@ from . import (
 )
 
 __all__ = ["MIN_WIDTH", "WIDTH", "diff_summary", "headline", "render_diff", "render_report",
-           "render_timeline", "report_summary", "site_rows", "width"]
+           "render_timeline", "report_summary", "retention_lines", "site_rows", "width"]
 
 #: Width of a report where the terminal's is unknown (notebooks, pipes), and the least used
 #: (a wrapped line reads better than a site cut to a few characters).
@@ -99,18 +100,67 @@ def site_rows(sites: Sequence[Site], exact: bool, allocated: bool = False,
     return lines
 
 
-def process_rows(report: Report, columns: int | None = None) -> list[str]:
-    """The per-process table of a result that merges several processes."""
+def process_rows(report: Report, columns: int | None = None, *,
+                 by: str = "process") -> list[str]:
+    """The per-process (``by="process"``) or per-Dask-task (``"task"``) table of a result
+    whose samples carry that dimension."""
     columns = columns or width()
     exact = report.summary.exact
-    lines = [f"Per process ({len(report.processes)}), memory still alive and all allocated:",
+    rows = report.processes if by == "process" else report.tasks
+    title = "Per process" if by == "process" else "Per Dask task"
+    lines = [f"{title} ({len(rows)}), memory still alive and all allocated:",
              f"{'size':>10} {'±95%':>6} {'count':>10} {'share':>6} {'samples':>7} "
-             f"{'allocated':>10}  process"]
-    for p in report.processes:
+             f"{'allocated':>10}  {by}"]
+    for p in rows:
         prefix = (f"{fmt_size(p.size):>10} {fmt_error(p.rel_error, exact):>6} "
                   f"{fmt_count(p.count):>10} {fmt_percent(100 * p.share):>6} "
                   f"{p.samples:>7} {fmt_size(p.allocated):>10}  ")
-        lines.append(prefix + clip(f"{p.label} [{p.kind}]", columns - len(prefix)))
+        name = f"{p.label} [{p.kind}]" if by == "process" else p.label
+        lines.append(prefix + clip(name, columns - len(prefix)))
+    return lines
+
+
+def chain_lines(chains: Sequence[Any], indent: str = "  ") -> list[str]:
+    """Numbered reference chains, each with its other names and the command that frees
+    it (anything with ``text``, ``also_named`` and ``command``: the report's chains and
+    :class:`mprofile_ipy.retainers.Chain` alike)."""
+    lines = []
+    for i, chain in enumerate(chains, 1):
+        lines.append(f"{indent}{i}. {chain.text}")
+        if chain.also_named:
+            lines.append(f"{indent}   (also named {', '.join(chain.also_named)})")
+        if chain.command:
+            lines.append(f"{indent}   free it with: {chain.command}")
+    return lines
+
+
+def retention_lines(why: Retention, indent: str = "  ") -> list[str]:
+    """What keeps a site alive, as ``%mprofile why`` prints it: per group of blocks, what
+    they are, each chain and the command that frees it."""
+    lines = []
+    for group in why.groups:
+        lines.append(f"{indent}{plural(group.blocks, 'block')}, {fmt_size(group.size)}: "
+                     f"{group.description}")
+        lines.extend(chain_lines(group.chains, indent + "  "))
+        if len(group.commands) > 1:
+            lines.append(f"{indent}  to free it, run all of: " + "; ".join(group.commands))
+        if group.note:
+            lines.append(f"{indent}  {group.note}")
+    if not why.groups:
+        lines.append(f"{indent}no sampled block of this site is alive")
+    return lines
+
+
+def _retention_section(report: Report, sites: Sequence[Site]) -> list[str]:
+    """The chains of the listed sites that were asked for (``--why``, ``retainers()``)."""
+    lines = []
+    for site in sites:
+        why = report.retention(site)
+        if why is not None:
+            if not lines:
+                lines.append(f"Why still alive ({why.when or 'sampled blocks'}):")
+            lines.append(f"  {site.title}")
+            lines.extend(retention_lines(why, "    "))
     return lines
 
 
@@ -125,11 +175,15 @@ def _report_body(report: Report, top: int | None, group_by: str | None) -> list[
         lines.extend(site_rows(listed.shown, s.exact, s.has_allocated, columns))
         if listed.rest:
             lines.append(f"  … {listed.rest} more sites: {fmt_size(listed.rest_size)}")
+        if report.has_retention:
+            lines.extend(_retention_section(report, listed.shown))
     elif s.live_samples:
         lines.append("No site to show: every sampled allocation still alive was hidden or "
                      "filtered out.")
     if report.processes:
         lines.extend(process_rows(report, columns))
+    if report.tasks:
+        lines.extend(process_rows(report, columns, by="task"))
     churn = report.churn(group_by, top)
     if churn:
         lines.append(f"Most allocated, freed included (all allocated: "

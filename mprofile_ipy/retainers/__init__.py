@@ -47,6 +47,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..renderers.text import chain_lines
+from ..report import chain_text
 from ._labels import Step, describe_object, label_path
 from ._layout import type_module, type_name
 from ._roots import (
@@ -127,10 +129,8 @@ class Chain:
     @property
     def text(self) -> str:
         """``Out[12] -> list[3] -> DataFrame``."""
-        parts = [self.root_name, *(str(step) for step in self.steps)]
-        if self.steps or self.root_kind not in (UNREACHABLE_CYCLE, HELD_FROM_C):
-            parts.append(self.target_type)
-        return " -> ".join(parts)
+        return chain_text(self.root_name, [str(step) for step in self.steps],
+                          self.target_type, self.root_kind)
 
     def __str__(self) -> str:
         return self.text
@@ -754,12 +754,7 @@ def format_retainers(reports: Sequence[RetainerReport]) -> str:
         count = f"{len(group)} block{'s' if len(group) > 1 else ''}"
         lines.append(f"{count}, {_size(total)} ({first.allocator}) at {first.site}: "
                      f"{description}")
-        for i, chain in enumerate(first.chains, 1):
-            lines.append(f"  {i}. {chain.text}")
-            if chain.also_named:
-                lines.append(f"     (also named {', '.join(chain.also_named)})")
-            if chain.command:
-                lines.append(f"     free it with: {chain.command}")
+        lines.extend(chain_lines(first.chains))
         if status != "reachable" or not first.chains:
             lines.append(f"  {first.note}")
         elif len(first.commands) > 1:
