@@ -215,6 +215,19 @@ def _stats() -> Any:
 # not the user's memory (tracemalloc leaves its own out as well), so that after
 # clear_traces() or stop() get_traced_memory() is (0, 0).
 
+def set_watermark(limit: float | None, fd: int = -1, *, call_main: bool = False) -> None:
+    """Once the estimated live bytes reach ``limit``: write 8 bytes (an eventfd increment)
+    to ``fd`` and, with ``call_main``, have the main thread call
+    ``mprofile_ipy.budget._on_watermark()`` at its next bytecode, as a signal handler
+    would run. ``None`` or 0 turns it off; each call re-arms it.
+
+    For the memory budget (:mod:`mprofile_ipy.budget`): the check rides on the sample
+    path, so a budget trips the moment traced memory crosses it instead of at the next
+    poll. The sample path needs no GIL and allocates nothing for it.
+    """
+    lib.mp_set_watermark(float(limit or 0), int(fd) if limit else -1, bool(call_main))
+
+
 def get_traced_memory() -> tuple[int, int]:
     """Estimated (current, peak) bytes of the allocations traced since start."""
     with paused():

@@ -32,6 +32,8 @@
  */
 #include "core.h"
 
+#include <unistd.h>
+
 #include <string.h>
 #include <time.h>
 
@@ -61,8 +63,62 @@ static const PyMemAllocatorDomain mp_domains[3] = {
     PYMEM_DOMAIN_RAW, PYMEM_DOMAIN_MEM, PYMEM_DOMAIN_OBJ};
 static const int mp_domain_allocator[3] = {MP_ALLOC_RAW, MP_ALLOC_MEM, MP_ALLOC_OBJ};
 
+/* The budget's watermark (mprofile_ipy/budget.py). When the estimated live bytes reach
+ * g_watermark, the record path (1) writes once to an eventfd, which wakes the watcher
+ * thread, and (2) schedules a pending call, which the main thread runs at its next
+ * bytecode boundary, the way a signal handler runs: mprofile_ipy.budget._on_watermark()
+ * checks the budget right there and stops the user's code before it allocates further,
+ * without waiting for the watcher to get the GIL. Memory that grows faster than any poll
+ * (calloc'ed blocks no page of which is touched yet) is stopped at the crossing.
+ * write() on an eventfd and Py_AddPendingCall neither allocate nor need the GIL. The
+ * three variables are protected by g_lock; the pending call is scheduled after it is
+ * released. */
+static double g_watermark;
+static int g_watermark_fd = -1;
+static int g_watermark_call;       /* schedule the pending call too */
+static int g_watermark_fired;
+
+void mp_set_watermark(double bytes, int fd, int call_main) {
+    mp_lock();
+    g_watermark = bytes;
+    g_watermark_fd = bytes > 0 ? fd : -1;
+    g_watermark_call = bytes > 0 && call_main;
+    g_watermark_fired = 0;
+    mp_unlock();
+}
+
+/* 1 when this record crossed the watermark and the main thread must be asked. */
+static inline int watermark_check_locked(void) {
+    if (g_watermark_fd < 0 || g_watermark_fired || g_counters.current_bytes < g_watermark)
+        return 0;
+    uint64_t one = 1;
+    g_watermark_fired = 1;
+    ssize_t rc = write(g_watermark_fd, &one, sizeof one);
+    (void)rc;   /* a full or closed eventfd: the watcher's poll still sees the crossing */
+    return g_watermark_call;
+}
+
+/* Runs in the main thread with the GIL held (a pending call). The budget decides; the
+ * only exception that may leave here is its MemoryBudgetExceeded (a MemoryError), which
+ * then lands in the user's code at this bytecode, as a KeyboardInterrupt from a signal
+ * handler does. Anything else is reported as unraisable and dropped. */
+static int watermark_pending(void *arg) {
+    (void)arg;
+    PyObject *mod = PyImport_ImportModule("mprofile_ipy.budget");
+    PyObject *res = mod != NULL ? PyObject_CallMethod(mod, "_on_watermark", NULL) : NULL;
+    Py_XDECREF(mod);
+    if (res != NULL) {
+        Py_DECREF(res);
+        return 0;
+    }
+    if (PyErr_ExceptionMatches(PyExc_MemoryError)) return -1;
+    PyErr_WriteUnraisable(NULL);
+    return 0;
+}
+
 void mp_record_alloc(void *ptr, size_t size, int allocator) {
     mp_live_t rec;
+    int call_main = 0;
     mp_enter();   /* our own bookkeeping is never sampled */
     rec.ptr = (uintptr_t)ptr;
     rec.size = (uint64_t)size;
@@ -83,8 +139,11 @@ void mp_record_alloc(void *ptr, size_t size, int allocator) {
         g_counters.alloc_bytes += est;
         g_counters.alloc_count += rec.weight;
         mp_tb_account_locked(rec.tb, rec.weight, rec.size);
+        call_main = watermark_check_locked();
     }
     mp_unlock();
+    if (call_main) (void)Py_AddPendingCall(watermark_pending, NULL);   /* full queue: the
+                                                                          watcher still runs */
     if (__builtin_expect(__atomic_load_n(&g_compact_wanted, __ATOMIC_RELAXED), 0))
         mp_intern_maybe_schedule_compact();
     mp_leave();

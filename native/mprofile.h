@@ -38,6 +38,10 @@ int mp_stop(void);
 int mp_clear(void);
 void mp_reset_peak(void);
 void mp_get_stats(mp_stats_t *out);
+/* The budget's watermark: when the estimated live bytes reach `bytes`, one 8-byte write to
+ * the eventfd `fd` and, if `call_main`, a pending call of mprofile_ipy.budget._on_watermark
+ * in the main thread (once per call; bytes <= 0 turns it off). */
+void mp_set_watermark(double bytes, int fd, int call_main);
 const char *mp_last_error(void);
 int mp_max_frames_limit(void);
 unsigned long mp_python_version_built(void);   /* PY_VERSION_HEX of the headers built against */
