@@ -171,8 +171,9 @@ def latency(runs: int, budget_mb: int = 200) -> None:
 
 
 def _untouched_run(budget_mb: int, sample_rate: int | None) -> tuple[int, float] | None:
-    """One loop of untouched 1 MB blocks under RSS + budget_mb: (blocks past the crossing
-    block, seconds from the crossing to the exception), or None if it never tripped."""
+    """One loop of untouched 1 MB blocks under RSS + budget_mb: (blocks allocated past the
+    one that crossed the budget, seconds from the end of the last block under the budget to
+    the exception), or None if it never tripped."""
     mp.start(**({} if sample_rate is None else {"sample_rate": sample_rate}))
     blocks: list = []
     stamps: list[float] = []
@@ -186,10 +187,15 @@ def _untouched_run(budget_mb: int, sample_rate: int | None) -> tuple[int, float]
         return None
     except MemoryError:
         t_exc = time.perf_counter()
-        crossing = -(-(limit - start) // 10**6)  # the block that takes traced past the budget
-        if len(stamps) < crossing:  # tripped on the estimate's jitter before the crossing
-            return len(stamps) - crossing, 0.0
-        return len(stamps) - crossing, t_exc - stamps[crossing - 1]
+        # the block that takes traced past the budget (1-based); the block being allocated
+        # when the exception came was allocated but not appended: it counts
+        crossing = -(-(limit - start) // 10**6)
+        allocated = len(stamps) + 1
+        # from the end of the last block under the budget (an upper bound: it includes
+        # allocating the crossing block); tripped before it (the estimate's jitter at the
+        # default rate): from the last block
+        before = stamps[min(crossing - 1, len(stamps)) - 1] if stamps else t_exc
+        return allocated - crossing, t_exc - before
     finally:
         blocks.clear()
         stamps.clear()

@@ -128,6 +128,9 @@ PENDING_EXPIRY = 1.0
 #: Seconds a trip handed over to the main thread's pending call waits before the watcher
 #: delivers it itself (see _Watcher.fire).
 HANDOVER_WAIT = 0.25
+#: Seconds after which the main thread's sample-path check is taken to have ended (its
+#: end was lost: a KeyboardInterrupt landed right there); it takes milliseconds.
+DECIDING_LIMIT = 2.0
 _UNLIMITED = 2**60  # cgroup v1 writes "no limit" as a huge page-rounded number
 
 
@@ -908,7 +911,8 @@ class _Watcher:
         self.handed_over = False
         self.handed_at = 0.0
         self.fired_at = 0.0
-        self.deciding = False  # the main thread runs the sample path's check
+        self.deciding = False  # the main thread runs the sample path's check ...
+        self.deciding_since = 0.0  # ... since then (a flag left by a lost exit expires)
         self.rearm_wanted = False  # a firing was read: set the watermark again
         self.last_trip_time = -math.inf  # time of the reading of the last trip queued
         self.deferred = 0  # sample-path crossings left to the watcher thread
@@ -944,6 +948,7 @@ class _Watcher:
             self.stop()
 
     def start(self) -> None:
+        global _pending
         with self.lock:
             if self.thread is not None and self.thread.is_alive():
                 return
@@ -955,6 +960,8 @@ class _Watcher:
                     self.armed = None  # whatever the sampler holds, arm afresh
                 with _pending_lock:  # no firing of an earlier watch is still due
                     self.decided_total = self.fired_total
+                    if self.handed_over:  # a trip of the earlier watch: forget it
+                        _pending = None
                     self.handed_over = self.deciding = False
                 with contextlib.suppress(Exception):  # where memory stood when watching began
                     self.note(self.probe.read(self.margin, True))
@@ -1052,17 +1059,17 @@ class _Watcher:
         HANDOVER_WAIT at most: the call may have been lost), or it runs. An interrupt queued
         now would land in the check, in this module, where a library's ``except
         MemoryError`` (``linecache`` has one) could even swallow it."""
-        if self.deciding:
+        now = time.monotonic()
+        if self.deciding and now - self.deciding_since < DECIDING_LIMIT:
             return True
-        return (self.fired_total > self.decided_total
-                and time.monotonic() - self.fired_at < HANDOVER_WAIT)
+        return self.fired_total > self.decided_total and now - self.fired_at < HANDOVER_WAIT
 
     def begin_decision(self) -> bool:
         """The main thread's pending call begins: count it; True when the watcher handed
         it a trip to raise."""
         with _pending_lock:
             self.decided_total += 1
-            self.deciding = True
+            self.deciding, self.deciding_since = True, time.monotonic()
             handed, self.handed_over = self.handed_over, False
             return handed and _pending is not None
 
@@ -1083,7 +1090,8 @@ class _Watcher:
         if not self.handed_over or time.monotonic() - self.handed_at < HANDOVER_WAIT:
             return
         with self.lock, _pending_lock:
-            if not self.handed_over or self.deciding:
+            if (not self.handed_over or self.deciding
+                    and time.monotonic() - self.deciding_since < DECIDING_LIMIT):
                 return  # the check runs: it takes the trip as it ends
             self.handed_over = False
             if _pending is None:
@@ -1282,6 +1290,11 @@ class _Watcher:
                 # The watcher and the main thread (the sample path) both check: a trip seen
                 # in a reading older than one that already tripped is that same crossing.
                 return False
+            # the settings changed during the check (the block whose budget it was ended)
+            if kind == "budget" and self.limit() != limit:
+                return False
+            if kind != "budget" and not self.safety_net:
+                return False
             with _pending_lock:
                 if _pending is not None and detected - _pending.detected_at < PENDING_EXPIRY:
                     return False
@@ -1341,8 +1354,9 @@ def _watermark_decision(frame: Any) -> Callable[[], Any]:
     bookkeeping never adds samples) and never an error of its own."""
     watcher = _watcher
     try:
-        handed = watcher.begin_decision()
+        handed = False
         try:
+            handed = watcher.begin_decision()
             if handed or watcher.thread is None:
                 action: Callable[[], Any] = _no_trip
             else:
@@ -1522,13 +1536,14 @@ def budget(limit: int | str) -> Iterator[None]:
         yield
     finally:
         with sampler.paused():
-            _withdraw_pending()
             with w.lock:
                 try:
                     w.block_limits.remove(value)
                 except ValueError:
                     pass
                 w.rearm.clear()
+            # after the limit is gone: a check under way no longer queues this block's trip
+            _withdraw_pending()
             w.update()
 
 
