@@ -243,23 +243,32 @@ class Traceback(Sequence):
         return lines
 
 
-def source_line(filename: str, lineno: int) -> str:
-    """Line ``lineno`` of ``filename`` (stripped), or "" when unknown.
-
-    Reads :mod:`linecache` (which knows IPython cells) but never opens anything other than
-    a regular file: a snapshot from elsewhere may name ``/dev/zero`` or a FIFO, which
-    ``linecache`` would read forever or block on.
-    """
-    if filename not in linecache.cache:
-        try:
-            if not stat.S_ISREG(os.stat(filename).st_mode):
-                return ""
-        except ValueError:  # NUL in the name
-            return ""
-        except OSError:  # missing: linecache may still find it (module globals, sys.path)
-            pass
+def _may_read(filename: str) -> bool:
+    """Whether :mod:`linecache` may look ``filename`` up: it knows IPython cells, but must
+    never open anything other than a regular file (a snapshot from elsewhere may name
+    ``/dev/zero`` or a FIFO, which ``linecache`` would read forever or block on)."""
+    if filename in linecache.cache:
+        return True
     try:
-        return linecache.getline(filename, lineno).strip()
+        return stat.S_ISREG(os.stat(filename).st_mode)
+    except ValueError:  # NUL in the name
+        return False
+    except OSError:  # missing: linecache may still find it (module globals, sys.path)
+        return True
+
+
+def source_lines(filename: str) -> list[str]:
+    """The lines of ``filename`` (``[]`` when unknown); see :func:`_may_read`."""
+    try:
+        return linecache.getlines(filename) if _may_read(filename) else []
+    except (ValueError, OSError):
+        return []
+
+
+def source_line(filename: str, lineno: int) -> str:
+    """Line ``lineno`` of ``filename`` (stripped), or "" when unknown; see :func:`_may_read`."""
+    try:
+        return linecache.getline(filename, lineno).strip() if _may_read(filename) else ""
     except (ValueError, OSError):
         return ""
 

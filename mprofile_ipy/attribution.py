@@ -15,16 +15,16 @@ is registered with ``register_code`` and needs no guessing.
 
 from __future__ import annotations
 
-import linecache
 import os
 import re
-import stat
 import sys
 import sysconfig
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+
+from .aggregate import source_lines
 
 __all__ = [
     "CellInfo",
@@ -49,24 +49,6 @@ _CODE_NAME_RE = re.compile(r"^In\s*\[(\d+)\]$")
 def cell_label(number: int | None, fallback: str = "?") -> str:
     """The label a cell has in the notebook's prompt: ``In [12]`` (``In [?]`` if unknown)."""
     return f"In [{number if number is not None else fallback}]"
-
-
-def _source_lines(filename: str) -> list[str]:
-    """The lines of ``filename`` from :mod:`linecache` (which knows IPython cells), but
-    never by opening anything other than a regular file: a snapshot from elsewhere may name
-    ``/dev/zero`` or a FIFO, which would be read forever or block."""
-    if filename not in linecache.cache:
-        try:
-            if not stat.S_ISREG(os.stat(filename).st_mode):
-                return []
-        except ValueError:  # a NUL in the name
-            return []
-        except OSError:  # missing: linecache may still find it (module loaders, sys.path)
-            pass
-    try:
-        return linecache.getlines(filename)
-    except (ValueError, OSError):
-        return []
 
 
 @dataclass(frozen=True)
@@ -356,7 +338,7 @@ class Attributor:
                 return CellInfo(None, f"Cell {_IPYKERNEL_RE.search(filename).group(2)}")
             else:
                 return None
-        code_lines = _source_lines(filename)
+        code_lines = source_lines(filename)
         raw = self._raw_cell(number, code_lines)
         offset = 0
         lines: tuple[str, ...] | None = None
@@ -402,7 +384,7 @@ class Attributor:
             file = self._files.get(filename)
             if file is None:
                 file = self._files[filename] = (short_path(filename), is_internal(filename),
-                                                is_stdlib(filename), _source_lines(filename))
+                                                is_stdlib(filename), source_lines(filename))
             short, internal, stdlib, lines = file
             source = lines[lineno - 1].strip() if 0 < lineno <= len(lines) else ""
             return Location(filename, lineno, short, lineno, source, None, internal, False,
@@ -412,7 +394,7 @@ class Attributor:
         if info.lines is not None and 0 < line <= len(info.lines):
             source = info.lines[line - 1].strip()
         elif lineno > 0:
-            lines_ = _source_lines(filename)
+            lines_ = source_lines(filename)
             source = lines_[lineno - 1].strip() if lineno <= len(lines_) else ""
         return Location(filename, lineno, info.label, line, source, info.number, False, True)
 

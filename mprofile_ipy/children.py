@@ -18,6 +18,14 @@ How a child is reached (the contract of this module):
   does nothing but read ``os.environ`` (it is inert outside a session). Where that directory
   is read-only, ``multiprocessing``'s spawn command line is patched instead (loky and plain
   ``subprocess`` children are then not followed; :attr:`ChildSession.startup_hook` says which).
+- **The hook's lifetime.** The line is removed when the last session that needed it ends,
+  in this process and in every other process of the same environment (two kernels may
+  follow children at once): each process with an open session leaves a marker named by its
+  pid in a per-environment folder under the temporary directory, and the last one to close
+  (or to exit: an ``atexit`` handler) deletes the line, under a file lock so that a session
+  opening meanwhile keeps it. Markers of dead processes (a kernel killed with SIGKILL) are
+  ignored and swept. A child that is starting while the line goes away is not harmed:
+  ``site`` skips a ``.pth`` file that vanished, and the session is over for it anyway.
 - **Delivery.** Each child writes ``<dir>/<pid>.json`` (who it is) when it starts and
   ``<dir>/<pid>.snap`` (a snapshot in the package's safe file format, written atomically)
   when it exits: at interpreter exit (``atexit``) and, for ``multiprocessing`` children
@@ -38,6 +46,8 @@ from __future__ import annotations
 import atexit
 import contextlib
 import errno
+import hashlib
+import io
 import json
 import os
 import shutil
@@ -52,7 +62,7 @@ from typing import Any
 
 from . import sampler
 from .errors import MprofileError, SnapshotFormatError
-from .storage import load_snapshot, save_snapshot
+from .storage import load_snapshot, save_snapshot, write_atomically
 
 __all__ = [
     "ENV_VAR",
@@ -151,13 +161,6 @@ def _describe_self() -> ChildProcess:
                         start_method=_child.start_method, argv=tuple(sys.argv[:4]))
 
 
-def _write_atomic(path: str, write: Any) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as fh:
-        write(fh)
-    os.replace(tmp, path)
-
-
 def _announce() -> None:
     directory = _child.directory
     if directory is None:
@@ -166,8 +169,7 @@ def _announce() -> None:
     doc = {"pid": info.pid, "ppid": info.ppid, "name": info.name,
            "start_method": info.start_method, "argv": list(info.argv)}
     with sampler.paused():
-        _write_atomic(os.path.join(directory, f"{info.pid}.json"),
-                      lambda fh: fh.write(json.dumps(doc).encode()))
+        write_atomically(os.path.join(directory, f"{info.pid}.json"), json.dumps(doc).encode())
 
 
 def _deliver(final: bool) -> None:
@@ -184,8 +186,9 @@ def _deliver(final: bool) -> None:
             info = _describe_self()
             snap.meta["process"] = {"pid": info.pid, "ppid": info.ppid, "name": info.name,
                                     "start_method": info.start_method, "final": final}
-            _write_atomic(os.path.join(directory, f"{info.pid}.snap"),
-                          lambda fh: save_snapshot(snap, fh))
+            buffer = io.BytesIO()
+            save_snapshot(snap, buffer)
+            write_atomically(os.path.join(directory, f"{info.pid}.snap"), buffer.getbuffer())
         if final:
             _child.delivered_final = True
 
@@ -336,19 +339,124 @@ def _ensure_startup_hook() -> str | None:
     except OSError:
         pass
     try:
-        _write_atomic(path, lambda fh: fh.write(_PTH_LINE.encode()))
+        write_atomically(path, _PTH_LINE.encode())
     except OSError:
         return None
     return path
 
 
 def remove_startup_hook() -> bool:
-    """Delete the start-up line this module puts in site-packages; True if there was one."""
+    """Delete the start-up line this module puts in site-packages; True if there was one.
+
+    Sessions remove it themselves when the last one ends (see the module doc); this is for
+    a line left by a process that was killed while a session was open."""
     try:
         os.unlink(os.path.join(_purelib(), PTH_NAME))
     except FileNotFoundError:
         return False
     return True
+
+
+class _HookUsers:
+    """Who needs the start-up line: the sessions open in this process (a count) and, across
+    processes of this environment, one marker file per process with an open session."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.owner_pid = 0  # the process whose count this is (a forked child has a copy)
+        self.lock = threading.Lock()
+        self.atexit_registered = False
+
+
+_hook_users = _HookUsers()
+
+
+def _registry() -> str:
+    """The folder of markers of this environment's processes that need the start-up line."""
+    digest = hashlib.sha256(_purelib().encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    return os.path.join(tempfile.gettempdir(), f"mprofile-ipy-hook-{uid}-{digest}")
+
+
+@contextlib.contextmanager
+def _registry_locked() -> Any:
+    """The registry folder, locked against other processes (``flock``; best effort where
+    there is none). Yields None when the folder cannot be made."""
+    folder = _registry()
+    try:
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        fd = os.open(os.path.join(folder, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        yield None
+        return
+    try:
+        try:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except (ImportError, OSError):
+            pass
+        yield folder
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _acquire_startup_hook() -> str | None:
+    """A session opens: mark this process as needing the line and put it in place."""
+    with _hook_users.lock, _registry_locked() as folder:
+        path = _ensure_startup_hook()
+        if path is None:
+            return None
+        if _hook_users.owner_pid != os.getpid():  # first session here (or a forked copy)
+            _hook_users.count = 0
+            _hook_users.owner_pid = os.getpid()
+        _hook_users.count += 1
+        if folder is not None:
+            with contextlib.suppress(OSError):
+                write_atomically(os.path.join(folder, str(os.getpid())), b"")
+        if not _hook_users.atexit_registered:
+            atexit.register(_release_at_exit)
+            _hook_users.atexit_registered = True
+        return path
+
+
+def _release_startup_hook(everything: bool = False) -> bool:
+    """A session that put the line in place ends (``everything``: the interpreter exits).
+    When no session of any live process of this environment needs the line any more, it
+    is deleted. Returns True if it was. A forked child that inherited the parent's count
+    releases nothing: the sessions are its parent's."""
+    with _hook_users.lock:
+        if _hook_users.owner_pid != os.getpid() or _hook_users.count <= 0:
+            return False
+        _hook_users.count = 0 if everything else _hook_users.count - 1
+        if _hook_users.count:
+            return False
+        with _registry_locked() as folder:
+            if folder is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(folder, str(os.getpid())))
+                if _other_users(folder):
+                    return False
+            return remove_startup_hook()
+
+
+def _other_users(folder: str) -> bool:
+    """Whether a live process still has a marker; markers of dead processes are swept."""
+    alive = False
+    for entry in os.listdir(folder):
+        if not entry.isdigit():
+            continue
+        if _pid_alive(int(entry)):
+            alive = True
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(folder, entry))
+    return alive
+
+
+def _release_at_exit() -> None:
+    with contextlib.suppress(Exception):  # never fail an interpreter's exit
+        _release_startup_hook(everything=True)
 
 
 def _patch_spawn_command_line() -> Any:
@@ -399,7 +507,7 @@ class ChildSession:
         self._own_directory = directory is None
         self._previous_env = os.environ.get(ENV_VAR)
         self._spawn_original: Any = None
-        self.startup_hook = _ensure_startup_hook()
+        self.startup_hook = _acquire_startup_hook()
         if self.startup_hook is None:
             self._spawn_original = _patch_spawn_command_line()
         os.environ[ENV_VAR] = json.dumps({
@@ -508,6 +616,8 @@ class ChildSession:
             import multiprocessing.spawn as mp_spawn
 
             mp_spawn.get_command_line = self._spawn_original
+        if self.startup_hook is not None:
+            _release_startup_hook()
         if self._own_directory:
             shutil.rmtree(self.directory, ignore_errors=True)
 

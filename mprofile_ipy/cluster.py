@@ -17,14 +17,33 @@ carry ``meta["process"]`` = ``{"worker": address, "pid": ..., "name": ...}``. Co
 from notebook cells keeps its ``co_filename`` through cloudpickle, so the parent's
 attribution still shows ``In [N], line k``.
 
+**Task labels.** While the plugin is set up, every task a worker runs in its thread pool
+labels the thread that runs it with the task's key prefix (``('read_parquet-<hash>', 3)``
+-> ``read_parquet``): the sampler records the thread's label with each allocation
+(``sampler.set_thread_label``), so samples can be grouped by task
+(``Snapshot.split("task")``, pprof's ``task`` label). Worker plugin transition hooks run
+in the worker's event-loop thread, not in the thread that runs the task, so the label is
+set by a wrapper around the function that ``distributed`` calls *in the executing thread*
+(``distributed.worker._run_task_simple``; ``apply_function_simple`` in older versions),
+from the key that ``distributed`` has just put in that thread's ``thread_state``; it is
+reset to the previous label when the task ends, even when it fails. Label ids are this
+worker's (1, 2, ... in order of first use); each snapshot ships the table id -> prefix in
+``meta["labels"]`` and :func:`mprofile_ipy.processes.merge` renumbers them across workers.
+Tasks that run on the event loop (``async`` tasks) are not labelled: many share the thread.
+A sampler without thread labels leaves the samples unlabelled and says so in
+``meta["task_labels"]``.
+
 ``distributed`` is optional: it is imported only here, when the user asks for Dask.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import os
+import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +65,139 @@ except ImportError:  # the module still imports; profile_workers() says what is 
     HAVE_DISTRIBUTED = False
 
 
+# ---------------------------------------------------------------------------------------------
+# Task labels (worker side)
+
+
+class _TaskLabels:
+    """This worker process's task prefixes and the hook that labels executing threads."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.ids: dict[str, int] = {}  # task prefix -> label id (1, 2, ...)
+        self.current: dict[int, int] = {}  # thread ident -> its label while a task runs
+        self.users = 0  # plugins set up in this process that want the hook
+        self.patched: tuple[Any, str, Callable] | None = None  # (module, name, original)
+        self.local = threading.local()
+        self.error = ""  # why setting a label failed, if it ever did
+
+    def label_for(self, key: Any) -> int:
+        prefix = _key_prefix(key)
+        with self.lock:
+            label = self.ids.get(prefix)
+            if label is None:
+                label = self.ids[prefix] = len(self.ids) + 1
+            return label
+
+    def table(self) -> dict[str, str]:
+        with self.lock:
+            return {str(label): prefix for prefix, label in self.ids.items()}
+
+
+_labels = _TaskLabels()
+
+
+def _key_prefix(key: Any) -> str:
+    """A Dask key's prefix, as the dashboard groups tasks: ``('read_parquet-ab12', 3)`` and
+    ``'read_parquet-ab12'`` -> ``read_parquet``."""
+    from dask.utils import key_split
+
+    try:
+        return str(key_split(key))
+    except Exception:  # noqa: BLE001 - an odd key type is still some task
+        return str(key)
+
+
+def _set_thread_label(label: int) -> None:
+    """Label the calling thread for the sampler (and remember it, for tests and views)."""
+    ident = threading.get_ident()
+    if label:
+        _labels.current[ident] = label
+    else:
+        _labels.current.pop(ident, None)
+    setter = getattr(sampler, "set_thread_label", None)
+    if setter is not None:
+        try:
+            setter(label)
+        except Exception as exc:  # noqa: BLE001 - a label must never fail the user's task
+            _labels.error = f"{type(exc).__name__}: {exc}"
+
+
+def labels_supported() -> bool:
+    """Whether this sampler records thread labels with its samples."""
+    return hasattr(sampler, "set_thread_label")
+
+
+def _labelled(run: Callable) -> Callable:
+    """Wrap distributed's function that runs a task in the executing thread: label the
+    thread with the task's prefix before, restore the previous label after."""
+
+    @functools.wraps(run)
+    def run_labelled(*args: Any, **kwargs: Any) -> Any:
+        from distributed.worker import thread_state
+
+        key = getattr(thread_state, "key", None)
+        if key is None or not _labels.users:
+            return run(*args, **kwargs)
+        previous = getattr(_labels.local, "label", 0)
+        label = _labels.label_for(key)
+        _labels.local.label = label
+        _set_thread_label(label)
+        try:
+            return run(*args, **kwargs)
+        finally:
+            _labels.local.label = previous
+            _set_thread_label(previous)
+
+    run_labelled.__mprofile_original__ = run  # type: ignore[attr-defined]
+    return run_labelled
+
+
+# distributed's functions that run a task in the executing thread, newest first. Each is
+# called by module-global name from inside ``set_thread_state(key=...)``.
+_TASK_RUNNERS = ("_run_task_simple", "apply_function_simple")
+
+
+def _install_task_hook() -> bool:
+    """Install the labelling wrapper (counted: one per plugin set up). False when this
+    version of distributed has none of the known runners (tasks stay unlabelled)."""
+    import distributed.worker as worker_module
+
+    with _labels.lock:
+        _labels.users += 1
+        if _labels.patched is not None:
+            return True
+        for name in _TASK_RUNNERS:
+            original = getattr(worker_module, name, None)
+            if callable(original):
+                setattr(worker_module, name, _labelled(original))
+                _labels.patched = (worker_module, name, original)
+                return True
+        return False
+
+
+def _remove_task_hook() -> None:
+    """Undo one :func:`_install_task_hook`; the last one puts distributed's function back."""
+    with _labels.lock:
+        _labels.users = max(0, _labels.users - 1)
+        if _labels.users or _labels.patched is None:
+            return
+        module, name, original = _labels.patched
+        if getattr(getattr(module, name, None), "__mprofile_original__", None) is original:
+            setattr(module, name, original)
+        _labels.patched = None
+
+
+def _task_label_state() -> dict[str, Any]:
+    """Runs on a worker: its label table and the threads labelled right now (tests)."""
+    return {"labels": _labels.table(), "current": dict(_labels.current),
+            "hooked": _labels.patched is not None, "supported": labels_supported()}
+
+
+# ---------------------------------------------------------------------------------------------
+# The plugin
+
+
 class MprofileWorkerPlugin(_WorkerPluginBase):  # type: ignore[misc, valid-type]
     """Starts the sampler when a worker takes the plugin; stops it at teardown.
 
@@ -58,8 +210,11 @@ class MprofileWorkerPlugin(_WorkerPluginBase):  # type: ignore[misc, valid-type]
     def __init__(self, settings: dict[str, Any]) -> None:
         self.settings = dict(settings)
         self.started_here = False
+        self.hooked: bool | None = None  # whether setup() installed the task-label hook
 
     def setup(self, worker: Any) -> None:
+        if self.hooked is None:
+            self.hooked = _install_task_hook()  # labels tasks even in a shared sampler
         if sampler.is_tracing():
             return  # someone profiles this worker already: share it, stop nothing
         sampler.start(self.settings["max_frames"], self.settings["sample_rate"],
@@ -67,6 +222,9 @@ class MprofileWorkerPlugin(_WorkerPluginBase):  # type: ignore[misc, valid-type]
         self.started_here = True
 
     def teardown(self, worker: Any) -> None:
+        if self.hooked is not None:
+            _remove_task_hook()
+            self.hooked = None
         if self.started_here and sampler.is_tracing():
             sampler.stop()
         self.started_here = False
@@ -87,6 +245,12 @@ def _worker_snapshot(dask_worker: Any = None) -> bytes:
         address = getattr(dask_worker, "address", "")
         snap.meta["process"] = {"worker": address, "pid": os.getpid(),
                                 "name": getattr(dask_worker, "name", address)}
+        snap.meta["labels"] = _labels.table()
+        snap.meta["task_labels"] = (
+            f"not recorded: {_labels.error}" if _labels.error
+            else "not recorded: this sampler has no thread labels" if not labels_supported()
+            else "recorded" if _labels.patched is not None
+            else "not recorded: this version of distributed runs tasks another way")
         buffer = io.BytesIO()
         save_snapshot(snap, buffer)
     return buffer.getvalue()

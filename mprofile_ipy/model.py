@@ -10,10 +10,20 @@ sampler, IPython, pandas or numpy.
 Invariants (the frame order, units and estimate rules are in :mod:`mprofile_ipy.aggregate`):
 
 - A raw trace given to ``Snapshot`` is ``(domain, size, frames, total_nframe[, allocator[,
-  thread_id]])``; it is normalised once, when the snapshot is built, to the 6-tuple
-  ``(domain, size, frames, total_nframe, allocator, thread_id)`` (``allocator`` MEM and
-  ``thread_id`` 0 when absent): ``Snapshot.raw_traces`` and every consumer read that one
-  shape. ``snapshot.traces`` keeps the tuples as given (tracemalloc equality).
+  thread_id[, label[, process]]]])``; it is normalised once, when the snapshot is built, to
+  the 6-tuple ``(domain, size, frames, total_nframe, allocator, thread_id)`` (``allocator``
+  MEM and ``thread_id`` 0 when absent), or, when any trace carries a label or a process, to
+  the 8-tuple ``(..., thread_id, label, process)`` (0 when absent): ``Snapshot.raw_traces``
+  and every consumer read that one shape (fields 0 to 5 are where they always are).
+  ``snapshot.traces`` keeps the tuples as given (tracemalloc equality).
+- ``label`` is the thread label the sampler recorded with the allocation (0: none; a Dask
+  worker labels the thread that runs a task with its key prefix); ``meta["labels"]`` names
+  them (``{"1": "read_parquet"}``). ``process`` is an index into ``meta["processes"]`` (a
+  list of ``{"label", "kind", "pid", "address"}``, written by
+  :func:`mprofile_ipy.processes.merge`): which process of a merged snapshot allocated it.
+  Both are dimensions of the snapshot, not of a traceback: statistics merge them (as
+  tracemalloc would), :meth:`Snapshot.split` and :meth:`Snapshot.partition` separate them,
+  and files and pprof profiles keep them.
 - ``size`` is the real size in bytes of one *sampled* allocation, never scaled.
 - Raw ``frames`` are most recent first, as tracemalloc's; ``Traceback`` stores and iterates
   them oldest first. A raw frame is ``(filename, lineno[, name[, firstlineno]])``.
@@ -85,28 +95,46 @@ Frame.__module__ = Traceback.__module__ = __name__
 # Traces
 
 
-_PAD = {4: (int(Allocator.MEM), 0), 5: (0,), 6: ()}
+_PAD = {4: (int(Allocator.MEM), 0), 5: (0,), 6: (), 7: (0,), 8: ()}
+_WIDE_PAD = {4: (int(Allocator.MEM), 0, 0, 0), 5: (0, 0, 0), 6: (0, 0), 7: (0,), 8: ()}
+#: Index of the label and the process in a normalised 8-field raw trace.
+LABEL_FIELD, PROCESS_FIELD = 6, 7
 
 
 def _normalise(trace: tuple) -> tuple:
     """One raw trace as the 6-tuple ``(domain, size, frames, total_nframe, allocator,
-    thread_id)``; 4- and 5-tuples get allocator MEM and thread 0."""
-    return trace + _PAD[len(trace)] if len(trace) != 6 else trace
+    thread_id)``; 4- and 5-tuples get allocator MEM and thread 0. A trace with a label (7
+    fields) becomes the 8-tuple with process 0."""
+    return trace + _PAD[len(trace)] if len(trace) not in (6, 8) else trace
+
+
+def _normalise_wide(trace: tuple) -> tuple:
+    """One raw trace as the 8-tuple ``(..., thread_id, label, process)``."""
+    return trace + _WIDE_PAD[len(trace)] if len(trace) != 8 else trace
 
 
 def _check_traces(raw: list) -> set[int]:
     """The lengths of the raw traces; ``TypeError`` unless every item is a raw trace tuple
-    of 4 to 6 fields."""
+    of 4 to 8 fields."""
     lengths: set[int] = set()
     if all(issubclass(t, tuple) for t in set(map(type, raw))):
         lengths = set(map(len, raw))
-        if lengths <= {4, 5, 6}:
+        if lengths <= {4, 5, 6, 7, 8}:
             return lengths
-    bad = next(t for t in raw if not isinstance(t, tuple) or not 4 <= len(t) <= 6)
+    bad = next(t for t in raw if not isinstance(t, tuple) or not 4 <= len(t) <= 8)
     raise TypeError(
         "traces must be raw trace tuples (domain, size, frames, total_nframe"
-        f"[, allocator[, thread_id]]), not {type(bad).__name__} {bad!r:.80}"
+        f"[, allocator[, thread_id[, label[, process]]]]), not {type(bad).__name__} "
+        f"{bad!r:.80}"
     )
+
+
+def _normalised_records(traces: list) -> list:
+    """The traces in their one normalised shape (the list itself when already there)."""
+    lengths = _check_traces(traces)
+    if not lengths or max(lengths) <= 6:
+        return traces if lengths <= {6} else list(map(_normalise, traces))
+    return traces if lengths == {8} else list(map(_normalise_wide, traces))
 
 
 class Trace:
@@ -152,6 +180,18 @@ class Trace:
         return self._trace[5]
 
     @property
+    def label(self) -> int:
+        """The thread label recorded with the allocation (0: none); the snapshot's
+        ``meta["labels"]`` names it (see :meth:`Snapshot.label_name`)."""
+        return self._trace[6] if len(self._trace) > 6 else 0
+
+    @property
+    def process(self) -> int:
+        """Which process of a merged snapshot made the allocation: an index into its
+        ``meta["processes"]`` (0 for a snapshot of one process)."""
+        return self._trace[7] if len(self._trace) > 7 else 0
+
+    @property
     def sample_rate(self) -> int:
         return self._sample_rate
 
@@ -169,7 +209,7 @@ class Trace:
 
     def _key(self) -> tuple:
         t = self._trace
-        return (t[0], t[1], frames_key(t[2]), t[3], t[4], t[5],
+        return (t[0], t[1], frames_key(t[2]), t[3], t[4], t[5], self.label, self.process,
                 self._sample_rate if self._sample_rate > 1 else 1)
 
     def __eq__(self, other: object) -> bool:
@@ -248,8 +288,7 @@ class _Traces(Sequence):
         self._traces = traces
         self._sample_rate = sample_rate
         if records is None:
-            lengths = _check_traces(traces)
-            records = traces if lengths <= {6} else list(map(_normalise, traces))
+            records = _normalised_records(traces)
         self._records = records
         self._counts = counts
 
@@ -577,13 +616,27 @@ def _make_keep(filters: list[BaseFilter]):
 # ---------------------------------------------------------------------------------------------
 # Snapshot
 
-_ALLOC_PAD = {4: (None, None, None), 5: (None, None), 6: (None,), 7: ()}
+_ALLOC_PAD = {4: (None, None, None), 5: (None, None), 6: (None,), 7: (), 8: (0,), 9: ()}
+_ALLOC_WIDE_PAD = {4: (None, None, None, 0, 0), 5: (None, None, 0, 0), 6: (None, 0, 0),
+                   7: (0, 0), 8: (0,), 9: ()}
 
 
 def _normalise_allocated(entry: tuple) -> tuple:
     """An allocation total as the 7-tuple ``(frames, total_nframe, count, size, samples,
-    size_variance, domain)``, None where the entry had no such field."""
-    return entry + _ALLOC_PAD[len(entry)] if len(entry) != 7 else entry
+    size_variance, domain)``, None where the entry had no such field (the 9-tuple with
+    ``label, process`` for an entry that has a label)."""
+    return entry + _ALLOC_PAD[len(entry)] if len(entry) not in (7, 9) else entry
+
+
+def _normalised_allocated(entries: tuple) -> tuple:
+    """Allocation totals in one shape: 7-tuples, or 9-tuples when any has a label."""
+    if any(len(entry) > 7 for entry in entries):
+        return tuple(entry + _ALLOC_WIDE_PAD[len(entry)] for entry in entries)
+    return tuple(map(_normalise_allocated, entries))
+
+
+def _field(record: tuple, index: int) -> int:
+    return record[index] if len(record) > index else 0
 
 
 class Snapshot:
@@ -593,7 +646,8 @@ class Snapshot:
     between samples (int or size string; ``<= 1`` means exact). ``allocated`` holds totals
     since start per traceback, freed allocations included: raw tuples
     ``(frames, total_nframe, count_estimate, size_estimate[, samples[, size_variance[,
-    domain]]])``; None when not tracked. ``meta`` is a JSON-able dict about the run.
+    domain[, label[, process]]]]])``; None when not tracked. ``meta`` is a JSON-able dict
+    about the run.
     ``counts`` (optional) says how many identical sampled allocations each raw trace stands
     for, a multiplicity kept as a number (a pprof sample of 20 million allocations is one
     trace, not a list of 20 million); ``len(traces)`` and ``samples`` count them all.
@@ -610,6 +664,10 @@ class Snapshot:
         counts: Iterable[int] | None = None,
     ) -> None:
         raw = list(traces)
+        if meta is not None and not isinstance(meta, dict):
+            raise TypeError(f"meta must be a dict or None, not {type(meta).__name__}")
+        if meta and ("trace_labels" in meta or "allocated_labels" in meta):
+            raw, allocated, meta = _fold_labels(raw, allocated, meta)
         rate = parse_size(sample_rate)
         self._sample_rate = rate
         self.traces = _Traces(raw, rate,
@@ -620,17 +678,17 @@ class Snapshot:
         if allocated is not None:
             allocated = tuple(allocated)
             for entry in allocated:
-                if not (isinstance(entry, tuple) and 4 <= len(entry) <= 7):
+                if not (isinstance(entry, tuple) and 4 <= len(entry) <= 9):
                     raise TypeError(
                         "allocated must hold tuples (frames, total_nframe, count_estimate, "
-                        f"size_estimate[, samples[, size_variance[, domain]]]), not {entry!r:.80}"
+                        "size_estimate[, samples[, size_variance[, domain[, label[, "
+                        f"process]]]]]), not {entry!r:.80}"
                     )
-            alloc_records = tuple(map(_normalise_allocated, allocated))
+            alloc_records = _normalised_allocated(allocated)
         self._allocated: tuple | None = allocated
         self._alloc_records: tuple | None = alloc_records
-        if meta is not None and not isinstance(meta, dict):
-            raise TypeError(f"meta must be a dict or None, not {type(meta).__name__}")
         self.meta: dict[str, Any] = dict(meta) if meta else {}
+        self._label_lists()
         self._records: list[aggregate.Record] | None = None  # aggregate.by_traceback's cache
         self._size_counts: dict | None = None  # aggregate.diff's cache
 
@@ -652,7 +710,7 @@ class Snapshot:
         if "_alloc_records" not in state:
             allocated = state.get("_allocated")
             state["_alloc_records"] = (None if allocated is None
-                                       else tuple(map(_normalise_allocated, allocated)))
+                                       else _normalised_allocated(allocated))
         self.__dict__.update(state)
         traces = self.traces
         if not hasattr(traces, "_records"):
@@ -702,7 +760,8 @@ class Snapshot:
     @property
     def allocated_records(self) -> tuple | None:
         """The allocation totals normalised to 7-tuples ``(frames, total_nframe, count,
-        size, samples, size_variance, domain)`` (None for a missing field), or None."""
+        size, samples, size_variance, domain)`` (None for a missing field; 9-tuples with
+        ``label, process`` when some entry has them), or None."""
         return self._alloc_records
 
     @property
@@ -724,6 +783,122 @@ class Snapshot:
         """One :class:`~mprofile_ipy.aggregate.Record` per distinct traceback (cached):
         what every statistic, view and export of this snapshot is computed from."""
         return aggregate.by_traceback(self)
+
+    # -- processes and labels -----------------------------------------------------------------
+
+    def _label_lists(self) -> None:
+        """Keep ``meta["trace_labels"]`` and ``meta["allocated_labels"]`` (the sampler's
+        documented hand-off: one label per raw trace, one per allocation total) as copies of
+        the traces' ``label`` fields, present only when some label is non-zero. Every
+        snapshot made from this one (filters, parts, merges, files) gets them from its own
+        traces, never a stale copy."""
+        records = self.traces._records
+        trace_labels = ([t[LABEL_FIELD] for t in records]
+                        if records and len(records[0]) > 6 else [])
+        alloc = self._alloc_records or ()
+        alloc_labels = [e[7] for e in alloc] if alloc and len(alloc[0]) > 7 else []
+        if any(trace_labels) or any(alloc_labels):
+            self.meta["trace_labels"] = trace_labels or [0] * len(records)
+            if self._alloc_records is not None:
+                self.meta["allocated_labels"] = alloc_labels or [0] * len(alloc)
+
+    @property
+    def labels(self) -> dict[int, str]:
+        """Names of the thread labels of this snapshot's traces (``meta["labels"]``; for a
+        Dask worker, task key prefixes), by label id. Label 0 means "no label"."""
+        table = self.meta.get("labels")
+        if not isinstance(table, dict):
+            return {}
+        return {int(k): v for k, v in table.items()
+                if isinstance(k, str) and k.isdigit() and isinstance(v, str)}
+
+    def label_name(self, label: int) -> str:
+        """The name of a label id: ``""`` for 0 (no label), ``"label N"`` when unnamed."""
+        if not label:
+            return ""
+        return self.labels.get(label) or f"label {label}"
+
+    @property
+    def processes(self) -> list[dict[str, Any]]:
+        """The processes a merged snapshot covers (``meta["processes"]``): one dict per
+        process index, with ``label``, ``kind``, ``pid`` and ``address``. ``[]`` for the
+        snapshot of one process."""
+        table = self.meta.get("processes")
+        return [dict(p) for p in table if isinstance(p, dict)] if isinstance(table, list) else []
+
+    def process_info(self, index: int) -> dict[str, Any]:
+        """The process of a process index (label, kind, pid, address), never failing:
+        an index the table lacks is ``{"label": "process N", ...}``."""
+        table = self.processes
+        info = table[index] if 0 <= index < len(table) else {}
+        return {"label": str(info.get("label") or f"process {index}"),
+                "kind": str(info.get("kind") or ""), "pid": int(info.get("pid") or 0),
+                "address": str(info.get("address") or "")}
+
+    @property
+    def has_dimensions(self) -> bool:
+        """True when some trace or allocation total carries a label or a process index."""
+        records = self.traces._records
+        if records and len(records[0]) > 6 and any(
+                t[LABEL_FIELD] or t[PROCESS_FIELD] for t in records):
+            return True
+        alloc = self._alloc_records
+        return bool(alloc) and len(alloc[0]) > 7 and any(e[7] or e[8] for e in alloc)
+
+    def partition(self, *fields: str) -> dict[tuple[int, ...], Snapshot]:
+        """This snapshot cut along ``fields`` (``"label"``, ``"process"``, or both): one
+        snapshot per distinct combination of ids, keyed by the tuple of ids, in order of
+        first appearance. Each part keeps the traces as given, their counts, its share of
+        the allocation totals and the meta, so every statistic of the parts adds up to the
+        whole's. Exporters that keep per-sample labels (pprof) and views that group by
+        process or task read this; it sums nothing."""
+        index = {"label": (LABEL_FIELD, 7), "process": (PROCESS_FIELD, 8)}
+        for name in fields:
+            if name not in index:
+                raise ValueError(f"cannot partition by {name!r}; use 'label' or 'process'")
+        trace_at = [index[f][0] for f in fields]
+        alloc_at = [index[f][1] for f in fields]
+        given, records, counts = self.traces._traces, self.traces._records, self.traces._counts
+        parts: dict[tuple[int, ...], tuple[list, list | None, list | None]] = {}
+        for i, record in enumerate(records):
+            key = tuple(_field(record, at) for at in trace_at)
+            part = parts.get(key)
+            if part is None:
+                part = parts[key] = ([], None if counts is None else [],
+                                     None if self._allocated is None else [])
+            part[0].append(given[i])
+            if counts is not None:
+                part[1].append(counts[i])  # type: ignore[union-attr]
+        if self._allocated is not None:
+            for entry, norm in zip(self._allocated, self._alloc_records, strict=True):
+                key = tuple(_field(norm, at) for at in alloc_at)
+                part = parts.get(key)
+                if part is None:
+                    part = parts[key] = ([], None if counts is None else [], [])
+                part[2].append(entry)  # type: ignore[union-attr]
+        if not parts:
+            parts[(0,) * len(fields)] = ([], None if counts is None else [],
+                                         None if self._allocated is None else [])
+        return {key: Snapshot(traces, self.traceback_limit, sample_rate=self._sample_rate,
+                              allocated=allocated, meta=_own_meta(self.meta),
+                              counts=part_counts or None)
+                for key, (traces, part_counts, allocated) in parts.items()}
+
+    def split(self, by: str) -> dict[str, Snapshot]:
+        """One snapshot per process (``by="process"``, keyed by the process's label) or per
+        task (``by="task"``: per thread label, keyed by its name, ``""`` for allocations
+        made outside any task), largest first by memory still alive."""
+        if by not in ("process", "task"):
+            raise ValueError(f"split by 'process' or 'task', not {by!r}")
+        field_name = "process" if by == "process" else "label"
+        named: dict[str, list[Snapshot]] = {}
+        for (key,), part in self.partition(field_name).items():
+            name = (self.process_info(key)["label"] if by == "process"
+                    else self.label_name(key))
+            named.setdefault(name, []).append(part)
+        out = {name: parts[0] if len(parts) == 1 else _concat(parts)
+               for name, parts in named.items()}
+        return dict(sorted(out.items(), key=lambda item: -item[1].total_size))
 
     # -- persistence and export ---------------------------------------------------------------
 
@@ -796,7 +971,7 @@ class Snapshot:
         else:
             raw = raw.copy()
         return Snapshot(raw, self.traceback_limit, sample_rate=self._sample_rate,
-                        allocated=allocated, meta=self.meta, counts=counts)
+                        allocated=allocated, meta=_own_meta(self.meta), counts=counts)
 
     # -- grouping -----------------------------------------------------------------------------
 
@@ -888,6 +1063,60 @@ class Snapshot:
 
 
 _KEY_TYPES = ("traceback", "filename", "lineno")
+
+
+def _fold_labels(raw: list[tuple], allocated: Iterable[tuple] | None, meta: dict
+                 ) -> tuple[list[tuple], tuple | None, dict]:
+    """The sampler's thread labels, handed over as lists parallel to the traces and the
+    allocation totals (``meta["trace_labels"]``, ``meta["allocated_labels"]``), put where
+    the model keeps them: each trace's and each total's ``label`` field. Traces that carry
+    their labels already make the lists mere copies (dropped; the snapshot writes its own)."""
+    meta = _own_meta(meta, derived=False)
+    trace_labels = meta.get("trace_labels")
+    alloc_labels = meta.get("allocated_labels")
+    if any(len(t) > 6 for t in raw) or (
+            allocated is not None and any(len(e) > 7 for e in allocated)):
+        return raw, allocated, _own_meta(meta, derived=True)
+    meta = _own_meta(meta, derived=True)
+    if trace_labels is not None:
+        if not isinstance(trace_labels, list) or len(trace_labels) != len(raw):
+            raise ValueError("meta['trace_labels'] must hold one label per trace "
+                             f"({len(raw)})")
+        raw = [(*_normalise(t)[:6], label) for t, label in zip(raw, trace_labels, strict=True)]
+    if allocated is not None:
+        allocated = tuple(allocated)
+        if alloc_labels is not None:
+            if not isinstance(alloc_labels, list) or len(alloc_labels) != len(allocated):
+                raise ValueError("meta['allocated_labels'] must hold one label per "
+                                 f"allocation total ({len(allocated)})")
+            allocated = tuple(
+                (*_normalise_allocated(e)[:7], label)
+                for e, label in zip(allocated, alloc_labels, strict=True))
+    return raw, allocated, meta
+
+
+_DERIVED_META = ("trace_labels", "allocated_labels")
+
+
+def _own_meta(meta: dict, derived: bool = True) -> dict:
+    """A copy of ``meta`` for another snapshot, without the label lists that describe only
+    this snapshot's own traces (see :meth:`Snapshot._label_lists`)."""
+    if not derived:
+        return dict(meta)
+    return {k: v for k, v in meta.items() if k not in _DERIVED_META}
+
+
+def _concat(parts: list[Snapshot]) -> Snapshot:
+    """Parts of one snapshot (same rate, limit and meta) put back together."""
+    first = parts[0]
+    traces = [t for p in parts for t in p.traces._traces]
+    counted = any(p.trace_counts is not None for p in parts)
+    counts = ([n for p in parts for n in (p.trace_counts or [1] * len(p.traces._traces))]
+              if counted else None)
+    allocated = (None if first.allocated is None
+                 else [e for p in parts for e in (p.allocated or ())])
+    return Snapshot(traces, first.traceback_limit, sample_rate=first.sample_rate,
+                    allocated=allocated, meta=_own_meta(first.meta), counts=counts)
 
 
 def _statistic_traceback(key: Any, key_type: str) -> Traceback:

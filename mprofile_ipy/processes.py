@@ -8,9 +8,14 @@ weight and the variances of independent processes add), plus the per-process par
 that a view can show each process's share. Sites match by frames across processes, so the
 same notebook line run in three workers is one site of the merged snapshot.
 
-The merged snapshot's ``meta["processes"]`` lists the parts (label, kind, pid, worker
-address) and ``meta["process_notes"]`` the processes whose part is missing (lost, failed),
-so a saved merged snapshot still says what it covers.
+Every trace and allocation total of the merged snapshot carries its process: the index of
+its part in ``meta["processes"]`` (label, kind, pid, worker address), the model's
+``process`` field. Thread labels (a Dask worker's task prefixes) are renumbered into one
+table, ``meta["labels"]``, so that ``read_parquet`` is one label whichever worker ran it.
+``meta["process_notes"]`` lists the processes whose part is missing (lost, failed). A saved
+merged snapshot (``Snapshot.dump``, ``to_pprof``) keeps all of it: it still says which
+process and which task allocated what, and ``Snapshot.split("process")`` or
+``split("task")`` (or :func:`group_totals`) give each one's part.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from . import aggregate
 from .errors import MprofileError
 from .model import Snapshot
 
-__all__ = ["MultiProcessProfile", "ProcessPart", "merge"]
+__all__ = ["GroupTotals", "MultiProcessProfile", "ProcessPart", "group_totals", "merge"]
 
 KINDS = ("kernel", "child", "worker")
 
@@ -97,10 +102,14 @@ def merge(parts: Iterable[ProcessPart], notes: Iterable[str] = ()) -> MultiProce
     counts: list[int] = []
     allocated: list[tuple] | None = []
     limit = 1
-    for part in parts:
+    label_ids: dict[str, int] = {}  # label name -> label id of the merged snapshot
+    for index, part in enumerate(parts):
         snap = part.snapshot
+        renumber = {old: label_ids.setdefault(snap.label_name(old), len(label_ids) + 1)
+                    for old in _label_ids(snap)}
         records = snap.trace_records
-        traces.extend(records)
+        traces.extend((*t[:6], renumber.get(t[6], 0) if len(t) > 6 else 0, index)
+                      for t in records)
         part_counts = snap.trace_counts
         counts.extend(part_counts if part_counts is not None else [1] * len(records))
         limit = max(limit, snap.traceback_limit)
@@ -108,10 +117,12 @@ def merge(parts: Iterable[ProcessPart], notes: Iterable[str] = ()) -> MultiProce
         if part_alloc is None or allocated is None:
             allocated = None
         else:
-            allocated.extend(part_alloc)
+            allocated.extend((*e[:7], renumber.get(e[7], 0) if len(e) > 7 else 0, index)
+                             for e in part_alloc)
     meta = {
         "processes": [{"label": p.label, "kind": p.kind, "pid": p.pid, "address": p.address}
                       for p in parts],
+        "labels": {str(i): name for name, i in label_ids.items()},
         "process_notes": list(notes),
     }
     kernel = next((p for p in parts if p.kind == "kernel"), None)
@@ -120,3 +131,38 @@ def merge(parts: Iterable[ProcessPart], notes: Iterable[str] = ()) -> MultiProce
     merged = Snapshot(traces, limit, sample_rate=rate, allocated=allocated, meta=meta,
                       counts=counts if any(c != 1 for c in counts) else None)
     return MultiProcessProfile(merged=merged, parts=parts, notes=tuple(notes))
+
+
+def _label_ids(snapshot: Snapshot) -> set[int]:
+    """The non-zero labels of a snapshot's traces and allocation totals."""
+    found = {t[6] for t in snapshot.trace_records if len(t) > 6 and t[6]}
+    found.update(e[7] for e in snapshot.allocated_records or () if len(e) > 7 and e[7])
+    return found
+
+
+@dataclass(frozen=True)
+class GroupTotals:
+    """One process's or one task's part of a snapshot: memory still alive and allocated
+    since start (``None`` without allocation totals), each with its variance."""
+
+    name: str
+    live: aggregate.Totals
+    allocated: aggregate.Totals | None
+    snapshot: Snapshot
+
+
+def group_totals(snapshot: Snapshot, by: str) -> list[GroupTotals]:
+    """Each process's (``by="process"``) or each task's (``by="task"``) totals in
+    ``snapshot``, largest first by memory alive; the name ``""`` collects the allocations
+    made outside any task. Works on any snapshot carrying the fields (a merged one, or
+    one loaded from a file or a pprof profile)."""
+    out = []
+    for name, part in snapshot.split(by).items():
+        records = aggregate.by_traceback(part)
+        exact = part.sample_rate <= 1
+        live = alloc = aggregate.zero(exact)
+        for record in records:
+            live = live + record.live
+            alloc = alloc + record.allocated
+        out.append(GroupTotals(name, live, alloc if part.allocated is not None else None, part))
+    return out

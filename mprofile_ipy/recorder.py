@@ -37,7 +37,7 @@ from . import budget as _budget
 from . import sampler
 from .attribution import Attributor, Location
 from .model import Snapshot
-from .storage import save_snapshot
+from .storage import save_snapshot, write_atomically
 
 __all__ = [
     "RECORD_FORMAT",
@@ -260,18 +260,7 @@ class FlightRecorder:
         snapshot.meta["record"] = record
         buffer = io.BytesIO()
         save_snapshot(snapshot, buffer)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as fp:
-                fp.write(buffer.getbuffer())
-            os.replace(tmp, self.path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        write_atomically(self.path, buffer.getbuffer(), mode=0o600)
 
     def _cells(self, snapshot: Snapshot, *locations: Location | None) -> dict[str, Any]:
         """What a later process needs to show this one's cells: for each notebook cell file

@@ -10,12 +10,9 @@ changes between two reports that the data supports (:class:`DiffReport`), the ca
 the flame chart and a session's timeline. Renderers (text, HTML, DataFrames, charts,
 widgets) only format these values; they never sum traces and never decide what to say.
 
-Frames: the frames a cell was called from (IPython, the kernel, the profiler's runner) are
-cut *by position*: the IPython layer records the stack that called the user's code
-(:class:`CallerStack`) and every traceback that passes through it is cut there. Without it
-(a snapshot from elsewhere) the first frame of user code starts the traceback. Frames of
-mprofile_ipy itself are never shown; a comprehension and the line that runs it are one frame
-(Python 3.11 and older give the comprehension a frame of its own on the same line).
+Frames: which frames of a traceback are the user's (the callers of a cell cut by
+position, the profiler's own frames never shown) is decided in
+:mod:`mprofile_ipy.report_frames` (:func:`visible_frames`), once per distinct traceback.
 
 Uncertainty: each sampled allocation of ``s`` bytes with weight ``w`` adds ``s*w`` bytes,
 ``w`` allocations, ``s*s*w*(w-1)`` to the variance of the bytes and ``w*(w-1)`` to the
@@ -26,14 +23,14 @@ from __future__ import annotations
 
 import fnmatch
 import math
-import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import aggregate
-from .attribution import Attributor, Location, is_profiler_file
+from .attribution import Attributor
+from .report_frames import CallerStack, FrameInfo, visible_frames
 from .units import format_size
 
 __all__ = [
@@ -47,6 +44,9 @@ __all__ = [
     "Note",
     "ProcessShare",
     "Report",
+    "RetainedBlocks",
+    "Retention",
+    "RetentionChain",
     "Site",
     "SiteDiff",
     "SiteList",
@@ -58,6 +58,7 @@ __all__ = [
     "diff_data",
     "normalize_group_by",
     "report_data",
+    "retention_data",
     "suggest_rate",
     "timeline_data",
     "visible_frames",
@@ -78,9 +79,6 @@ LINE_GROUPS = ("cell", "line", "traceback")
 #: Sites listed by all they allocated when much more was allocated than kept alive.
 CHURN_FACTOR = 1.5
 CHURN_TOP = 5
-_COMPREHENSIONS = ("<listcomp>", "<dictcomp>", "<setcomp>", "<genexpr>")
-#: A cell line that runs the profiler's magic (as typed).
-_MAGIC_LINE = re.compile(r"(?:^|[\s=(;])%%?mprofile\b")
 
 
 def normalize_group_by(group_by: str) -> str:
@@ -131,22 +129,6 @@ class ViewOptions:
         object.__setattr__(self, "show_all", bool(self.show_all))
         object.__setattr__(self, "include", tuple(self.include))
         object.__setattr__(self, "exclude", tuple(self.exclude))
-
-
-@dataclass(frozen=True)
-class CallerStack:
-    """The frames that called the profiled code, outermost first, as ``(filename, lineno)``.
-
-    A traceback that passes through all of them is cut there: what remains is the user's
-    code. ``strict`` (a cell run by the profiler): a traceback of the same thread that leaves
-    this stack early is the machinery's own and is hidden. Otherwise (a session, where
-    IPython runs the cells) such a traceback keeps the frames from its oldest cell frame, or
-    is hidden when it has none. The last frame is compared by file only: the caller runs
-    the code from several lines (statements, then the value of the last expression).
-    """
-
-    frames: tuple[tuple[str, int], ...]
-    strict: bool = True
 
 
 @dataclass(frozen=True)
@@ -217,51 +199,6 @@ class Measures:
 
 # ---------------------------------------------------------------------------------------------
 # Frames, sites, notes
-
-
-@dataclass(frozen=True)
-class FrameInfo:
-    """One frame as shown: the frame's own file/line/function plus its display form."""
-
-    filename: str
-    lineno: int
-    name: str
-    file: str
-    line: int
-    source: str
-    cell: int | None
-    internal: bool
-    is_cell: bool
-    stdlib: bool = False
-    firstlineno: int = 0
-
-    @classmethod
-    def from_location(cls, location: Location, name: str, firstlineno: int = 0) -> FrameInfo:
-        """Combine a resolved location with the frame's function name and first line."""
-        return cls(location.filename, location.lineno, name, location.file, location.line,
-                   location.source, location.cell, location.internal, location.is_cell,
-                   location.stdlib, firstlineno)
-
-    def __hash__(self) -> int:
-        # Tracebacks (tuples of frames) are dict keys everywhere: hash what tells frames
-        # apart, not all eleven fields.
-        return hash((self.filename, self.lineno, self.name))
-
-    @property
-    def where(self) -> str:
-        """``In [3], line 2`` for cells, ``path:12`` for files."""
-        if self.is_cell:
-            return f"{self.file}, line {self.line}"
-        return f"{self.file}:{self.line}"
-
-    def format(self) -> str:
-        """One line: where, in which function, and the source text."""
-        text = self.where
-        if self.name and self.name != "<module>":
-            text += f" in {self.name}"
-        if self.source:
-            text += f": {self.source}"
-        return text
 
 
 @dataclass(frozen=True)
@@ -407,6 +344,86 @@ class SiteList:
 
 
 @dataclass(frozen=True)
+class RetentionChain:
+    """One reference chain that keeps sampled blocks alive, as plain text.
+
+    ``root`` is how the user names the root (``df``, ``Out[12]``, ``mymod.CACHE``, or
+    ``unreachable: a reference cycle ...``), ``root_kind`` its kind (``user_ns``,
+    ``output_history``, ...), ``steps`` the references from the root to the object
+    (``[3]``, ``.cache``, ``['key']``), ``target`` what the chain ends at (``DataFrame``),
+    ``command`` what frees this reference (``%xdel df``), or None when nothing safe can be
+    suggested; ``also_named`` other names of the same root.
+    """
+
+    root: str
+    root_kind: str
+    steps: tuple[str, ...]
+    target: str
+    command: str | None = None
+    also_named: tuple[str, ...] = ()
+
+    @property
+    def text(self) -> str:
+        """``Out[12] -> [3] -> DataFrame`` (a chain with no step from a cycle or from C
+        is its root alone)."""
+        parts = [self.root, *self.steps]
+        if self.steps or self.root_kind not in ("unreachable_cycle", "held_from_c"):
+            parts.append(self.target)
+        return " -> ".join(parts)
+
+
+@dataclass(frozen=True)
+class RetainedBlocks:
+    """Sampled blocks of a site that tell the same story: what they are, the chains that
+    keep them alive (chain k+1 is what still holds them once chain k's command has run) and
+    the commands that free them.
+
+    ``blocks`` counts them and ``size`` sums their real sizes (sampled bytes, not an
+    estimate); ``status`` is ``reachable``, ``cycle``, ``held_from_c``, ``not_found`` or
+    ``timeout``; ``note`` explains a status other than ``reachable``.
+    """
+
+    blocks: int
+    size: int
+    description: str
+    status: str
+    chains: tuple[RetentionChain, ...] = ()
+    note: str = ""
+
+    @property
+    def commands(self) -> list[str]:
+        """The distinct commands of the chains, in order: running all of them frees it."""
+        out: list[str] = []
+        for chain in self.chains:
+            if chain.command and chain.command not in out:
+                out.append(chain.command)
+        return out
+
+
+@dataclass(frozen=True)
+class Retention:
+    """Why a site's memory is still alive: its largest live sampled blocks searched (at most
+    ``searched``), grouped by story, largest first. Computed only when asked
+    (``ProfileResult.retainers``, ``%%mprofile --why``) and attached to the report as plain
+    data (strings and numbers: it keeps nothing alive). ``when`` says when the blocks were
+    read; ``elapsed`` is the time the search took (seconds).
+    """
+
+    groups: tuple[RetainedBlocks, ...]
+    searched: int
+    elapsed: float = 0.0
+    when: str = ""
+
+    @property
+    def commands(self) -> list[str]:
+        """Every distinct command of every group, in order."""
+        out: list[str] = []
+        for group in self.groups:
+            out.extend(c for c in group.commands if c not in out)
+        return out
+
+
+@dataclass(frozen=True)
 class Note:
     """A plain-language note on how far to trust the numbers.
 
@@ -456,112 +473,7 @@ class TreeNode:
 
 
 # ---------------------------------------------------------------------------------------------
-# Which frames are the user's
-
-
-def _fold_comprehensions(frames: tuple[FrameInfo, ...]) -> tuple[FrameInfo, ...]:
-    """One frame per line for comprehensions: Python <= 3.11 runs a comprehension in a
-    frame of its own on the line of its caller; the caller's frame is dropped (the
-    comprehension's, which names it, stays)."""
-    out: list[FrameInfo] = []
-    for frame in frames:
-        if (out and frame.name and frame.name.endswith(_COMPREHENSIONS)
-                and (out[-1].filename, out[-1].lineno) == (frame.filename, frame.lineno)):
-            out[-1] = frame
-            continue
-        out.append(frame)
-    return tuple(out)
-
-
-def _cut_callers(frames: tuple[FrameInfo, ...], total_nframe: int | None,
-                 base: CallerStack) -> int | None:
-    """Index of the first frame of the user's code in ``frames`` (oldest first), by position.
-
-    ``-1``: the allocation is the machinery's own (hide it). ``None``: the traceback does
-    not start with the caller stack (another thread): decide by the frames themselves.
-    """
-    callers = base.frames
-    depth = len(callers)
-    count = len(frames)
-    offset = max(total_nframe or count, count) - count  # frames cut off at the old end
-    if offset >= depth:
-        return 0  # only frames deeper than the callers were kept: all the user's
-    matched = False
-    for index in range(count):
-        level = offset + index
-        if level >= depth:
-            return index
-        filename, lineno = callers[level]
-        frame = frames[index]
-        if frame.filename == filename and (level == depth - 1 or frame.lineno == lineno):
-            matched = True
-            continue
-        if not matched:
-            return None
-        if base.strict:
-            return -1
-        return next((i for i in range(index, count) if frames[i].is_cell), -1)
-    return -1 if matched else None
-
-
-def _is_user(frame: FrameInfo) -> bool:
-    return frame.is_cell or not (frame.internal or frame.stdlib)
-
-
-def _runs_the_magic(frames: tuple[FrameInfo, ...]) -> bool:
-    """True when the innermost user frame is a cell line that calls ``%mprofile`` and only
-    IPython's frames follow it: IPython running the profiler's own command."""
-    for index in range(len(frames) - 1, -1, -1):
-        frame = frames[index]
-        if frame.is_cell:
-            return bool(_MAGIC_LINE.search(frame.source))
-        if _is_user(frame):
-            return False
-    return False
-
-
-def visible_frames(frames: tuple[FrameInfo, ...], total_nframe: int | None = None, *,
-                   show_all: bool = False, base: CallerStack | None = None
-                   ) -> tuple[FrameInfo, ...]:
-    """The frames a view shows of one traceback (oldest first); ``()`` when it hides it.
-
-    1. The callers of the user's code are cut by position (``base``); without it, frames
-       older than the innermost frame of the profiler that called user code are cut.
-    2. The profiler's own frames are never shown; an allocation the profiler made itself,
-       called from user code, is hidden (unless ``show_all``), and so is what IPython
-       allocates to run a ``%mprofile`` line of a session.
-    3. Unless ``show_all``: the traceback starts at the first frame of user code (a cell, or
-       a file that is neither of the machinery nor of the standard library), later frames of
-       the machinery are dropped, and an allocation with no user frame is hidden.
-    """
-    start = None
-    if base is not None:  # positions count the frames as recorded: cut before folding
-        start = _cut_callers(frames, total_nframe, base)
-        if start == -1:
-            return ()
-    frames = _fold_comprehensions(frames[start or 0:])
-    if start is None:
-        start = 0
-        for index in range(len(frames) - 1):
-            if is_profiler_file(frames[index].filename) and not is_profiler_file(
-                    frames[index + 1].filename):
-                start = index + 1  # the profiler called this code: older frames called it
-        frames = frames[start:]
-    if not show_all:
-        for frame in reversed(frames):
-            if is_profiler_file(frame.filename):
-                return ()  # made by the profiler, called from user code
-            if _is_user(frame):
-                break
-    frames = tuple(f for f in frames if not is_profiler_file(f.filename))
-    if (base is None or not base.strict) and _runs_the_magic(frames):
-        return ()
-    if show_all:
-        return frames
-    for index, frame in enumerate(frames):
-        if _is_user(frame):
-            return tuple(f for f in frames[index:] if not f.internal)
-    return ()
+# Filters and grouping
 
 
 def _passes(frames: Sequence[FrameInfo], include: Sequence[str], exclude: Sequence[str]) -> bool:
@@ -616,20 +528,21 @@ def _num(value: float) -> float:
     return 0.0 if math.isnan(value) else value
 
 
-
 def _meta(meta: dict, key: str, default: float) -> float:
     """A figure from a snapshot's meta, or ``default`` when absent or null (a loaded
     file may say ``null`` for what it does not know)."""
     value = meta.get(key)
     return default if value is None else value
 
+
 class Report:
     """Everything one result shows, computed once from the snapshot's records.
 
     ``summary`` (figures), ``notes``, :meth:`sites` per grouping (cached), :meth:`site_list`
     (the top sites and the rest), :meth:`churn` (sites that allocated much more than they
-    kept), :meth:`call_tree` (flame chart), :meth:`iter_traces` (raw traces with their
-    visible frames, for per-allocation tables and exports), :meth:`to_dict` (the plain data
+    kept), :meth:`call_tree` (flame chart), :meth:`iter_traces` and
+    :meth:`iter_trace_records` (raw traces with their visible frames, for per-allocation
+    tables and exports), :meth:`to_dict` (the plain data
     of the interactive HTML report). ``replace(**options)`` gives the report of the same run
     under other :class:`ViewOptions`.
     """
@@ -696,6 +609,7 @@ class Report:
             for p in sorted(self.measures.processes, key=lambda p: -p.size))
         self.notes: tuple[Note, ...] = self._notes() + tuple(
             Note("process", text) for text in self.measures.process_notes)
+        self._retention: dict[tuple[str, Any], Retention] = {}
 
     # -- frames -------------------------------------------------------------------------------
     def _frame(self, raw: tuple) -> FrameInfo:
@@ -733,6 +647,41 @@ class Report:
                 visible = seen[id(frames)] = self.visible(
                     aggregate.Traceback(frames, trace[3]))
             yield trace, visible
+
+    # -- why is it still alive (attached on request) -------------------------------------------
+    def retention(self, site: Site) -> Retention | None:
+        """What keeps the site's memory alive, when it was asked (else None)."""
+        return self._retention.get((site.group_by, site.key))
+
+    @property
+    def has_retention(self) -> bool:
+        """True when reference chains are attached to some site."""
+        return bool(self._retention)
+
+    def set_retention(self, retention: Mapping[tuple[str, Any], Retention]) -> None:
+        """Attach what keeps each site alive: ``{(group_by, site key): Retention}``. The
+        facade computes it (``ProfileResult.retainers``); the report only carries it, so
+        every view shows it with its site."""
+        self._retention = dict(retention)
+
+    def iter_trace_records(self) -> Iterator[tuple[tuple, int, tuple[FrameInfo, ...]]]:
+        """Each distinct raw trace of the snapshot once, with how many identical sampled
+        allocations it stands for (a pprof profile's counted traces: one record, not
+        millions) and its visible frames (``()`` when hidden)."""
+        records = getattr(self.snapshot, "trace_records", None)
+        if records is None:  # a snapshot-like object without records: one per allocation
+            for trace, visible in self.iter_traces():
+                yield trace, 1, visible
+            return
+        counts = getattr(self.snapshot, "trace_counts", None)
+        seen: dict[int, tuple[FrameInfo, ...]] = {}
+        for index, trace in enumerate(records):
+            frames = trace[2]
+            visible = seen.get(id(frames))
+            if visible is None:
+                visible = seen[id(frames)] = self.visible(
+                    aggregate.Traceback(frames, trace[3]))
+            yield trace, (counts[index] if counts is not None else 1), visible
 
     def to_dict(self, **kwargs: Any) -> dict[str, Any]:
         """The plain data of the interactive HTML report (see :func:`report_data`)."""
@@ -1037,14 +986,24 @@ def report_data(report: Report, *, top: int | None = None, note_text: Any = None
     s = report.summary
     fmt = note_text or _plain_note
     builder = _DataBuilder()
+    retention: list[dict[str, Any]] = []
+    retention_ids: dict[Retention, int] = {}  # equal entries (one site, several groupings) once
     groupings: dict[str, Any] = {}
     for name in GROUP_BY:
         rows = []
         for site in report.sites(name):
-            rows.append({"label": site.label, "detail": _detail(site), "size": site.size,
-                         "count": site.count, "samples": site.samples,
-                         "error": site.rel_error, "share": site.percent / 100.0,
-                         "tracebacks": [builder.traceback(tb) for tb in site.live_tracebacks]})
+            row = {"label": site.label, "detail": _detail(site), "size": site.size,
+                   "count": site.count, "samples": site.samples,
+                   "error": site.rel_error, "share": site.percent / 100.0,
+                   "tracebacks": [builder.traceback(tb) for tb in site.live_tracebacks]}
+            why = report.retention(site)
+            if why is not None:
+                index = retention_ids.get(why)
+                if index is None:
+                    index = retention_ids[why] = len(retention)
+                    retention.append(retention_data(why))
+                row["retention"] = index
+            rows.append(row)
         groupings[name] = {"rows": rows}
     if report.processes:
         groupings["process"] = {"label": "process", "rows": [
@@ -1069,9 +1028,23 @@ def report_data(report: Report, *, top: int | None = None, note_text: Any = None
         "default_grouping": report.options.group_by, "top": top or report.options.top,
         "flame": _flame_data(report.call_tree()),
     }
+    if retention:
+        data["retention"] = retention
     if report.measures.timeline:
         data["timeline"] = timeline_data(report.measures.timeline)["timeline"]
     return data
+
+
+def retention_data(retention: Retention) -> dict[str, Any]:
+    """What keeps a site alive as the plain dict of the interactive HTML report."""
+    return {
+        "searched": retention.searched, "elapsed": retention.elapsed, "when": retention.when,
+        "groups": [{"blocks": g.blocks, "size": g.size, "description": g.description,
+                    "status": g.status, "note": g.note,
+                    "chains": [{"root": c.root, "kind": c.root_kind, "steps": list(c.steps),
+                                "target": c.target, "command": c.command,
+                                "also": list(c.also_named)} for c in g.chains]}
+                   for g in retention.groups]}
 
 
 def diff_data(diff: DiffReport, *, top: int | None = None, note_text: Any = None

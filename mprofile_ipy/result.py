@@ -25,6 +25,9 @@ from .report import (
     FrameInfo,
     Measures,
     Report,
+    RetainedBlocks,
+    Retention,
+    RetentionChain,
     Site,
     SiteDiff,
     TimelinePoint,
@@ -60,14 +63,75 @@ def describe_error(error: BaseException) -> str:
     return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
 
-def _read(part: str, name: str, doc: str) -> property:
-    """A read-only attribute of the facade: ``report.<part>.<name>`` (``report.<name>``)."""
+def _read(part: str, name: str, doc: str, copy: Callable[[Any], Any] | None = None
+          ) -> property:
+    """A read-only attribute of the facade: ``report.<part>.<name>`` (``report.<name>``),
+    passed through ``copy`` (so a caller cannot change the report's own values)."""
 
     def get(self: Any) -> Any:
         source = getattr(self.report, part) if part else self.report
-        return getattr(source, name)
+        value = getattr(source, name)
+        return copy(value) if copy is not None and value is not None else value
 
     return property(get, doc=doc)
+
+
+#: Sites per grouping whose chains the views show (the interactive report lists at most
+#: 100 rows per grouping).
+RETENTION_SITES = 100
+
+
+def _chain(chain: Any) -> RetentionChain:
+    return RetentionChain(chain.root_name, chain.root_kind,
+                          tuple(str(step) for step in chain.steps), chain.target_type,
+                          chain.command, tuple(chain.also_named))
+
+
+class _Explained:
+    """The answers of :meth:`ProfileResult.retainers` so far (one per sampled block, plain
+    data), shared by the results of the same run (``filtered``, ``with_measures``), and
+    their attachment to a report: for each site of each grouping, the blocks of that site
+    grouped by story (:class:`~mprofile_ipy.report.Retention`)."""
+
+    def __init__(self) -> None:
+        self.reports: dict[int, Any] = {}
+        self.when = ""
+
+    def add(self, reports: Sequence[Any], when: str) -> None:
+        for report in reports:
+            self.reports[report.address] = report
+        if reports:
+            self.when = when
+
+    def attach(self, report: Report) -> None:
+        if not self.reports:
+            return
+        from .retainers import select_site_blocks
+
+        found: dict[tuple[str, Any], Retention] = {}
+        explained = list(self.reports.values())
+        for group_by in GROUP_BY:
+            for site in report.sites(group_by)[:RETENTION_SITES]:
+                picked = select_site_blocks(site, explained)
+                if picked:
+                    found[(group_by, site.key)] = self.retention(picked)
+        report.set_retention(found)
+
+    def retention(self, reports: Sequence[Any]) -> Retention:
+        """Blocks with the same description, status and chains as one group, largest
+        group first (as ``format_retainers`` groups them)."""
+        groups: dict[tuple, list[Any]] = {}
+        for report in reports:
+            key = (report.description, report.status, tuple(c.text for c in report.chains))
+            groups.setdefault(key, []).append(report)
+        out = []
+        for members in sorted(groups.values(), key=lambda g: -sum(r.size for r in g)):
+            first = members[0]
+            out.append(RetainedBlocks(
+                len(members), sum(r.size for r in members), first.description, first.status,
+                tuple(_chain(c) for c in first.chains),
+                first.note if first.status != "reachable" or not first.chains else ""))
+        return Retention(tuple(out), len(reports), max(r.elapsed for r in reports), self.when)
 
 
 class _Displayable:
@@ -144,20 +208,30 @@ class ProfileResult(_Displayable):
         self._set(Report(snapshot, measures, view, attributor),
                   tuple(live_blocks) if live_blocks is not None else None)
 
-    def _set(self, report: Report, live_blocks: tuple[Any, ...] | None = None) -> None:
+    def _set(self, report: Report, live_blocks: tuple[Any, ...] | None = None,
+             explained: _Explained | None = None) -> None:
         self.report = report
         self.snapshot = report.snapshot
         # The sampled blocks alive when the result was made, with their addresses (the
         # IPython layer records them while the sampler still runs): what retainers() needs.
         self._live_blocks = live_blocks
+        # What retainers() found so far (plain data: strings and numbers), shown by every
+        # view with its site.
+        self._explained = explained if explained is not None else _Explained()
+        self._explained.attach(report)
 
     @classmethod
-    def from_report(cls, report: Report, live_blocks: Sequence[Any] | None = None
-                    ) -> ProfileResult:
+    def from_report(cls, report: Report, live_blocks: Sequence[Any] | None = None,
+                    explained: _Explained | None = None) -> ProfileResult:
         """The result of an existing report (no recomputation)."""
         result = cls.__new__(cls)
-        result._set(report, tuple(live_blocks) if live_blocks is not None else None)
+        result._set(report, tuple(live_blocks) if live_blocks is not None else None,
+                    explained)
         return result
+
+    def _derived(self, report: Report) -> ProfileResult:
+        """A result of another report of the same run: same live blocks, same chains."""
+        return ProfileResult.from_report(report, self._live_blocks, self._explained)
 
     @property
     def has_live_blocks(self) -> bool:
@@ -194,16 +268,11 @@ class ProfileResult(_Displayable):
     exclude = _read("options", "exclude", "Exclude patterns.")
     created = _read("measures", "created", "When the result was made (``time.time()``).")
 
-    @property
-    def options(self) -> dict[str, Any]:
-        """The options the result was made with (a copy)."""
-        return dict(self.report.measures.options)
-
-    @property
-    def timeline(self) -> list[TimelinePoint] | None:
-        """A session's points (memory after each cell), or None."""
-        points = self.report.measures.timeline
-        return list(points) if points is not None else None
+    options = _read("measures", "options", "The options the result was made with (a copy).",
+                    dict)
+    timeline = _read("measures", "timeline",
+                     "A session's points (memory after each cell, ``TimelinePoint``), or None.",
+                     list)
 
     def sites(self, group_by: str | None = None, top: int | None = None, *,
               by: str = "size") -> list[Site]:
@@ -272,8 +341,9 @@ class ProfileResult(_Displayable):
         raise KeyError(f"no site labelled {site!r} with memory still alive; sites: {labels}"
                        + (" ..." if len(sites) > 5 else ""))
 
-    def retainers(self, site: int | str | Site, *, blocks: Sequence[Any] | None = None,
-                  user_ns: dict | None = None, max_blocks: int = 20, max_chains: int = 3,
+    def retainers(self, site: int | str | Site | None = None, *,
+                  blocks: Sequence[Any] | None = None, user_ns: dict | None = None,
+                  max_blocks: int = 20, max_chains: int = 3,
                   time_limit: float | None = 60.0, progress: Any = None) -> list[Any]:
         """Why the memory of one site is still alive: a
         :class:`mprofile_ipy.retainers.RetainerReport` for each of its largest live sampled
@@ -281,15 +351,33 @@ class ProfileResult(_Displayable):
         that keep it alive from a root the user can name (``df``, ``Out[12]``,
         ``mymod.CACHE``), each with the command that frees it.
 
-        ``site``: see :meth:`site`. ``blocks`` are live blocks to search (default: the ones
-        recorded when this result was made); ``user_ns`` the namespace whose names are the
-        user's (default: the running IPython shell's). An empty list: no sampled block of
-        the site is alive. See :mod:`mprofile_ipy.retainers` for the guarantees (no user
-        code runs, nothing is kept, bounded by ``time_limit``).
+        ``site``: see :meth:`site`; None: every site with memory still alive (one search,
+        the reports of all their blocks, largest first). ``blocks`` are live blocks to
+        search (default: the ones recorded when this result was made); ``user_ns`` the
+        namespace whose names are the user's (default: the running IPython shell's). An
+        empty list: no sampled block of the site is alive. See :mod:`mprofile_ipy.retainers`
+        for the guarantees (no user code runs, nothing is kept, bounded by ``time_limit``).
+
+        The answers are kept with the result (as plain text): from then on the HTML report
+        and the explorer show each site's chains when the site is unfolded.
         """
-        return self.retainers_by_site([site], blocks=blocks, user_ns=user_ns,
-                                      max_blocks=max_blocks, max_chains=max_chains,
-                                      time_limit=time_limit, progress=progress)[0][1]
+        pairs = self.retainers_by_site([site] if site is not None else None, blocks=blocks,
+                                       user_ns=user_ns, max_blocks=max_blocks,
+                                       max_chains=max_chains, time_limit=time_limit,
+                                       progress=progress)
+        if site is not None:
+            return pairs[0][1]
+        seen: dict[int, Any] = {}
+        for _site, reports in pairs:
+            for report in reports:
+                seen.setdefault(report.address, report)
+        return sorted(seen.values(), key=lambda r: -r.size)
+
+    def retention(self, site: int | str | Site) -> Retention | None:
+        """What :meth:`retainers` found for a site, as the views show it (plain data:
+        chains and commands as text, blocks with the same story grouped), or None when it
+        was not asked for that site. Costs nothing: no search runs."""
+        return self.report.retention(self.site(site))
 
     def retainers_by_site(self, sites: Sequence[int | str | Site] | None = None, *,
                           blocks: Sequence[Any] | None = None, user_ns: dict | None = None,
@@ -301,6 +389,7 @@ class ProfileResult(_Displayable):
         from .retainers import find_retainers, select_site_blocks
 
         chosen = [self.site(s) for s in sites] if sites is not None else self.sites()
+        fresh = blocks is not None
         if blocks is None:
             if self._live_blocks is None:
                 raise ValueError(
@@ -318,6 +407,10 @@ class ProfileResult(_Displayable):
         reports = find_retainers(list(wanted.values()), user_ns=user_ns,
                                  max_chains=max_chains, time_limit=time_limit,
                                  progress=progress)
+        when = ("blocks read when asked" if fresh else
+                f"blocks recorded when {self.label or 'the result'} was made")
+        self._explained.add(reports, when)
+        self._explained.attach(self.report)
         by_address = {report.address: report for report in reports}
         return [(site, [by_address[b.address] for b in picked if b.address in by_address])
                 for site, picked in per_site]
@@ -374,8 +467,11 @@ class ProfileResult(_Displayable):
                     (f.filename, f.lineno, f.name, f.firstlineno) for f in reversed(visible))
             return frames
 
-        traces = [(trace[0], trace[1], raw_frames(visible), *trace[3:])
-                  for trace, visible in report.iter_traces() if visible]
+        traces, counts = [], []
+        for trace, count, visible in report.iter_trace_records():
+            if visible:
+                traces.append((trace[0], trace[1], raw_frames(visible), *trace[3:]))
+                counts.append(count)
         allocated = None
         if self.snapshot.allocated is not None:
             allocated = [
@@ -385,7 +481,8 @@ class ProfileResult(_Displayable):
         meta.update(view={"show_all": self.show_all, "include": list(self.include),
                           "exclude": list(self.exclude)})
         return Snapshot(traces, self.snapshot.traceback_limit, sample_rate=self.sample_rate,
-                        allocated=allocated, meta=meta)
+                        allocated=allocated, meta=meta,
+                        counts=counts if any(c != 1 for c in counts) else None)
 
     def to_pprof(self, path_or_file: Any) -> None:
         """Write what the views show as a gzipped pprof profile, cells named as shown here
@@ -411,22 +508,22 @@ class ProfileResult(_Displayable):
                    for k, v in given.items() if v is not None}
         if not changes:
             return self
-        return ProfileResult.from_report(self.report.replace(**changes), self._live_blocks)
+        return self._derived(self.report.replace(**changes))
 
     def with_measures(self, **changes: Any) -> ProfileResult:
         """The same snapshot with some measured figures replaced (see ``report.Measures``)."""
         report = self.report
-        return ProfileResult.from_report(Report(
+        return self._derived(Report(
             report.snapshot, dataclasses.replace(report.measures, **changes), report.options,
-            report.attributor), self._live_blocks)
+            report.attributor))
 
     def with_snapshot(self, snapshot: Snapshot, **changes: Any) -> ProfileResult:
         """Another snapshot (several processes merged, say) with this result's view
         options, attribution and recorded live blocks, and some measures replaced."""
         report = self.report
-        return ProfileResult.from_report(Report(
+        return self._derived(Report(
             snapshot, dataclasses.replace(report.measures, **changes), report.options,
-            report.attributor), self._live_blocks)
+            report.attributor))
 
     @property
     def processes(self) -> list[Any]:

@@ -273,14 +273,15 @@ def _u64(ptr: Any, count: int) -> list[int]:
     return memoryview(ffi.buffer(ptr, count * 8)).cast("Q").tolist()
 
 
-def _read_snapshot(snap: Any) -> tuple[list[tuple], list[tuple]]:
-    """Raw traces and per-traceback allocation totals out of a native snapshot."""
+def _read_snapshot(snap: Any) -> tuple[list[tuple], list[tuple], list[int], list[int]]:
+    """Raw traces and per-traceback allocation totals out of a native snapshot, and the
+    thread label (:func:`set_thread_label`) of each trace and of each allocated entry."""
     ntraces = lib.mp_snapshot_ntraces(snap)
     ntb = lib.mp_snapshot_ntracebacks(snap)
     nrefs = lib.mp_snapshot_nframe_refs(snap)
     nframes = lib.mp_snapshot_nframes(snap)
     flat = _u64(lib.mp_snapshot_traces(snap), 4 * ntraces)
-    tbs = _u64(lib.mp_snapshot_tracebacks(snap), 3 * ntb)
+    tbs = _u64(lib.mp_snapshot_tracebacks(snap), 4 * ntb)
     alloc = (
         memoryview(ffi.buffer(lib.mp_snapshot_tb_allocated(snap), 32 * ntb)).cast("d").tolist()
         if ntb
@@ -309,27 +310,30 @@ def _read_snapshot(snap: Any) -> tuple[list[tuple], list[tuple]]:
         frames.append((text(info.filename), info.lineno, text(info.name), info.firstlineno))
 
     tracebacks: list[tuple[tuple, int]] = []
+    tb_labels = tbs[3::4]
     for i in range(ntb):
-        first, n, total = tbs[3 * i : 3 * i + 3]
+        first, n, total = tbs[4 * i : 4 * i + 3]
         if n == 0:
             tracebacks.append(((NO_STACK_FRAME,), 0))
         else:
             tracebacks.append((tuple(frames[f] for f in refs[first : first + n]), total))
 
     traces = []
+    trace_labels = []
     for i in range(0, len(flat), 4):
         size, tb, allocator, thread = flat[i : i + 4]
         tb_frames, total = tracebacks[tb]
         traces.append(
             (_DOMAIN_OF_ALLOCATOR.get(allocator, 0), size, tb_frames, total, allocator, thread)
         )
+        trace_labels.append(tb_labels[tb])
     # (frames, total_nframe, count estimate, size estimate, samples, size variance)
+    kept = [i for i in range(ntb) if alloc[4 * i + 2] > 0.0]
     allocated = [
         (*tracebacks[i], alloc[4 * i], alloc[4 * i + 1], int(alloc[4 * i + 2]), alloc[4 * i + 3])
-        for i in range(ntb)
-        if alloc[4 * i + 2] > 0.0
+        for i in kept
     ]
-    return traces, allocated
+    return traces, allocated, trace_labels, [tb_labels[i] for i in kept]
 
 
 def _meta() -> dict[str, Any]:
@@ -363,11 +367,17 @@ def take_snapshot() -> Snapshot:
         if snap == ffi.NULL:
             raise MemoryError("not enough memory to copy the sampler's tables")
         try:
-            traces, allocated = _read_snapshot(snap)
+            traces, allocated, trace_labels, allocated_labels = _read_snapshot(snap)
         finally:
             lib.mp_snapshot_free(snap)
         stats = get_stats()
         meta = _meta()
+        if any(trace_labels) or any(allocated_labels):
+            # Thread labels (set_thread_label), only when some thread had one, so that an
+            # unlabelled snapshot is exactly what it always was: one label per raw trace
+            # in the order of ``traces`` and one per entry of ``allocated``; 0 is none.
+            meta["trace_labels"] = trace_labels
+            meta["allocated_labels"] = allocated_labels
         meta.update(
             samples_total=stats.samples,
             peak_bytes=stats.peak_bytes,
@@ -416,7 +426,7 @@ def live_blocks() -> list[LiveBlock]:
         if snap == ffi.NULL:
             raise MemoryError("not enough memory to copy the sampler's tables")
         try:
-            traces, _ = _read_snapshot(snap)
+            traces = _read_snapshot(snap)[0]
             addresses = _u64(lib.mp_snapshot_addresses(snap), len(traces))
         finally:
             lib.mp_snapshot_free(snap)
@@ -440,7 +450,7 @@ def get_object_traceback(obj: object) -> Traceback | None:
         if snap == ffi.NULL:
             return None
         try:
-            traces, _ = _read_snapshot(snap)
+            traces = _read_snapshot(snap)[0]
         finally:
             lib.mp_snapshot_free(snap)
     if not traces:
@@ -454,3 +464,25 @@ def _stop_at_exit() -> None:
     # Leave the interpreter's finalization to its own allocators.
     if is_tracing():
         stop()
+
+
+def set_thread_label(label: int) -> None:
+    """Label the calling thread's allocations from now on with ``label`` (0 clears it).
+
+    A label is a small integer the caller maps to a name, e.g. the Dask task prefix a
+    worker thread is running (``read_parquet``). It is part of a traceback's identity: the
+    same stack under two labels gives two traces. Snapshots carry it in
+    ``meta["trace_labels"]`` (one per raw trace) and ``meta["allocated_labels"]`` (one per
+    ``allocated`` entry), present only when some label is non-zero. Only the calling thread
+    is affected; other threads and a forked child start unlabelled. The call is a single
+    thread-local store, cheap enough to make around every task.
+    """
+    value = _check_int("label", label)
+    if not 0 <= value <= 0xFFFFFFFF:
+        raise ValueError(f"label must be between 0 and 2**32 - 1, not {value}")
+    lib.mp_set_thread_label(value)
+
+
+def get_thread_label() -> int:
+    """The calling thread's label (0: none); see :func:`set_thread_label`."""
+    return int(lib.mp_thread_label())

@@ -21,7 +21,12 @@ Trace columns are parallel lists; ``allocator``/``thread_id`` are absent when ev
 is a 4-tuple and hold ``null`` where a trace is shorter (4- or 5-tuples), so each raw trace
 comes back with its own length. Version 2 adds an optional ``count`` column (how many
 identical allocations each trace stands for, ``Snapshot(counts=...)``); version 1 files
-load as before.
+load as before. Version 3 adds the optional ``label`` and ``process`` columns (the thread
+label and the process index of each trace, ``null`` where a trace is shorter) and
+allocation totals of 8 and 9 fields (their label and process); ``meta.labels`` names the
+labels and ``meta.processes`` the processes. A file is written as version 3 only when it
+uses them, so files without labels stay readable by older versions, and a file that has
+them is never read by a version that would silently drop them.
 
 Loading is bounded and complete. The file may inflate to at most ``MAX_INFLATED_BYTES``
 and declare at most ``MAX_TRACES`` traces (``load_snapshot(max_bytes=, max_traces=)``
@@ -40,6 +45,7 @@ import gzip
 import json
 import math
 import os
+import secrets
 import sys
 import zlib
 from collections.abc import Callable
@@ -51,10 +57,11 @@ from .errors import SnapshotFormatError
 from .model import Snapshot
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "MAX_INFLATED_BYTES", "MAX_TRACES",
-           "SnapshotFormatError", "load_snapshot", "read_capped", "save_snapshot"]
+           "SnapshotFormatError", "load_snapshot", "read_capped", "save_snapshot",
+           "write_atomically"]
 
 FORMAT_NAME = "mprofile-ipy-snapshot"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 #: A file may inflate to at most this many bytes (``max_bytes=`` raises it). About 30
 #: bytes of JSON per trace: 256 MiB holds some 8 million traces.
 MAX_INFLATED_BYTES = 256 * 1024**2
@@ -65,6 +72,7 @@ MAX_TRACES = 10_000_000
 MAX_SAMPLE_RATE = 2**62
 _INT64_MAX = 2**63 - 1
 _INT32_MAX = 2**31 - 1
+_UINT32_MAX = 2**32 - 1
 _FLOAT_MAX = sys.float_info.max  # JSON ints beyond it would overflow float sums
 # Estimates that are floats must stay below this: sums of floats near 2**63 round up to
 # 2**63, one past the largest int64 (found by fuzzing, in to_pprof's running rounding).
@@ -146,18 +154,27 @@ def _encode(snapshot: Snapshot) -> dict[str, Any]:
     elif lengths - {4}:
         columns["allocator"] = [t[4] if len(t) > 4 else None for t in raw]
         columns["thread_id"] = [t[5] if len(t) > 5 else None for t in raw]
+    if lengths == {8}:
+        columns["label"] = list(map(itemgetter(6), raw))
+        columns["process"] = list(map(itemgetter(7), raw))
+    elif lengths and max(lengths) > 6:
+        columns["label"] = [t[6] if len(t) > 6 else None for t in raw]
+        columns["process"] = [t[7] if len(t) > 7 else None for t in raw]
     counts = snapshot.trace_counts
     if counts is not None:
         columns["count"] = list(counts)
     allocated = None
     if snapshot.allocated is not None:
         allocated = [[tables.traceback(entry[0]), *entry[1:]] for entry in snapshot.allocated]
+    labelled = "label" in columns or any(len(row) > 7 for row in allocated or ())
     return {
         "format": FORMAT_NAME,
-        "version": FORMAT_VERSION,
+        "version": FORMAT_VERSION if labelled else 2,
         "traceback_limit": snapshot.traceback_limit,
         "sample_rate": snapshot.sample_rate,
-        "meta": snapshot.meta,
+        # the label lists are copies of the label column, rebuilt when the file is loaded
+        "meta": {k: v for k, v in snapshot.meta.items()
+                 if k not in ("trace_labels", "allocated_labels")},
         "strings": list(tables.strings),
         "frames": tables.frame_rows,
         "tracebacks": tables.traceback_rows,
@@ -186,15 +203,42 @@ def save_snapshot(snapshot: Snapshot, filename: str | os.PathLike | IO[bytes]) -
     if hasattr(filename, "write"):
         filename.write(data)  # type: ignore[union-attr]
         return
-    path = os.fspath(filename)  # type: ignore[arg-type]
-    tmp = f"{path}.tmp{os.getpid()}"
+    write_atomically(os.fspath(filename), data)  # type: ignore[arg-type]
+
+
+def write_atomically(path: str | os.PathLike, data: bytes | bytearray | memoryview, *,
+                     mode: int = 0o666, fsync: bool = False) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one.
+
+    The bytes go to a new, uniquely named file beside ``path`` (same folder, so the rename
+    stays on one file system), which then replaces ``path`` with :func:`os.replace`. A
+    failure (disk full, a signal, an exception) removes the temporary file and leaves
+    ``path`` as it was. ``mode`` is the new file's permission bits before the umask
+    (0o666: as a file opened normally; 0o600: private to the owner). ``fsync`` flushes the
+    data to the disk before the rename, for files that must survive a machine crash.
+    Every atomic write of the package (snapshots, pprof files, the flight recorder, child
+    processes' snapshots and the start-up hook) goes through here.
+    """
+    path = os.fspath(path)
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    directory, base = os.path.split(os.path.abspath(path))
+    # ".NAME.RANDOM.PID.tmp": hidden, unique, and the writer's pid where the clean-up of
+    # old flight records (postmortem.cleanup) looks for it.
+    tmp = os.path.join(directory, f".{base}.{secrets.token_hex(4)}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), mode)
     try:
-        with open(tmp, "wb") as fp:
-            fp.write(data)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            if fsync:
+                out.flush()
+                os.fsync(out.fileno())
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
+        try:
             os.unlink(tmp)
+        except OSError:
+            pass
         raise
 
 
@@ -358,6 +402,23 @@ def _check_meta(meta: Any, check: _Checker) -> dict:
     for key in _META_BOOLS:
         if meta.get(key) is not None and not isinstance(meta[key], bool):
             raise check.error(f"meta.{key} must be true or false")
+    labels = meta.get("labels")
+    if labels is not None and not (
+        isinstance(labels, dict)
+        and all(k.isdigit() and isinstance(v, str) for k, v in labels.items())
+    ):
+        raise check.error("meta.labels must be an object of label id -> name strings")
+    processes = meta.get("processes")
+    if processes is not None:
+        if not isinstance(processes, list):
+            raise check.error("meta.processes must be a list of processes")
+        for i, proc in enumerate(processes):
+            if not (isinstance(proc, dict) and isinstance(proc.get("label", ""), str)
+                    and isinstance(proc.get("kind", ""), str)
+                    and isinstance(proc.get("address", ""), str)):
+                raise check.error(f"meta.processes[{i}] must be an object with string "
+                                  "label, kind and address")
+            check.int(proc.get("pid"), f"meta.processes[{i}].pid", 0, _INT64_MAX, null=True)
     threads = meta.get("threads")
     if threads is not None and not (
         isinstance(threads, dict) and all(isinstance(v, str) for v in threads.values())
@@ -457,6 +518,8 @@ def _decode(doc: Any, error: Any, max_traces: int) -> Snapshot:
                 traces = list(rows)
         else:
             traces = list(zip(domain, size, tb_col, total, strict=True))
+        if "label" in columns:
+            traces = _with_labels(traces, columns, n, check, error)
         counts = None
         if "count" in columns:
             counts = check.column(columns, "count", n, 1, _INT64_MAX)
@@ -470,7 +533,7 @@ def _decode(doc: Any, error: Any, max_traces: int) -> Snapshot:
             allocated = []
             total_check = _Checker(error, "invalid allocation total")
             for row in doc["allocated"]:
-                if not isinstance(row, list) or not 4 <= len(row) <= 7:
+                if not isinstance(row, list) or not 4 <= len(row) <= 9:
                     raise error(f"invalid allocation total {_short(row)}")
                 check = total_check
                 check.int(row[0], "an allocation total's traceback id", 0, len(tracebacks) - 1)
@@ -485,6 +548,10 @@ def _decode(doc: Any, error: Any, max_traces: int) -> Snapshot:
                                  null=True)
                 if len(row) > 6:
                     check.int(row[6], "an allocation total's domain", 0, 2**32 - 1, null=True)
+                if len(row) > 7:
+                    check.int(row[7], "an allocation total's label", 0, _UINT32_MAX)
+                if len(row) > 8:
+                    check.int(row[8], "an allocation total's process", 0, _UINT32_MAX)
                 allocated.append((tracebacks[row[0]], *row[1:]))
 
         check = _Checker(error)
@@ -501,6 +568,25 @@ def _decode(doc: Any, error: Any, max_traces: int) -> Snapshot:
         raise error(f"invalid content ({exc})") from exc
     check_estimates(snapshot, error)
     return snapshot
+
+
+def _with_labels(traces: list[tuple], columns: dict, n: int, check: _Checker,
+                 error: Callable[[str], Exception]) -> list[tuple]:
+    """The traces with their ``label`` (and ``process``) columns: a trace with a label has
+    all six fields before it, and a process only after a label."""
+    label = check.column(columns, "label", n, 0, _UINT32_MAX, null=True)
+    process = check.column(columns, "process", n, 0, _UINT32_MAX, null=True)
+    out = []
+    for i, (trace, lab, proc) in enumerate(zip(traces, label, process, strict=True)):
+        if lab is None:
+            if proc is not None:
+                raise error(f"traces.label[{i}] is null but traces.process[{i}] is not")
+            out.append(trace)
+        elif len(trace) != 6:
+            raise error(f"traces.label[{i}] is set but the trace has no allocator or thread")
+        else:
+            out.append((*trace, lab) if proc is None else (*trace, lab, proc))
+    return out
 
 
 def check_estimates(snapshot: Snapshot, error: Callable[[str], Exception]) -> None:

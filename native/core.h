@@ -43,6 +43,8 @@ typedef struct {
     uint32_t probe;       /* 1 while hooks.c probes which of its layers are reachable */
     int32_t pause;        /* pauses of the profiler's Python code (mp_pause_alloc) ... */
     uint32_t pause_gen;   /* ... counted only while this equals g_generation */
+    uint32_t label;       /* mp_set_thread_label: part of every traceback this thread
+                           * records (0: none); reset to 0 in a fork child */
 } mp_tls_t;
 
 /* Per-thread state, read on every allocation. The initial-exec TLS model makes that one
@@ -176,8 +178,9 @@ extern mp_counters_t g_counters;
 
 /* ---- stacks.c: safe frame walk and interning ----------------------------------------- */
 
-/* Interns the calling thread's Python stack (if this thread holds the GIL) and returns
- * its traceback id; MP_NO_STACK_TB when there is no Python frame to read. */
+/* Interns the calling thread's Python stack (if this thread holds the GIL) together with
+ * the thread's label and returns its traceback id; MP_NO_STACK_TB when there is no Python
+ * frame to read and no label. */
 uint32_t mp_capture_traceback_locked(void);
 void mp_tb_account_locked(uint32_t tb, double weight, uint64_t size);
 /* Detach all interned frames: returns an array of code objects the caller must DECREF
@@ -205,7 +208,7 @@ void mp_resolve_frame(PyObject *code, int32_t lasti, mp_frame_info_t *out);
 
 typedef struct {
     size_t ntb;
-    uint64_t *tbs;      /* 3 per tb */
+    uint64_t *tbs;      /* 4 per tb: first, nframes, total, label */
     double *alloc;      /* 4 per tb: count, bytes, samples, variance of bytes */
     size_t nrefs;
     uint32_t *refs;

@@ -12,7 +12,8 @@
  *
  * The child also drops the deferred samples: their pending call was queued in the parent.
  * Everything else (the live table, the interned frames, the counters) is consistent in the
- * child because no thread was inside it at the moment of the fork.
+ * child because no thread was inside it at the moment of the fork. The forking thread's
+ * label (mp_set_thread_label) is not the child's: a child starts unlabelled.
  */
 #include "native_capture.h"
 
@@ -31,6 +32,7 @@ static void fork_parent(void) {
 }
 
 static void fork_child(void) {
+    t_state.label = 0;
     mp_unlock();
     nc_pending_fork_child();
     nc_patch_fork_unlock();

@@ -51,6 +51,11 @@ unsigned long mp_python_version_built(void);   /* PY_VERSION_HEX of the headers 
 void *mp_pause_alloc(size_t size);
 void mp_pause_free(void *ptr);
 int mp_thread_paused(void);   /* the calling thread's pause depth (0: sampled) */
+/* The calling thread's label (0: none), e.g. the Dask task prefix it runs, as an id the
+ * caller maps to a name. Each traceback recorded afterwards carries it: the same stack
+ * under two labels is two tracebacks. A fork child starts at 0. */
+void mp_set_thread_label(uint32_t label);
+uint32_t mp_thread_label(void);
 
 /* Snapshots: a consistent copy of the live table and the interned tracebacks. */
 mp_snapshot *mp_snapshot_take(void);
@@ -60,7 +65,7 @@ size_t mp_snapshot_ntraces(mp_snapshot *snap);
 const uint64_t *mp_snapshot_traces(mp_snapshot *snap);      /* 4 per trace: size, tb, allocator, thread */
 const uint64_t *mp_snapshot_addresses(mp_snapshot *snap);   /* 1 per trace: block address */
 size_t mp_snapshot_ntracebacks(mp_snapshot *snap);
-const uint64_t *mp_snapshot_tracebacks(mp_snapshot *snap);  /* 3 per tb: first, nframes, total_nframe */
+const uint64_t *mp_snapshot_tracebacks(mp_snapshot *snap);  /* 4 per tb: first, nframes, total_nframe, label */
 /* 4 per tb: estimated count, estimated bytes, samples, variance of the bytes estimate */
 const double *mp_snapshot_tb_allocated(mp_snapshot *snap);
 size_t mp_snapshot_nframe_refs(mp_snapshot *snap);

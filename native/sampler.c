@@ -133,6 +133,11 @@ int mp_thread_paused(void) {
                ? t->pause : 0;
 }
 
+/* Labels: one TLS word, written only by its own thread, so no lock and no atomics. The
+ * record path reads it under g_lock when it interns the traceback (stacks.c). */
+void mp_set_thread_label(uint32_t label) { t_state.label = label; }
+uint32_t mp_thread_label(void) { return t_state.label; }
+
 uint64_t mp_thread_ident(void) { return (uint64_t)pthread_self(); }
 
 double mp_weight(uint64_t size) {

@@ -52,6 +52,7 @@ typedef struct {
     uint32_t nframes;
     uint32_t total;       /* real depth of the stack */
     uint32_t hash;
+    uint32_t label;       /* the recording thread's label (mp_set_thread_label), 0: none */
     double alloc_count;   /* estimated allocations made with this traceback */
     double alloc_bytes;   /* estimated bytes, freed ones included */
     double alloc_samples; /* sampled allocations behind those estimates */
@@ -128,8 +129,9 @@ static uint32_t intern_frame_locked(PyObject *code, int32_t lasti) {
     return (uint32_t)f_count++;
 }
 
-static uint32_t hash_frames(const uint32_t *ids, uint32_t n, uint32_t total) {
-    uint64_t h = 0xcbf29ce484222325ull ^ total;
+static uint32_t hash_frames(const uint32_t *ids, uint32_t n, uint32_t total,
+                            uint32_t label) {
+    uint64_t h = 0xcbf29ce484222325ull ^ total ^ ((uint64_t)label << 32);
     for (uint32_t k = 0; k < n; k++) h = (h ^ ids[k]) * 0x100000001b3ull;
     return (uint32_t)(h ^ (h >> 32));
 }
@@ -148,15 +150,17 @@ static int rebuild_tb_index(size_t ncap) {
     return 0;
 }
 
-static uint32_t intern_tb_locked(const uint32_t *ids, uint32_t n, uint32_t total) {
+/* A traceback's identity is (frames, total depth, label). */
+static uint32_t intern_tb_locked(const uint32_t *ids, uint32_t n, uint32_t total,
+                                 uint32_t label) {
     if ((tb_count + 1) * 2 > tb_index_cap &&
         rebuild_tb_index(tb_index_cap ? tb_index_cap * 2 : 1024) != 0)
         return MP_NO_STACK_TB;
-    uint32_t h = hash_frames(ids, n, total);
+    uint32_t h = hash_frames(ids, n, total, label);
     size_t i = h & (tb_index_cap - 1);
     while (tb_index[i]) {
         mp_tb_t *t = &tbs[tb_index[i] - 1];
-        if (t->hash == h && t->nframes == n && t->total == total &&
+        if (t->hash == h && t->nframes == n && t->total == total && t->label == label &&
             memcmp(&tb_refs[t->first], ids, n * sizeof(uint32_t)) == 0)
             return tb_index[i] - 1;
         i = (i + 1) & (tb_index_cap - 1);
@@ -165,7 +169,7 @@ static uint32_t intern_tb_locked(const uint32_t *ids, uint32_t n, uint32_t total
         reserve((void **)&tb_refs, &refs_cap, refs_count + n, sizeof(uint32_t)) != 0)
         return MP_NO_STACK_TB;
     memcpy(&tb_refs[refs_count], ids, n * sizeof(uint32_t));
-    tbs[tb_count] = (mp_tb_t){(uint32_t)refs_count, n, total, h, 0.0, 0.0, 0.0, 0.0};
+    tbs[tb_count] = (mp_tb_t){(uint32_t)refs_count, n, total, h, label, 0.0, 0.0, 0.0, 0.0};
     refs_count += n;
     tb_index[i] = (uint32_t)tb_count + 1;
     return (uint32_t)tb_count++;
@@ -234,17 +238,22 @@ static uint32_t walk_locked(PyThreadState *ts, uint32_t *total) {
 }
 
 static void ensure_no_stack_tb_locked(void) {
-    if (tb_count == 0) (void)intern_tb_locked(NULL, 0, 0);   /* becomes id 0 */
+    if (tb_count == 0) (void)intern_tb_locked(NULL, 0, 0, 0);   /* becomes id 0 */
 }
 
 uint32_t mp_capture_traceback_locked(void) {
     ensure_no_stack_tb_locked();
+    /* The label is the calling thread's own (TLS, no lock): a sample without a stack keeps
+     * it too, as a traceback with no frames (id 0 stays "no stack, no label"). */
+    uint32_t label = t_state.label;
     PyThreadState *ts = gil_holder_tstate();
-    if (ts == NULL) return MP_NO_STACK_TB;
     uint32_t total = 0;
-    uint32_t n = walk_locked(ts, &total);
-    if (n == 0) return MP_NO_STACK_TB;
-    return intern_tb_locked(scratch, n, total);
+    uint32_t n = ts != NULL ? walk_locked(ts, &total) : 0;
+    if (n == 0) {
+        if (label == 0) return MP_NO_STACK_TB;
+        total = 0;
+    }
+    return intern_tb_locked(scratch, n, total, label);
 }
 
 void mp_tb_account_locked(uint32_t tb, double weight, uint64_t size) {
@@ -297,7 +306,7 @@ int mp_intern_copy_locked(mp_intern_copy_t *out) {
     out->ntb = tb_count;
     out->nrefs = refs_count;
     out->nframes = f_count;
-    out->tbs = malloc((tb_count ? tb_count : 1) * 3 * sizeof(uint64_t));
+    out->tbs = malloc((tb_count ? tb_count : 1) * 4 * sizeof(uint64_t));
     out->alloc = malloc((tb_count ? tb_count : 1) * 4 * sizeof(double));
     out->refs = malloc((refs_count ? refs_count : 1) * sizeof(uint32_t));
     out->codes = malloc((f_count ? f_count : 1) * sizeof(PyObject *));
@@ -310,9 +319,10 @@ int mp_intern_copy_locked(mp_intern_copy_t *out) {
         return -1;
     }
     for (size_t i = 0; i < tb_count; i++) {
-        out->tbs[3 * i] = tbs[i].first;
-        out->tbs[3 * i + 1] = tbs[i].nframes;
-        out->tbs[3 * i + 2] = tbs[i].total;
+        out->tbs[4 * i] = tbs[i].first;
+        out->tbs[4 * i + 1] = tbs[i].nframes;
+        out->tbs[4 * i + 2] = tbs[i].total;
+        out->tbs[4 * i + 3] = tbs[i].label;
         out->alloc[4 * i] = tbs[i].alloc_count;
         out->alloc[4 * i + 1] = tbs[i].alloc_bytes;
         out->alloc[4 * i + 2] = tbs[i].alloc_samples;

@@ -29,6 +29,27 @@ def ipython_shell():
     return shell()
 
 
+@pytest.fixture(scope="module")
+def ip(ipython_shell):
+    """The test shell with the extension loaded, for one test module (unloaded after)."""
+    ipython_shell.run_line_magic("load_ext", "mprofile_ipy")
+    yield ipython_shell
+    ipython_shell.run_line_magic("unload_ext", "mprofile_ipy")
+
+
+@pytest.fixture
+def no_session_left(ip):
+    """After the test: end any %mprofile session; fail if the sampler still runs."""
+    import mprofile_ipy
+
+    yield
+    magics = ip.magics_manager.registry.get("MProfileMagics")
+    if magics is not None:
+        magics.stop_session()
+        magics.session = None
+    assert not mprofile_ipy.is_tracing(), "a test left the sampler running"
+
+
 @pytest.fixture
 def run_cell() -> Callable:
     """``run_cell(ip, source)`` runs a cell as the user would, with history, and returns

@@ -224,3 +224,112 @@ def test_merge_refuses_different_rates():
     with pytest.raises(mp.MprofileError, match="different sample rates"):
         processes.merge([processes.ProcessPart("a", "child", 1, a),
                          processes.ProcessPart("b", "child", 2, b)])
+
+
+# ------------------------------------------------------------------ the start-up hook's life
+
+PTH = os.path.join(children._purelib(), children.PTH_NAME)
+
+# A second "kernel" of the same environment: opens a session, says so, waits for a line on
+# stdin, then closes it (or, with "exit", leaves without closing: atexit must clean up).
+_OTHER_KERNEL = """
+import sys, mprofile_ipy as mp
+from mprofile_ipy import children
+mp.start(sample_rate=4096)
+session = children.follow()
+print("open" if session.startup_hook else "no-hook", flush=True)
+if sys.stdin.readline().strip() == "close":
+    session.close()
+print("done", flush=True)
+"""
+
+
+def _other_kernel() -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", _OTHER_KERNEL], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "open"
+    return proc
+
+
+def _finish(proc: subprocess.Popen, how: str) -> None:
+    out, _ = proc.communicate(how + "\n", timeout=60)
+    assert proc.returncode == 0 and "done" in out
+
+
+@pytest.fixture
+def sampling():
+    children.remove_startup_hook()
+    mp.start(sample_rate=RATE)
+    try:
+        yield
+    finally:
+        mp.stop()
+
+
+def test_the_last_session_to_close_removes_the_startup_hook(sampling):
+    first = children.follow()
+    if first.startup_hook is None:
+        first.close()
+        pytest.skip("site-packages is read-only here: no start-up hook to remove")
+    second = children.follow()  # nested sessions share the line
+    first.close()
+    assert os.path.exists(PTH)
+    second.close()
+    assert not os.path.exists(PTH)
+    assert not os.path.exists(os.path.join(children._registry(), str(os.getpid())))
+
+
+def test_a_session_of_another_process_keeps_the_hook_until_it_closes(sampling):
+    other = _other_kernel()
+    try:
+        mine = children.follow()
+        mine.close()
+        assert os.path.exists(PTH), "another kernel still follows its children"
+    finally:
+        _finish(other, "close")
+    assert not os.path.exists(PTH)
+
+
+def test_interpreter_exit_removes_the_hook_of_a_session_left_open(sampling):
+    other = _other_kernel()
+    assert os.path.exists(PTH)
+    _finish(other, "exit")  # the session is never closed: atexit removes the line
+    assert not os.path.exists(PTH)
+
+
+def test_a_killed_kernel_leaves_a_marker_the_next_session_sweeps(sampling):
+    other = _other_kernel()
+    other.kill()
+    other.communicate(timeout=60)
+    assert os.path.exists(PTH)  # SIGKILL: nothing ran, the line stays (inert)
+    session = children.follow()
+    session.close()
+    assert not os.path.exists(PTH)
+    assert not os.path.exists(os.path.join(children._registry(), str(other.pid)))
+
+
+def test_a_forked_child_never_removes_its_parents_hook(sampling):
+    session = children.follow()
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child inherits the count and the atexit handler
+            code = 1
+            try:
+                code = 0 if children._release_startup_hook(everything=True) is False else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert os.path.exists(PTH)
+    finally:
+        session.close()
+    assert not os.path.exists(PTH)
+
+
+def test_children_starting_while_the_hook_goes_away_run_normally(sampling):
+    session = children.follow()
+    code = "import sys; x = [bytearray(4096) for _ in range(100)]; sys.exit(7)"
+    starting = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(4)]
+    session.close()  # the line disappears while they start up
+    assert not os.path.exists(PTH)
+    assert [p.wait(60) for p in starting] == [7, 7, 7, 7]

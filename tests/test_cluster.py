@@ -105,3 +105,93 @@ def test_a_worker_that_joins_during_the_session_is_profiled(client):
         cluster_obj.scale(2)
     finally:
         mp.stop()
+
+
+# ------------------------------------------------------------------ task labels
+
+def alpha(i: int) -> tuple[str, int]:
+    """4 MiB allocated (and freed) per task; reports the label of the thread running it."""
+    kept = [bytearray(BLOCK) for _ in range(BLOCKS)]  # ALPHA LINE
+    return _running_label(), len(kept)
+
+
+def beta(i: int) -> tuple[str, int]:
+    """2 MiB per task."""
+    kept = [bytearray(BLOCK) for _ in range(BLOCKS // 2)]  # BETA LINE
+    return _running_label(), len(kept)
+
+
+def failing(i: int) -> None:
+    raise RuntimeError("task failed on purpose")
+
+
+def _running_label() -> str:
+    """The prefix this worker's task-label hook set on the calling thread ('' if none)."""
+    import threading
+
+    from mprofile_ipy import cluster as c
+
+    label = c._labels.current.get(threading.get_ident(), 0)
+    return c._labels.table().get(str(label), "") if label else ""
+
+
+def test_each_task_labels_the_thread_that_runs_it(client):
+    """GIVEN the plugin on every worker WHEN tasks of two prefixes run THEN each runs with
+    its prefix's label in its own thread, and no thread keeps a label afterwards."""
+    mp.start(sample_rate=RATE)
+    try:
+        with cluster.profile_workers(client) as session:
+            futures = client.map(alpha, range(4), pure=False) + client.map(beta, range(4),
+                                                                           pure=False)
+            seen = [label for label, _ in client.gather(futures)]
+            assert seen == ["alpha"] * 4 + ["beta"] * 4
+            bad = client.map(failing, range(2), pure=False)
+            distributed.wait(bad)
+            assert all(f.status == "error" for f in bad)
+            states = client.run(cluster._task_label_state)
+            assert all(state["hooked"] for state in states.values())
+            assert all(state["current"] == {} for state in states.values()), states
+            assert {p for s in states.values() for p in s["labels"].values()} >= {
+                "alpha", "beta", "failing"}
+            got = session.collect()
+            shipped = {p for _, snap in got.snapshots for p in snap.meta["labels"].values()}
+            assert shipped >= {"alpha", "beta", "failing"}  # ids last the worker's life
+            for _, snap in got.snapshots:
+                assert snap.meta["task_labels"] == ("recorded" if cluster.labels_supported()
+                                                    else "not recorded: this sampler has "
+                                                    "no thread labels")
+        # the plugin's teardown put distributed's own function back
+        assert not any(s["hooked"] for s in client.run(cluster._task_label_state).values())
+        assert [label for label, _ in client.gather(client.map(alpha, [9], pure=False))] == [""]
+    finally:
+        mp.stop()
+
+
+@pytest.mark.skipif(not cluster.labels_supported(),
+                    reason="the sampler records no thread labels yet (sampler.set_thread_label)")
+def test_each_task_prefix_share_of_the_merged_profile(client, tmp_path):
+    """Two prefixes allocating known amounts: each prefix's share of the merged profile,
+    from the snapshot, from a saved file and from go tool pprof, within 10%."""
+    from mprofile_ipy import processes
+
+    mp.start(sample_rate=RATE)
+    try:
+        with cluster.profile_workers(client) as session:
+            futures = client.map(alpha, range(TASKS), pure=False) + client.map(
+                beta, range(TASKS), pure=False)
+            client.gather(futures)
+            got = session.collect()
+        parts = [processes.ProcessPart(f"worker {a}", "worker", s.meta["process"]["pid"], s,
+                                       address=a) for a, s in got.snapshots]
+        merged = processes.merge(parts).merged
+    finally:
+        mp.stop()
+    want = {"alpha": TASKS * BLOCK * BLOCKS, "beta": TASKS * BLOCK * BLOCKS // 2}
+    path = tmp_path / "merged.mprof"
+    merged.dump(path)
+    for snap in (merged, mp.Snapshot.load(path)):
+        by_task = {g.name: g.allocated.size for g in processes.group_totals(snap, "task")}
+        for prefix, size in want.items():
+            assert by_task[prefix] == pytest.approx(size, rel=0.10), by_task
+        total = sum(by_task[p] for p in want)
+        assert by_task["alpha"] / total == pytest.approx(2 / 3, rel=0.10)

@@ -5,12 +5,12 @@ a real browser is tested in tests/browser/."""
 from __future__ import annotations
 
 import json
-import linecache
 import math
 import re
 from html.parser import HTMLParser
 
 import pytest
+from _helpers import frames, register_cell
 
 from mprofile_ipy.attribution import Attributor
 from mprofile_ipy.errors import MprofileError
@@ -27,19 +27,13 @@ from mprofile_ipy.renderers.interactive import (
 )
 
 EVIL = "</script><script>alert(1)</script><!--"
-CELL = "<ipython-input-7-00000000beef>"
-linecache.cache[CELL] = (1, None, [
-    "def build():\n",
-    "    return [bytearray(4096) for _ in range(50)]\n",
-    f"x = build(); s = '{EVIL}'\n",
-    "y = bytearray(10**6)\n",
-], CELL)
+CELL = register_cell("<ipython-input-7-00000000beef>", [
+    "def build():",
+    "    return [bytearray(4096) for _ in range(50)]",
+    f"x = build(); s = '{EVIL}'",
+    "y = bytearray(10**6)",
+])
 LIB = "/usr/lib/python3/site-packages/lib/<evil&name>.py"
-
-
-def frames(*triples):
-    """Raw frames, most recent first, from (filename, lineno, name) triples."""
-    return tuple((fn, line, name, 1) for fn, line, name in triples)
 
 
 BUILD = frames((CELL, 2, "build"), (CELL, 3, "<module>"))

@@ -158,7 +158,10 @@ def test_processes_walkthrough_merges_the_pool_and_the_workers(processes_nb):
     shares = text_of(cell_starting(processes_nb, "for p in pool_res.processes"))
     allocated = [float(line.split("allocated")[1].split()[0])
                  for line in shares.splitlines() if " child " in line]
-    assert len(allocated) == 2 and abs(sum(allocated) - 8 * 8e6 / 2**20) < 0.1 * 64e6 / 2**20
+    # the arrays (near exact: 4 MB blocks are always sampled) plus what else the workers
+    # allocated (pickled tasks and results, NumPy's temporaries): seen +0.5 to +6.7 MiB
+    expected = 8 * 8e6 / 2**20
+    assert len(allocated) == 2 and 0.95 * expected < sum(allocated) < 1.2 * expected
     assert "steps = rng.standard_normal((500, 1000))" in shares
     dask = cell_starting(processes_nb, "%%mprofile --dask")
     html = next(o.data["text/html"] for o in dask.outputs if o.output_type == "display_data")

@@ -232,6 +232,21 @@ def test_traces_dataframe_has_one_row_per_shown_sample(result):
     assert set(df["allocator"]) == {"OBJ"}
 
 
+def test_counted_traces_stay_one_row_each_with_their_count():
+    # A pprof profile's counted traces: 2 million identical allocations are one record.
+    snap = Snapshot([(0, 64, BUILD, len(BUILD)), (0, 4096, DUMPS, len(DUMPS))], 10,
+                    sample_rate=1, counts=[2_000_000, 3])
+    res = ProfileResult(snap, attributor=Attributor(None))
+    df = res.to_traces_dataframe()
+    assert len(df) == 2 and df["count"].dtype == "int64"
+    assert list(df["count"]) == [2_000_000, 3]
+    assert list(df["estimated_count"]) == [2_000_000.0, 3.0]
+    assert df["estimated_size"].sum() == 64 * 2_000_000 + 4096 * 3 == res.total
+    # the view's snapshot keeps the counts too (its pprof export writes them as numbers)
+    view = res.view_snapshot()
+    assert view.trace_counts == [2_000_000, 3] and view.samples == 2_000_003
+
+
 def test_allocation_totals_per_site():
     # (frames, total_nframe, count_estimate, size_estimate)
     allocated = [(BUILD, len(BUILD), 80.0, 8000.0), (DUMPS, len(DUMPS), 1.0, 5000.0),

@@ -482,6 +482,18 @@ def test_notebook_in_a_real_kernel(tmp_path):
     after = output('print(f"{alive_mib():.1f} MiB still alive")')
     assert float(after.split(" MiB")[0]) < 5
     assert "No live sampled block" in after
+    # %%mprofile --why: the cell's report shows each site's chains when a site is unfolded
+    # (server-rendered HTML), and the result keeps them
+    cell = next(c for c in nb.cells if c.source.startswith("%%mprofile --why"))
+    page = "".join(o.get("data", {}).get("text/html", "") for o in cell.outputs)
+    assert page.count("<div class='mpr-why'>") == 1, page[:2000]
+    assert "history -&gt; list[0] -&gt; ndarray.&lt;data&gt; -&gt; NumPy data" in page
+    assert "free it with <code class='mpr-cmd'>%xdel history</code>" in page
+    kept = output("why = res.retention(0)")
+    assert "history -> list[2] -> ndarray.<data> -> NumPy data | free it with: %xdel history" \
+        in kept
+    assert "LATEST -> dict['rows'] -> ndarray.<data> -> NumPy data | free it with: " \
+        "del LATEST['rows']" in kept
 
 
 def test_site_from_a_snapshot_statistic(ip, tracing):

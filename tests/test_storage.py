@@ -97,7 +97,8 @@ def test_round_trip_exact_tracemalloc_style(tmp_path):
     assert_same(loaded, snap)
     assert loaded.is_exact and loaded.allocated is None and loaded.meta == {}
     doc = json.loads(gzip.decompress(path.read_bytes()))
-    assert doc["format"] == FORMAT_NAME and doc["version"] == FORMAT_VERSION
+    # no labels: version 2, readable by older versions
+    assert doc["format"] == FORMAT_NAME and doc["version"] == 2
     assert "allocator" not in doc["traces"]  # 4-tuples store no allocator column
 
 
@@ -450,3 +451,31 @@ def test_a_snapshot_taken_by_the_sampler_round_trips(tmp_path):
     assert loaded.meta["native"] is False
     assert loaded.statistics("lineno") == snap.statistics("lineno")
     del data
+
+
+def test_write_atomically_replaces_whole_files_and_cleans_up_after_a_failure(tmp_path):
+    """GIVEN a file WHEN a write fails half-way THEN the old content stays and no temporary
+    file is left; a write that succeeds replaces it whole, with the mode asked for."""
+    path = tmp_path / "out.bin"
+    storage.write_atomically(path, b"old")
+
+    class Failing:  # not a buffer: the write fails after the temporary file exists
+        def __buffer__(self, flags):
+            raise OSError(28, "No space left on device")
+
+    with pytest.raises((OSError, TypeError)):
+        storage.write_atomically(path, Failing())  # type: ignore[arg-type]
+    assert path.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]
+    storage.write_atomically(path, memoryview(b"new content"), mode=0o600, fsync=True)
+    assert path.read_bytes() == b"new content"
+    assert path.stat().st_mode & 0o777 == 0o600 & ~_umask()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]
+    with pytest.raises(FileNotFoundError):
+        storage.write_atomically(tmp_path / "missing" / "x", b"")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -10,26 +10,10 @@ import re
 
 import pytest
 
-import mprofile_ipy
-
 MiB = 2**20
 
 
-@pytest.fixture(scope="module")
-def ip(ipython_shell):
-    ipython_shell.run_line_magic("load_ext", "mprofile_ipy")
-    yield ipython_shell
-    ipython_shell.run_line_magic("unload_ext", "mprofile_ipy")
-
-
-@pytest.fixture(autouse=True)
-def nothing_left_running(ip):
-    yield
-    magics = ip.magics_manager.registry.get("MProfileMagics")
-    if magics is not None:
-        magics.stop_session()
-        magics.session = None
-    assert not mprofile_ipy.is_tracing()
+pytestmark = pytest.mark.usefixtures("no_session_left")  # ip: tests/conftest.py
 
 
 def report_data(html: str) -> dict:

@@ -14,13 +14,6 @@ from mprofile_ipy.result import ProfileResult
 MiB = 2**20
 
 
-@pytest.fixture(scope="module")
-def ip(ipython_shell):
-    ipython_shell.run_line_magic("load_ext", "mprofile_ipy")
-    yield ipython_shell
-    ipython_shell.run_line_magic("unload_ext", "mprofile_ipy")
-
-
 @pytest.fixture
 def magics(ip):
     found = ip.magics_manager.registry["MProfileMagics"]

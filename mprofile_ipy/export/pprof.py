@@ -15,6 +15,13 @@ How a snapshot is laid out (and why loading gives the same statistics back):
   snapshot's meta knows it), ``domain`` (tracemalloc's domain number), ``allocator``
   (``raw``, ``mem``, ``obj``, ``numpy``, ``native``) and, when the stack was cut at
   ``max_frames``, ``total_nframe``.
+- A snapshot with a process or task dimension (a merged one, :mod:`mprofile_ipy.processes`)
+  is written part by part (``Snapshot.partition``), each sample labelled with ``task`` (the
+  Dask task prefix that was running, absent outside tasks), ``process`` (the process's
+  label), ``pid``, ``worker`` (a Dask worker's address) and ``process_kind`` (``kernel``,
+  ``child``, ``worker``): ``go tool pprof -tagfocus=task=read_parquet`` or
+  ``-tagfocus=worker=tcp://10.0.0.5:40331`` keeps that part, ``-tags`` lists the shares.
+  Loading reads them back into the traces' ``label`` and ``process`` fields.
 - ``period`` is the snapshot's ``sample_rate`` (1 when every allocation is traced). An
   allocation of ``s`` bytes stands for ``w = 1/(1-exp(-s/period))`` allocations, so the
   loader rebuilds ``samples`` raw traces of ``bytes`` bytes per pprof sample and the model
@@ -42,7 +49,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import secrets
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -51,7 +57,13 @@ from typing import IO, TYPE_CHECKING, Any, Union
 from .. import aggregate, estimate
 from ..errors import MissingDependencyError, PprofFormatError
 from ..model import Frame, Snapshot
-from ..storage import MAX_INFLATED_BYTES, MAX_SAMPLE_RATE, check_estimates, read_capped
+from ..storage import (
+    MAX_INFLATED_BYTES,
+    MAX_SAMPLE_RATE,
+    check_estimates,
+    read_capped,
+    write_atomically,
+)
 
 if TYPE_CHECKING:
     from . import profile_pb2
@@ -345,8 +357,55 @@ def to_profile(
     )
 
     # One pprof sample per group of identical sampled allocations (same frames object,
-    # labels and size), and the allocation totals per traceback: both from the aggregation.
+    # labels and size), and the allocation totals per traceback: both from the aggregation,
+    # per task and process when the snapshot has them (each part with its own labels).
     allocated = snapshot.allocated_records
+    rounders = [_RunningRound() for _ in SAMPLE_TYPES]
+    live_samples = 0
+    if snapshot.has_dimensions or snapshot.processes:
+        parts = [(_dimension_tags(snapshot, label, process), part) for (label, process), part
+                 in snapshot.partition("label", "process").items()]
+    else:
+        parts = [([], snapshot)]
+    for tags, part in parts:
+        live_samples += _add_samples(builder, part, tags, threads, rounders,
+                                     allocated is not None)
+
+    profile.period_type.type = strings("space")
+    profile.period_type.unit = strings("bytes")
+    profile.period = max(1, int(snapshot.sample_rate))
+    profile.default_sample_type = strings(_DEFAULT_SAMPLE_TYPE)
+    profile.time_nanos, profile.duration_nanos = _time_fields(meta)
+    for line in [*_comments(snapshot, allocated is not None, live_samples), *comments]:
+        profile.comment.append(strings(line))
+    profile.string_table.extend(strings.table)
+    return profile
+
+
+def _dimension_tags(snapshot: Snapshot, label: int, process: int) -> list[tuple[str, Any]]:
+    """The pprof labels naming a part of a snapshot: ``task`` (the thread label's name, e.g.
+    a Dask task prefix), ``process`` (its label), ``pid``, ``worker`` (a Dask worker's
+    address) and ``process_kind``, each only where the snapshot knows it."""
+    tags: list[tuple[str, Any]] = []
+    if label:
+        tags.append(("task", snapshot.label_name(label)))
+    if snapshot.processes or process:
+        info = snapshot.process_info(process)
+        tags.append(("process", info["label"]))
+        if info["pid"]:
+            tags.append(("pid", info["pid"]))
+        if info["address"]:
+            tags.append(("worker", info["address"]))
+        if info["kind"]:
+            tags.append(("process_kind", info["kind"]))
+    return tags
+
+
+def _add_samples(builder: _Builder, snapshot: Snapshot, tags: list[tuple[str, Any]],
+                 threads: dict, rounders: list[_RunningRound], alloc_tracked: bool) -> int:
+    """Add the samples of ``snapshot`` (one part of the profile), each labelled with
+    ``tags``; returns how many sampled allocations they hold."""
+    profile = builder.profile
     alloc_of: dict[tuple, aggregate.Record] = {}
     keys_of: dict[int, tuple] = {}  # id(frames) -> key; frames stay alive in the snapshot
 
@@ -356,18 +415,24 @@ def to_profile(
             key = keys_of[id(frames)] = aggregate.frames_key(frames or (_UNKNOWN_FRAME,))
         return key
 
-    if allocated is not None:
+    def label(sample: Any) -> None:
+        for key, value in tags:
+            if isinstance(value, str):
+                builder.str_label(sample, key, value)
+            else:
+                builder.num_label(sample, key, value)
+
+    if alloc_tracked:
         for record in aggregate.by_traceback(snapshot):
             if not record.allocated.empty:
                 raw_frames = record.traceback.raw_frames  # a new tuple: not via stack_key
                 alloc_of[aggregate.frames_key(raw_frames or (_UNKNOWN_FRAME,))] = record
-    rounders = [_RunningRound() for _ in SAMPLE_TYPES]
     live_samples = 0
     for g in aggregate.sample_groups(snapshot):
         frames = g.frames
         count, space = g.live.count, g.live.size
         live_samples += g.n
-        if allocated is None:
+        if not alloc_tracked:
             alloc = (count, space)
         else:
             record = alloc_of.pop(stack_key(frames), None)
@@ -392,6 +457,7 @@ def to_profile(
         builder.str_label(sample, "allocator", _allocator_name(g.allocator))
         if g.total_nframe is not None and g.total_nframe != len(frames):
             builder.num_label(sample, "total_nframe", g.total_nframe)
+        label(sample)
 
     # Allocation sites whose allocations were all freed: alloc_* only.
     for record in alloc_of.values():
@@ -410,37 +476,8 @@ def to_profile(
         )
         if total_nframe is not None and total_nframe != len(frames):
             builder.num_label(sample, "total_nframe", total_nframe)
-
-    profile.period_type.type = strings("space")
-    profile.period_type.unit = strings("bytes")
-    profile.period = max(1, int(snapshot.sample_rate))
-    profile.default_sample_type = strings(_DEFAULT_SAMPLE_TYPE)
-    profile.time_nanos, profile.duration_nanos = _time_fields(meta)
-    for line in [*_comments(snapshot, allocated is not None, live_samples), *comments]:
-        profile.comment.append(strings(line))
-    profile.string_table.extend(strings.table)
-    return profile
-
-
-def _write_atomically(path: str, data: bytes) -> None:
-    """Write ``data`` to a new file beside ``path``, then rename it over ``path``.
-
-    The temporary file is created with mode 0o666 so that the umask applies, as it would
-    to a file opened normally (``tempfile.mkstemp`` would leave it private to the owner).
-    """
-    directory, base = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{base}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+        label(sample)
+    return live_samples
 
 
 def write_pprof(
@@ -473,7 +510,7 @@ def write_pprof(
     if isinstance(path, bytes):
         path = os.fsdecode(path)
     try:
-        _write_atomically(path, data)
+        write_atomically(path, data)
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise OSError(exc.errno, f"cannot write pprof profile to {path!r}: {reason}", path) from exc
@@ -710,6 +747,8 @@ def load_pprof(path_or_file: PathOrFile, *, max_bytes: int = MAX_INFLATED_BYTES)
     counts: list[int] = []
     allocated: dict[tuple, list[int]] = {}
     threads: dict[str, str] = {}
+    label_ids: dict[str, int] = {}  # task name -> label id
+    process_ids: dict[tuple, int] = {}  # (label, kind, pid, address) -> process index
     has_alloc = i_alloc_count is not None and i_alloc_space is not None
     rebuilt = 0
     for sample, frames, nums, strs in parsed:
@@ -723,6 +762,13 @@ def load_pprof(path_or_file: PathOrFile, *, max_bytes: int = MAX_INFLATED_BYTES)
         thread_id = nums.get("thread_id", 0) % 2**64  # written as int64
         if "thread_name" in strs:
             threads[str(thread_id)] = strs["thread_name"]
+        task = strs.get("task")
+        label = label_ids.setdefault(task, len(label_ids) + 1) if task else 0
+        process = 0
+        if "process" in strs:
+            who = (strs["process"], strs.get("process_kind", ""),
+                   reader.num(nums, "pid", 0, 0, 2**63 - 1), strs.get("worker", ""))
+            process = process_ids.setdefault(who, len(process_ids))
         if ours:
             pieces = [(nums["bytes"], nums["samples"])] if "samples" in nums else []
         else:
@@ -735,10 +781,11 @@ def load_pprof(path_or_file: PathOrFile, *, max_bytes: int = MAX_INFLATED_BYTES)
                     f"too many allocations to rebuild (more than {MAX_LOADED_TRACES:,}); "
                     "is this a heap profile?"
                 )
-            traces.append((domain, size, frames, total_nframe, allocator, thread_id))
+            traces.append((domain, size, frames, total_nframe, allocator, thread_id, label,
+                           process))
             counts.append(n)
         if has_alloc:
-            key = (frames, total_nframe)
+            key = (frames, total_nframe, label, process)
             entry = allocated.setdefault(key, [0, 0])  # ints: 2**63 - 1 must stay exact
             entry[0] += sample.value[i_alloc_count]
             entry[1] += sample.value[i_alloc_space]
@@ -754,15 +801,24 @@ def load_pprof(path_or_file: PathOrFile, *, max_bytes: int = MAX_INFLATED_BYTES)
         meta["taken_at"] = min(end, 2**63 - 1) / 1e9
     if threads:
         meta["threads"] = threads
+    if label_ids:
+        meta["labels"] = {str(i): name for name, i in label_ids.items()}
+    if process_ids:
+        meta["processes"] = [{"label": who[0], "kind": who[1], "pid": who[2],
+                              "address": who[3]} for who in process_ids]
+    if not (label_ids or process_ids):  # the plain shape of a profile of one process
+        traces = [t[:6] for t in traces]
     limit = max((len(t[2]) for t in traces), default=1)
-    limit = max([limit, *(len(frames) for frames, _ in allocated)])
+    limit = max([limit, *(len(key[0]) for key in allocated)])
     snapshot = Snapshot(  # the checks above leave the model nothing to reject
         traces,
         limit,
         sample_rate=rate,
         allocated=(
-            [(frames, total, count, space) for (frames, total), (count, space) in
-             allocated.items() if count or space]
+            [(frames, total, count, space, None, None, None, label, process)
+             if label_ids or process_ids else (frames, total, count, space)
+             for (frames, total, label, process), (count, space) in allocated.items()
+             if count or space]
             if has_alloc
             else None
         ),

@@ -21,7 +21,7 @@ from ..report import TimelinePoint
 from ..result import DiffResult, ProfileResult
 from .options import Options
 
-__all__ = ["Bundle", "check_path", "finish", "retainers_text", "show", "show_postmortem",
+__all__ = ["Bundle", "check_path", "explain", "finish", "retainers_text", "show", "show_postmortem",
            "show_retainers",
            "show_timeline", "show_widget", "write_pprof"]
 
@@ -211,11 +211,29 @@ def show_postmortem(summary: str, path: str) -> None:
     _display(Bundle(text, html=html))
 
 
+def explain(shell: Any, result: ProfileResult, opts: Options) -> None:
+    """``--why``: what keeps every site of the result alive (one search of the heap, bounded
+    by ``--time-limit``), kept with the result so that its report shows each site's chains
+    when it is unfolded. Never raises: a failure is one line on stderr."""
+    if not result.has_live_blocks:
+        _say(f"--why: the result {result.label or ''} has no record of its blocks' addresses; "
+             "nothing to explain")
+        return
+    try:
+        result.retainers_by_site(user_ns=shell.user_ns, max_blocks=opts.max_blocks,
+                                 max_chains=opts.chains, time_limit=opts.time_limit)
+    except Exception as exc:  # noqa: BLE001 - the user's value or exception comes first
+        _say(f"--why: cannot find what keeps the memory alive ({type(exc).__name__}: {exc})")
+
+
 def finish(shell: Any, result: ProfileResult | DiffResult, opts: Options) -> None:
-    """Store, show and export a result as the options say. Never raises: a report that
-    cannot be shown or exported is explained in one line on stderr."""
+    """Store, show and export a result as the options say (``--why`` first finds what keeps
+    its sites alive). Never raises: a report that cannot be shown or exported is explained
+    in one line on stderr."""
     if opts.output:
         shell.user_ns[opts.output] = result
+    if opts.why and isinstance(result, ProfileResult):
+        explain(shell, result, opts)
     show(result, opts.view)
     if opts.pprof and isinstance(result, ProfileResult):
         try:

@@ -148,8 +148,9 @@ def _option(*flags: str, default: Any, help: str, group: str,
 #: Option groups, in the order of the help text.
 GROUPS = {"sampling": "Sampling", "limits": "Memory limit", "processes": "Processes",
           "report": "Report", "output": "Output", "why": "Why (%mprofile why)"}
-#: The groups of ``%%mprofile`` and of ``%mprofile statement``.
-RUN_GROUPS = ("sampling", "limits", "processes", "report", "output")
+#: The groups of ``%%mprofile`` and of ``%mprofile statement`` (the why options bound
+#: ``--why``).
+RUN_GROUPS = ("sampling", "limits", "processes", "report", "output", "why")
 
 
 @dataclass(frozen=True)
@@ -220,6 +221,12 @@ class Options:
         help="Show the frames of libraries and IPython that the user's code called (hidden "
              "by default). The frames that called the cell and the profiler's own are never "
              "shown.")
+    why: bool = _option(
+        "--why", default=False, group="report",
+        help="Also find what keeps each site's memory alive at the end (the reference "
+             "chains of %%mprofile why, each with the command that frees it, bounded by "
+             "--time-limit): the report shows them when a site is unfolded. Runs no code of "
+             "yours.")
     output: str | None = _option(
         "-o", "--output", default=None, convert=_identifier, metavar="VAR", group="output",
         help="Store the result (a ProfileResult) in the variable VAR.")

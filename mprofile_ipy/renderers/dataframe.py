@@ -31,7 +31,7 @@ SITE_COLUMNS = [
     "filename", "lineno", "traceback",
 ]
 TRACE_COLUMNS = [
-    "file", "line", "function", "source", "size", "weight", "estimated_size",
+    "file", "line", "function", "source", "size", "count", "weight", "estimated_size",
     "estimated_count", "domain", "allocator", "thread_id", "cell", "filename", "lineno",
     "traceback",
 ]
@@ -135,14 +135,18 @@ def sites_dataframe(report: Report, group_by: str | None = None,
 
 
 def traces_dataframe(report: Report) -> ReportFrame:
-    """One row per sampled allocation still alive (those the views show)."""
+    """One row per distinct sampled allocation still alive (those the views show), with
+    ``count``: how many identical sampled allocations it stands for (1 for the sampler's
+    snapshots; a pprof profile's counted traces stay one row each, not millions).
+    ``estimated_size``/``estimated_count`` are the row's whole estimate (size x weight x
+    count, weight x count)."""
     import numpy as np
 
     rate = report.sample_rate
     index_of: dict[tuple, int] = {}
     fixed_rows: list[dict[str, object]] = []
-    which, sizes, domains, codes, threads = [], [], [], [], []
-    for trace, frames in report.iter_traces():
+    which, sizes, counts, domains, codes, threads = [], [], [], [], [], []
+    for trace, count, frames in report.iter_trace_records():
         if not frames:
             continue
         index = index_of.get(frames)
@@ -153,6 +157,7 @@ def traces_dataframe(report: Report) -> ReportFrame:
             fixed_rows.append(row)
         which.append(index)
         sizes.append(trace[1])
+        counts.append(count)
         domains.append(trace[0])
         codes.append(trace[4] if len(trace) > 4 else int(Allocator.MEM))
         threads.append(trace[5] if len(trace) > 5 else 0)
@@ -160,17 +165,19 @@ def traces_dataframe(report: Report) -> ReportFrame:
                                               "filename", "lineno", "traceback"])
     df = fixed.iloc[np.asarray(which, dtype=np.int64)].reset_index(drop=True)
     size = np.asarray(sizes, dtype=np.int64)
+    count = np.asarray(counts, dtype=np.int64)
     weights = {s: weight(s, rate) for s in set(sizes)}
     w = np.asarray([weights[s] for s in sizes], dtype=np.float64)
     names = {int(a): a.name for a in Allocator}
     df["size"] = size
+    df["count"] = count
     df["weight"] = w
-    df["estimated_size"] = size * w
-    df["estimated_count"] = w
+    df["estimated_size"] = size * w * count
+    df["estimated_count"] = w * count
     df["domain"] = np.asarray(domains, dtype=np.int64)
     df["allocator"] = [names.get(c, str(c)) for c in codes]
     df["thread_id"] = np.asarray(threads, dtype=np.uint64).astype(np.int64)
-    return _typed(df[TRACE_COLUMNS], report.exact, size="int64")
+    return _typed(df[TRACE_COLUMNS], report.exact, size="int64", count="int64")
 
 
 def diff_dataframe(diff: DiffReport, group_by: str | None = None,

@@ -16,6 +16,7 @@ from ..report import (
     DiffReport,
     FrameInfo,
     Report,
+    Retention,
     Site,
     SiteDiff,
     TimelinePoint,
@@ -35,11 +36,12 @@ from . import (
     note_text,
     plural,
 )
+from .interactive import render_report as render_interactive
 
-__all__ = ["diff_summary_html", "interactive_diff", "interactive_report", "processes_html",
-           "interactive_timeline", "render_diff",
-           "render_report", "sites_table_html",
-           "summary_html", "timeline_html", "tracebacks_html"]
+__all__ = ["diff_summary_html", "interactive_diff", "interactive_report",
+           "interactive_timeline", "processes_html", "render_diff", "render_report",
+           "retention_html", "sites_table_html", "summary_html", "timeline_html",
+           "tracebacks_html"]
 
 _BOX = ("font-family: var(--jp-ui-font-family, -apple-system, 'Segoe UI', sans-serif);"
         "font-size: 13px; line-height: 1.4; max-width: 1100px;")
@@ -130,8 +132,43 @@ def tracebacks_html(site: Site, limit: int = MAX_TRACEBACKS, allocated: bool = F
     return "".join(parts)
 
 
-def _site_cell(site: Site, drill: bool = True, allocated: bool = False) -> str:
+def retention_html(why: Retention) -> str:
+    """What keeps a site alive: per group of blocks with the same story, what they are,
+    the chains from a root the user can name (chain k+1 holds them once chain k's command
+    has run) and the command that frees each."""
+    head = (f"{plural(why.searched, 'sampled block')} searched in {fmt_time(why.elapsed)}"
+            + (f"; {why.when}" if why.when else ""))
+    parts = [f"<div class='mprofile-why' style='margin: 6px 0 6px 12px; padding-left: 6px; "
+             f"border-left: 2px solid {_RED}'><b>Why still alive</b> "
+             f"<span style='{_MUTED}'>{escape(head)}</span>"]
+    for group in why.groups:
+        parts.append(f"<div style='margin: 3px 0'>{escape(plural(group.blocks, 'block'))}, "
+                     f"{fmt_size(group.size)}: {escape(group.description)}</div>")
+        items = []
+        for chain in group.chains:
+            also = (f" <span style='{_MUTED}'>(also named {escape(', '.join(chain.also_named))})"
+                    "</span>" if chain.also_named else "")
+            free = (f"<div>free it with <code style='{_CODE} font-weight: 600'>"
+                    f"{escape(chain.command)}</code></div>" if chain.command else "")
+            items.append(f"<li><code style='{_CODE}'>{escape(chain.text)}</code>{also}{free}"
+                         f"</li>")
+        if items:
+            parts.append(f"<ol style='margin: 2px 0; padding-left: 22px'>{''.join(items)}</ol>")
+        if len(group.commands) > 1:
+            parts.append(f"<div>to free it, run all of: <code style='{_CODE} font-weight: "
+                         f"600'>{escape('; '.join(group.commands))}</code></div>")
+        if group.note:
+            parts.append(f"<div style='{_MUTED}'>{escape(group.note)}</div>")
+    if not why.groups:
+        parts.append(f"<div style='{_MUTED}'>no sampled block of this site is alive</div>")
+    return "".join(parts) + "</div>"
+
+
+def _site_cell(site: Site, drill: bool = True, allocated: bool = False,
+               why: Retention | None = None) -> str:
     details = tracebacks_html(site, allocated=allocated) if drill else ""
+    if drill and why is not None:
+        details += retention_html(why)
     if not details:
         return _title(site)
     return (f"<details><summary style='cursor: pointer'>{_title(site)}</summary>"
@@ -180,7 +217,7 @@ def sites_table_html(report: Report, sites: Sequence[Site], drill: bool = True) 
                fmt_percent(site.percent), f"{site.samples:,}"]
         if allocated:
             row.append(fmt_size(site.allocated))
-        rows.append(row + [_site_cell(site, drill)])
+        rows.append(row + [_site_cell(site, drill, why=report.retention(site))])
     return _table(headers, rows)
 
 
@@ -295,31 +332,19 @@ def timeline_html(points: Sequence[TimelinePoint]) -> str:
     return _report([_table(["after", "alive", "peak"], rows, text_column=0)])
 
 
-def _render_interactive(data: dict, replaces_widget: bool) -> str:
-    """``interactive.render_report``; ``replaces_widget`` marks a report that stands in for
-    a widget shown in the same cell (where scripts run, it hides that widget's "Error
-    displaying widget" after a reload), when this version of the interactive renderer can."""
-    import inspect
-
-    from .interactive import render_report as render
-
-    if replaces_widget and "replaces_widget" in inspect.signature(render).parameters:
-        return render(data, replaces_widget=True)
-    return render(data)
-
-
 def interactive_report(report: Report, top: int | None = None, *,
                        replaces_widget: bool = False) -> str:
     """The self-contained interactive HTML report (``renderers.interactive``) of a report:
     server-side table and flame graph, enhanced by an inline script where scripts run."""
-    return _render_interactive(report_data(report, top=top, note_text=note_text),
-                               replaces_widget)
+    return render_interactive(report_data(report, top=top, note_text=note_text),
+                              replaces_widget=replaces_widget)
 
 
 def interactive_diff(diff: DiffReport, top: int | None = None, *,
                      replaces_widget: bool = False) -> str:
     """The self-contained interactive HTML report of a comparison."""
-    return _render_interactive(diff_data(diff, top=top, note_text=note_text), replaces_widget)
+    return render_interactive(diff_data(diff, top=top, note_text=note_text),
+                              replaces_widget=replaces_widget)
 
 
 def interactive_timeline(points: Sequence[TimelinePoint]) -> str:
@@ -327,4 +352,4 @@ def interactive_timeline(points: Sequence[TimelinePoint]) -> str:
     point for its figures); a sentence when no cell has run yet."""
     if not points:
         return timeline_html(points)
-    return _render_interactive(timeline_data(points), False)
+    return render_interactive(timeline_data(points))

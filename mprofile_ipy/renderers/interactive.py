@@ -53,12 +53,19 @@ are fractions of ``total`` (0..1). Unknown keys are ignored.
 - ``timeline``: ``{"points": [{"label": str, "current": bytes, "peak": bytes | None,
   "error": relative error (optional), "text": str (optional)}]}``: required for
   ``timeline``, optional otherwise.
+- ``retention``: optional list of what keeps sites alive (present only once asked:
+  ``result.retainers()``, ``%%mprofile --why``), each ``{"searched": int (blocks
+  searched), "elapsed": seconds, "when": str, "groups": [{"blocks": int, "size": bytes,
+  "description": str, "status": str, "note": str, "chains": [{"root": str, "kind": str,
+  "steps": [str], "target": str, "command": str | None, "also": [str]}]}]}``; a row
+  refers to one with ``"retention": index`` (optional) and shows it when unfolded.
 
 Bounds (so a huge profile cannot make a huge notebook): at most ``MAX_ROWS`` rows per
 grouping, ``MAX_TRACEBACKS_PER_ROW`` tracebacks per row, ``MAX_TRACEBACKS`` tracebacks and
 ``MAX_FRAMES`` frames per traceback (the most recent kept), ``MAX_FLAME_NODES`` flame nodes
-(the smallest dropped first), ``MAX_TIMELINE_POINTS`` timeline points and ``MAX_TEXT``
-characters per string. Whatever is cut is said in a note of the report.
+(the smallest dropped first), ``MAX_TIMELINE_POINTS`` timeline points, ``MAX_STORIES``
+groups of blocks per site, ``MAX_CHAINS`` chains per group, ``MAX_STEPS`` steps per chain
+and ``MAX_TEXT`` characters per string. Whatever is cut is said in a note of the report.
 """
 
 from __future__ import annotations
@@ -75,11 +82,15 @@ from typing import Any
 
 from ..errors import MprofileError
 from ..units import format_size
+from . import fmt_time, plural
 
 __all__ = [
     "MAX_FLAME_NODES",
     "MAX_FRAMES",
+    "MAX_CHAINS",
     "MAX_ROWS",
+    "MAX_STEPS",
+    "MAX_STORIES",
     "MAX_TEXT",
     "MAX_TIMELINE_POINTS",
     "MAX_TRACEBACKS",
@@ -106,6 +117,11 @@ MAX_FLAME_NODES = 1500
 MAX_TIMELINE_POINTS = 1000
 #: Characters kept per string (file names, source lines).
 MAX_TEXT = 300
+#: Groups of blocks (with the same story) shown per site, chains per group, steps per chain.
+MAX_STORIES = 10
+MAX_CHAINS = 10
+MAX_STEPS = 40
+_NO_TARGET_KINDS = ("unreachable_cycle", "held_from_c")
 #: The z-score of the ~95% intervals shown as ``±``.
 Z95 = 1.96
 
@@ -211,6 +227,9 @@ def validate_report_data(data: Any) -> dict[str, Any]:
     tracebacks = [_traceback(tb, f"['tracebacks'][{i}]", len(frames), kind == "diff")
                   for i, tb in enumerate(_list(data.get("tracebacks"), "['tracebacks']", []))]
 
+    retention = [_retention(r, f"['retention'][{i}]")
+                 for i, r in enumerate(_list(data.get("retention"), "['retention']", []))]
+
     groupings_in = data.get("groupings")
     if kind == "timeline" and groupings_in is None:
         groupings_in = {}
@@ -223,7 +242,7 @@ def validate_report_data(data: Any) -> dict[str, Any]:
         if not isinstance(name, str) or not name:
             raise _fail(path, "grouping names must be non-empty strings")
         group = _dict(group, path)
-        rows = [_row(r, f"{path}['rows'][{i}]", kind, len(tracebacks))
+        rows = [_row(r, f"{path}['rows'][{i}]", kind, len(tracebacks), len(retention))
                 for i, r in enumerate(_list(group.get("rows"), f"{path}['rows']"))]
         label = _text(group.get("label"), f"{path}['label']", _GROUP_LABELS.get(name, name))
         if len(rows) > MAX_ROWS:
@@ -249,6 +268,7 @@ def validate_report_data(data: Any) -> dict[str, Any]:
                 row["share"] = row["size"] / total if total > 0 else 0.0
 
     _bound_tracebacks(groupings, tracebacks, frames, notes)
+    out["retention"] = _bound_retention(groupings, retention)
     out["groupings"], out["tracebacks"], out["frames"] = groupings, tracebacks, frames
     out["grouping_order"] = list(groupings)  # the JSON's keys are sorted
 
@@ -298,7 +318,8 @@ def _traceback(tb: Any, path: str, nframes: int, diff: bool) -> dict[str, Any]:
     return out
 
 
-def _row(row: Any, path: str, kind: str, ntracebacks: int) -> dict[str, Any]:
+def _row(row: Any, path: str, kind: str, ntracebacks: int, nretention: int = 0
+         ) -> dict[str, Any]:
     row = _dict(row, path)
     out: dict[str, Any] = {
         "label": _text(row.get("label"), f"{path}['label']"),
@@ -312,6 +333,9 @@ def _row(row: Any, path: str, kind: str, ntracebacks: int) -> dict[str, Any]:
                        for i, t in enumerate(_list(row.get("tracebacks"),
                                                    f"{path}['tracebacks']", []))],
     }
+    why = row.get("retention")
+    out["retention"] = (None if why is None
+                        else _index(why, f"{path}['retention']", nretention))
     if kind == "diff":
         out["size_diff"] = _number(row.get("size_diff"), f"{path}['size_diff']")
         out["count_diff"] = _number(row.get("count_diff"), f"{path}['count_diff']",
@@ -319,6 +343,64 @@ def _row(row: Any, path: str, kind: str, ntracebacks: int) -> dict[str, Any]:
         out["diff_error"] = _number(row.get("diff_error"), f"{path}['diff_error']",
                                     default=0.0, minimum=0)
     return out
+
+
+def _retention(item: Any, path: str) -> dict[str, Any]:
+    """One site's retention (schema in the module doc), cut to the MAX_* bounds."""
+    item = _dict(item, path)
+    groups_in = _list(item.get("groups"), f"{path}['groups']")
+    groups = []
+    for i, group in enumerate(groups_in[:MAX_STORIES]):
+        gpath = f"{path}['groups'][{i}]"
+        group = _dict(group, gpath)
+        chains = []
+        for j, chain in enumerate(_list(group.get("chains"), f"{gpath}['chains']",
+                                        [])[:MAX_CHAINS]):
+            cpath = f"{gpath}['chains'][{j}]"
+            chain = _dict(chain, cpath)
+            steps = [_text(step, f"{cpath}['steps'][{k}]")
+                     for k, step in enumerate(_list(chain.get("steps"), f"{cpath}['steps']",
+                                                    []))]
+            if len(steps) > MAX_STEPS:
+                half = MAX_STEPS // 2
+                steps = steps[:half] + [f"… {len(steps) - 2 * half} steps …"] + steps[-half:]
+            command = chain.get("command")
+            chains.append({
+                "root": _text(chain.get("root"), f"{cpath}['root']"),
+                "kind": _text(chain.get("kind"), f"{cpath}['kind']", ""),
+                "steps": steps,
+                "target": _text(chain.get("target"), f"{cpath}['target']", ""),
+                "command": None if command is None else _text(command,
+                                                               f"{cpath}['command']"),
+                "also": [_text(a, f"{cpath}['also'][{k}]") for k, a in
+                         enumerate(_list(chain.get("also"), f"{cpath}['also']", []))][:8],
+            })
+        groups.append({
+            "blocks": _int(group.get("blocks"), f"{gpath}['blocks']", 1),
+            "size": _number(group.get("size"), f"{gpath}['size']", minimum=0),
+            "description": _text(group.get("description"), f"{gpath}['description']", ""),
+            "status": _text(group.get("status"), f"{gpath}['status']", ""),
+            "note": _text(group.get("note"), f"{gpath}['note']", ""),
+            "chains": chains,
+        })
+    return {"groups": groups, "more": max(0, len(groups_in) - MAX_STORIES),
+            "searched": _int(item.get("searched"), f"{path}['searched']",
+                             sum(g["blocks"] for g in groups)),
+            "elapsed": _number(item.get("elapsed"), f"{path}['elapsed']", default=0.0,
+                               minimum=0),
+            "when": _text(item.get("when"), f"{path}['when']", "")}
+
+
+def _bound_retention(groupings: dict, retention: list) -> list:
+    """Keep the retention entries that kept rows still refer to; renumber them."""
+    used = sorted({row["retention"] for group in groupings.values() for row in group["rows"]
+                   if row["retention"] is not None})
+    new = {old: index for index, old in enumerate(used)}
+    for group in groupings.values():
+        for row in group["rows"]:
+            if row["retention"] is not None:
+                row["retention"] = new[row["retention"]]
+    return [retention[i] for i in used]
 
 
 def _bound_tracebacks(groupings: dict, tracebacks: list, frames: list, notes: list) -> None:
@@ -450,8 +532,7 @@ def _summary_value(item: dict[str, Any], exact: bool) -> str:
     elif unit == "count":
         text = _count(value)
     else:
-        text = "-" if value is None else (f"{value * 1e3:.0f} ms" if value < 1
-                                          else f"{value:.2f} s")
+        text = fmt_time(value)
     if item["error"] is not None and unit != "text" and not exact and value:
         text += f" {_pm(item['error'], False)}"
     return text
@@ -530,7 +611,7 @@ def _tracebacks_html(row: dict[str, Any], data: dict[str, Any]) -> str:
     parts = []
     for index in row["tracebacks"]:
         tb = data["tracebacks"][index]
-        head = f"{_size(tb['size'])} · {tb['samples']:,} samples · oldest frame first"
+        head = f"{_size(tb['size'])} · {plural(tb['samples'], 'sample')} · oldest frame first"
         if tb.get("size_diff") is not None:
             head = f"{_size(tb['size_diff'], True)} · " + head
         cut = (f"<div class='mpr-muted'>… {tb['cut']} older frames</div>"
@@ -543,14 +624,60 @@ def _tracebacks_html(row: dict[str, Any], data: dict[str, Any]) -> str:
     return "".join(parts)
 
 
+def chain_text(chain: dict[str, Any]) -> str:
+    """``Out[12] -> [3] -> DataFrame``: a chain of the report data as one line (a chain
+    with no step from a cycle or from C is its root alone). The script does the same."""
+    parts = [chain["root"], *chain["steps"]]
+    if chain["steps"] or chain["kind"] not in _NO_TARGET_KINDS:
+        parts.append(chain["target"])
+    return " -> ".join(p for p in parts if p)
+
+
+def _retention_html(why: dict[str, Any]) -> str:
+    """What keeps a site alive: per group of blocks, what they are, the chains (chain k+1
+    holds them once chain k's command has run) and the commands that free them."""
+    head = (f"{plural(why['searched'], 'sampled block')} searched in "
+            f"{fmt_time(why['elapsed'])}" + (f"; {why['when']}" if why["when"] else ""))
+    parts = [f"<div class='mpr-why'><div class='mpr-why-head'><b>Why still alive</b> "
+             f"<span class='mpr-muted'>{escape(head)}</span></div>"]
+    for group in why["groups"]:
+        parts.append(f"<div class='mpr-story'><div>{escape(plural(group['blocks'], 'block'))}"
+                     f", {escape(_size(group['size']))}: {escape(group['description'])}</div>")
+        items = []
+        for chain in group["chains"]:
+            also = (f" <span class='mpr-muted'>(also named {escape(', '.join(chain['also']))})"
+                    "</span>" if chain["also"] else "")
+            free = (f"<div class='mpr-free'>free it with <code class='mpr-cmd'>"
+                    f"{escape(chain['command'])}</code></div>" if chain["command"] else "")
+            items.append(f"<li><code class='mpr-chain'>{escape(chain_text(chain))}</code>"
+                         f"{also}{free}</li>")
+        if items:
+            parts.append(f"<ol class='mpr-chains'>{''.join(items)}</ol>")
+        commands = list(dict.fromkeys(c["command"] for c in group["chains"] if c["command"]))
+        if len(commands) > 1:
+            parts.append(f"<div class='mpr-free'>to free it, run all of: <code "
+                         f"class='mpr-cmd'>{escape('; '.join(commands))}</code></div>")
+        if group["note"]:
+            parts.append(f"<div class='mpr-muted'>{escape(group['note'])}</div>")
+        parts.append("</div>")
+    if why["more"]:
+        parts.append(f"<div class='mpr-muted'>… {why['more']} more kinds of blocks</div>")
+    if not why["groups"]:
+        parts.append("<div class='mpr-muted'>no sampled block of this site is alive</div>")
+    parts.append("</div>")
+    return "".join(parts)
+
+
 def _label_html(row: dict[str, Any], data: dict[str, Any]) -> str:
     label = escape(row["label"])
     if row["detail"]:
         label += f" <code class='mpr-detail'>{escape(row['detail'])}</code>"
-    if not row["tracebacks"]:
+    why = row["retention"]
+    if not row["tracebacks"] and why is None:
         return f"<span class='mpr-label'>{label}</span>"
+    retention = _retention_html(data["retention"][why]) if why is not None else ""
     return (f"<details class='mpr-tbs'><summary class='mpr-label'>{label}</summary>"
-            f"{_tracebacks_html(row, data)}</details>")
+            f"{_tracebacks_html(row, data)}{retention}</details>")
 
 
 def _table_html(data: dict[str, Any]) -> str:

@@ -15,7 +15,7 @@ import shutil
 import sys
 from collections.abc import Sequence
 
-from ..report import DiffReport, Report, Site, TimelinePoint
+from ..report import DiffReport, Report, Retention, Site, TimelinePoint
 from . import (
     GROUP_WORDS,
     Z95,
@@ -31,7 +31,7 @@ from . import (
 )
 
 __all__ = ["MIN_WIDTH", "WIDTH", "diff_summary", "headline", "render_diff", "render_report",
-           "render_timeline", "report_summary", "site_rows", "width"]
+           "render_timeline", "report_summary", "retention_lines", "site_rows", "width"]
 
 #: Width of a report where the terminal's is unknown (notebooks, pipes), and the least used
 #: (a wrapped line reads better than a site cut to a few characters).
@@ -114,6 +114,41 @@ def process_rows(report: Report, columns: int | None = None) -> list[str]:
     return lines
 
 
+def retention_lines(why: Retention, indent: str = "  ") -> list[str]:
+    """What keeps a site alive, as ``%mprofile why`` prints it: per group of blocks, what
+    they are, each chain and the command that frees it."""
+    lines = []
+    for group in why.groups:
+        lines.append(f"{indent}{plural(group.blocks, 'block')}, {fmt_size(group.size)}: "
+                     f"{group.description}")
+        for i, chain in enumerate(group.chains, 1):
+            lines.append(f"{indent}  {i}. {chain.text}")
+            if chain.also_named:
+                lines.append(f"{indent}     (also named {', '.join(chain.also_named)})")
+            if chain.command:
+                lines.append(f"{indent}     free it with: {chain.command}")
+        if len(group.commands) > 1:
+            lines.append(f"{indent}  to free it, run all of: " + "; ".join(group.commands))
+        if group.note:
+            lines.append(f"{indent}  {group.note}")
+    if not why.groups:
+        lines.append(f"{indent}no sampled block of this site is alive")
+    return lines
+
+
+def _retention_section(report: Report, sites: Sequence[Site]) -> list[str]:
+    """The chains of the listed sites that were asked for (``--why``, ``retainers()``)."""
+    lines = []
+    for site in sites:
+        why = report.retention(site)
+        if why is not None:
+            if not lines:
+                lines.append(f"Why still alive ({why.when or 'sampled blocks'}):")
+            lines.append(f"  {site.title}")
+            lines.extend(retention_lines(why, "    "))
+    return lines
+
+
 def _report_body(report: Report, top: int | None, group_by: str | None) -> list[str]:
     columns = width()
     s = report.summary
@@ -125,6 +160,8 @@ def _report_body(report: Report, top: int | None, group_by: str | None) -> list[
         lines.extend(site_rows(listed.shown, s.exact, s.has_allocated, columns))
         if listed.rest:
             lines.append(f"  … {listed.rest} more sites: {fmt_size(listed.rest_size)}")
+        if report.has_retention:
+            lines.extend(_retention_section(report, listed.shown))
     elif s.live_samples:
         lines.append("No site to show: every sampled allocation still alive was hidden or "
                      "filtered out.")

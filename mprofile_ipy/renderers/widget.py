@@ -2,7 +2,9 @@
 
 The explorer has a group-by selector, a top-N slider, a filter box, a sort choice, a
 "show all frames" switch, the sorted table, and a site picker that shows the site's
-tracebacks. Its display bundle carries the widget *and* the static HTML and text reports, so
+tracebacks, with a "Why alive?" button that asks the result what keeps the site's memory
+alive (``result.retainers(site)``: it needs the kernel, which the explorer has) and shows
+the chains as text. Its display bundle carries the widget *and* the static HTML and text reports, so
 a frontend without a widget manager (nbviewer, GitHub, Colab without custom widgets, a
 terminal) shows the static report instead of an error. The explorers read the result's
 report (``result.report``) and ask the result for another view of itself
@@ -18,6 +20,7 @@ from typing import Any
 from ..report import FrameInfo, Site, SiteDiff
 from . import fmt_size
 from .html import render_diff, sites_table_html, summary_html, tracebacks_html
+from .text import retention_lines
 
 _SORTS = {"size": lambda s: -s.size, "count": lambda s: -s.count,
           "samples": lambda s: -s.samples, "error": lambda s: -s.rel_error}
@@ -107,14 +110,24 @@ class Explorer(_Fallback):
         self.site = w.Dropdown(options=[], description="Site",
                                layout=w.Layout(width="95%"))
         self.detail = w.HTML()
+        self.why_button = w.Button(description="Why alive?", icon="search",
+                                   tooltip="What keeps this site's memory alive: reference "
+                                           "chains and the command that frees each")
+        self.why = w.HTML()
+        if not result.has_live_blocks:
+            self.why_button.disabled = True
+            self.why_button.tooltip = ("this result has no record of its blocks' addresses "
+                                       "(only results of %%mprofile, %mprofile and a session)")
         controls = w.HBox([self.group_by, self.sort, self.all_frames])
         filters = w.HBox([self.top, self.filter])
-        drill = w.VBox([w.HTML("<b>Tracebacks of a site</b>"), self.site, self.detail])
+        drill = w.VBox([w.HTML("<b>Tracebacks of a site</b>"), self.site, self.detail,
+                        self.why_button, self.why])
         self.box = w.VBox([self.summary, controls, filters, self.table, drill])
         for control in (self.group_by, self.top, self.filter, self.sort):
             control.observe(self._refresh, names="value")
         self.all_frames.observe(self._toggle_frames, names="value")
         self.site.observe(self._show_site, names="value")
+        self.why_button.on_click(self._ask_why)
         self._refresh()
 
     def shown_sites(self) -> list[Site]:
@@ -154,6 +167,35 @@ class Explorer(_Fallback):
             return
         site = self._sites[index]
         self.detail.value = tracebacks_html(site, limit=10) or escape(site.title)
+        self._show_why(site)
+
+    def selected_site(self) -> Site | None:
+        """The site the picker shows, or None."""
+        index = self.site.value
+        return self._sites[index] if index is not None and index < len(self._sites) else None
+
+    def _show_why(self, site: Site) -> None:
+        """The site's chains when they were asked for (here, by --why or in code)."""
+        why = self.result.report.retention(site)
+        self.why.value = "" if why is None else _pre(
+            [f"Why still alive ({why.when}):" if why.when else "Why still alive:"]
+            + retention_lines(why))
+
+    def _ask_why(self, _button: Any = None) -> None:
+        """Search what keeps the selected site alive (the result keeps the answer, so the
+        report beside the explorer shows it too), then show it as text."""
+        site = self.selected_site()
+        if site is None:
+            self.why.value = "<i>Pick a site first.</i>"
+            return
+        self.why.value = "<i>Searching the heap for what keeps this site alive…</i>"
+        try:
+            self.result.retainers(site, progress=lambda _progress: None)
+        except Exception as exc:  # noqa: BLE001 - said in the explorer, never raised
+            self.why.value = f"<i>{escape(f'{type(exc).__name__}: {exc}')}</i>"
+            return
+        self._show_why(site)
+        self._tell()
 
     def static_html(self) -> str:
         """The report shown where widgets cannot render."""
@@ -214,6 +256,12 @@ class DiffExplorer(_Fallback):
     def static_text(self) -> str:
         """The comparison for plain-text frontends."""
         return self.diff.to_text(top=self.top.value, group_by=self.group_by.value)
+
+
+def _pre(lines: list[str]) -> str:
+    style = ("font-family: var(--jp-code-font-family, monospace); font-size: 12px; "
+             "white-space: pre-wrap; margin: 2px 0")
+    return f"<pre class='mprofile-why' style=\"{style}\">{escape(chr(10).join(lines))}</pre>"
 
 
 def explorer(result: Any) -> Any:

@@ -48,8 +48,10 @@ def skip_reason() -> str | None:
 
 
 @contextmanager
-def browser(tmp_path: Path, width: int = 1280, height: int = 900) -> Iterator[Any]:
-    """A headless Chromium with a fresh user-data dir, closed at the end."""
+def browser(tmp_path: Path, width: int = 1280, height: int = 900, *,
+            javascript: bool = True) -> Iterator[Any]:
+    """A headless Chromium with a fresh user-data dir, closed at the end (``javascript``
+    False: scripts off, as an untrusted notebook or a sanitizing viewer shows a page)."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
@@ -59,6 +61,7 @@ def browser(tmp_path: Path, width: int = 1280, height: int = 900) -> Iterator[An
             headless=True,
             args=CHROMIUM_ARGS,
             viewport={"width": width, "height": height},
+            java_script_enabled=javascript,
         )
         try:
             yield context

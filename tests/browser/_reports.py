@@ -3,25 +3,21 @@ with hostile strings in file names, function names and source text."""
 
 from __future__ import annotations
 
-import linecache
+from _helpers import frames as _frames
+from _helpers import register_cell
 
 from mprofile_ipy.attribution import Attributor
 from mprofile_ipy.model import Snapshot
 from mprofile_ipy.renderers.interactive import data_from_snapshot
 
 EVIL = "</script><script>alert(1)</script>"
-CELL = "<ipython-input-4-0000000000aa>"
+CELL = register_cell("<ipython-input-4-0000000000aa>", [
+    "frame = load_table(rows)",
+    "index = build_index(frame)",
+    f"label = '{EVIL}'",
+    "cache = bytearray(3 * 2**20)",
+])
 LIB = "/srv/site-packages/frames/construction.py"
-linecache.cache[CELL] = (1, None, [
-    "frame = load_table(rows)\n",
-    "index = build_index(frame)\n",
-    f"label = '{EVIL}'\n",
-    "cache = bytearray(3 * 2**20)\n",
-], CELL)
-
-
-def _frames(*triples: tuple[str, int, str]) -> tuple:
-    return tuple((fn, line, name, 1) for fn, line, name in triples)
 
 
 def profile_snapshot(rate: int = 4096) -> Snapshot:
@@ -62,3 +58,29 @@ def timeline_data() -> dict:
                "error": 0.03, "text": f"cell {i + 1}"} for i, s in enumerate(sizes)]
     return {"kind": "timeline", "title": "session timeline", "timeline": {"points": points},
             "summary": [{"label": "cells", "value": len(points), "unit": "count"}]}
+
+
+CACHE_CHAIN = "cache -> bytearray.<byte buffer> -> bytearray byte buffer"
+
+
+def retention_report_html() -> str:
+    """The interactive report of the profile with what keeps ``In [4], line 4`` alive
+    attached (as ``result.retainers()`` attaches it: to that site in every grouping), a
+    hostile key among the steps of its second chain."""
+    from mprofile_ipy.renderers.html import interactive_report
+    from mprofile_ipy.report import Report, RetainedBlocks, Retention, RetentionChain
+
+    report = Report(profile_snapshot(), attributor=Attributor(None))
+    why = Retention((RetainedBlocks(
+        1, 3 * 2**20, "not a Python object: the byte buffer of a bytearray of length 3145728",
+        "reachable", (
+            RetentionChain("cache", "user_ns", ("bytearray.<byte buffer>",),
+                           "bytearray byte buffer", "%xdel cache", ("_3",)),
+            RetentionChain("Out[4]", "output_history",
+                           (f"dict['{EVIL}']", "bytearray.<byte buffer>"),
+                           "bytearray byte buffer", "%reset -f out"))),), 1, 0.25,
+        "blocks recorded when In [4] was made")
+    report.set_retention({(name, site.key): why for name in ("cell", "line", "traceback")
+                          for site in report.sites(name) if site.label.startswith(
+                              "In [4], line 4")})
+    return interactive_report(report)

@@ -7,7 +7,7 @@
    never as HTML. */
 (function () {
   "use strict";
-  var VERSION = 1;
+  var VERSION = 2;
   if (window.mprofileReport && window.mprofileReport.version >= VERSION) { return; }
   var Z95 = 1.96;
   var UNITS = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
@@ -41,6 +41,21 @@
     return "\u00b1" + (half * 100).toFixed(0) + "%";
   }
   function fmtShare(v) { return (v * 100).toFixed(1) + "%"; }
+  function fmtTime(s) {  // renderers.fmt_time
+    if (s === null || s === undefined) { return "-"; }
+    if (s < 1e-3) { return (s * 1e6).toFixed(0) + " \u00b5s"; }
+    if (s < 1) { return (s * 1e3).toFixed(0) + " ms"; }
+    if (s < 60) { return s.toFixed(2) + " s"; }
+    return Math.floor(s / 60).toFixed(0) + " min " + (s % 60).toFixed(0) + " s";
+  }
+  function plural(n, noun) { return fmtCount(n) + " " + noun + (n === 1 ? "" : "s"); }
+  function chainText(c) {  // interactive.chain_text
+    var parts = [c.root].concat(c.steps);
+    if (c.steps.length || (c.kind !== "unreachable_cycle" && c.kind !== "held_from_c")) {
+      parts.push(c.target);
+    }
+    return parts.filter(function (p) { return p; }).join(" -> ");
+  }
 
   function el(tag, cls, text) {
     var e = document.createElement(tag);
@@ -138,7 +153,8 @@
     });
     root.querySelector(".mpr-tablebox").addEventListener("click", function (ev) {
       // A click anywhere on a row unfolds its tracebacks; the summary toggles by itself.
-      if (ev.target.closest("summary") || ev.target.closest(".mpr-tb")) { return; }
+      if (ev.target.closest("summary") || ev.target.closest(".mpr-tb") ||
+          ev.target.closest(".mpr-why")) { return; }
       var tr = ev.target.closest("tr.mpr-row");
       var details = tr && tr.querySelector("details.mpr-tbs");
       if (details) { details.open = !details.open; }
@@ -184,17 +200,62 @@
     return out;
   };
 
+  // What keeps a site alive (interactive._retention_html).
+  Report.prototype.retentionBox = function (why) {
+    var box = el("div", "mpr-why"), head = el("div", "mpr-why-head");
+    head.appendChild(el("b", null, "Why still alive"));
+    head.appendChild(document.createTextNode(" "));
+    head.appendChild(el("span", "mpr-muted", plural(why.searched, "sampled block") +
+      " searched in " + fmtTime(why.elapsed) + (why.when ? "; " + why.when : "")));
+    box.appendChild(head);
+    why.groups.forEach(function (g) {
+      var story = el("div", "mpr-story");
+      story.appendChild(el("div", null, plural(g.blocks, "block") + ", " + fmtSize(g.size) +
+        ": " + g.description));
+      if (g.chains.length) {
+        var list = el("ol", "mpr-chains"), commands = [];
+        g.chains.forEach(function (c) {
+          var item = el("li");
+          item.appendChild(el("code", "mpr-chain", chainText(c)));
+          if (c.also.length) {
+            item.appendChild(document.createTextNode(" "));
+            item.appendChild(el("span", "mpr-muted", "(also named " + c.also.join(", ") + ")"));
+          }
+          if (c.command) {
+            var free = el("div", "mpr-free", "free it with ");
+            free.appendChild(el("code", "mpr-cmd", c.command));
+            item.appendChild(free);
+            if (commands.indexOf(c.command) < 0) { commands.push(c.command); }
+          }
+          list.appendChild(item);
+        });
+        story.appendChild(list);
+        if (commands.length > 1) {
+          var all = el("div", "mpr-free", "to free it, run all of: ");
+          all.appendChild(el("code", "mpr-cmd", commands.join("; ")));
+          story.appendChild(all);
+        }
+      }
+      if (g.note) { story.appendChild(el("div", "mpr-muted", g.note)); }
+      box.appendChild(story);
+    });
+    if (why.more) { box.appendChild(el("div", "mpr-muted", "\u2026 " + why.more + " more kinds of blocks")); }
+    if (!why.groups.length) { box.appendChild(el("div", "mpr-muted", "no sampled block of this site is alive")); }
+    return box;
+  };
+
   Report.prototype.labelCell = function (row) {
     var data = this.data;
-    var label = el(row.tracebacks.length ? "summary" : "span", "mpr-label", row.label);
+    var why = row.retention === null || row.retention === undefined ? null : data.retention[row.retention];
+    var label = el(row.tracebacks.length || why ? "summary" : "span", "mpr-label", row.label);
     if (row.detail) { label.appendChild(document.createTextNode(" "));
       label.appendChild(el("code", "mpr-detail", row.detail)); }
-    if (!row.tracebacks.length) { return label; }
+    if (!row.tracebacks.length && !why) { return label; }
     var details = el("details", "mpr-tbs");
     details.appendChild(label);
     row.tracebacks.forEach(function (t) {
       var tb = data.tracebacks[t], box = el("div", "mpr-tb");
-      var head = fmtSize(tb.size) + " \u00b7 " + fmtCount(tb.samples) + " samples \u00b7 oldest frame first";
+      var head = fmtSize(tb.size) + " \u00b7 " + plural(tb.samples, "sample") + " \u00b7 oldest frame first";
       if (tb.size_diff !== undefined && tb.size_diff !== null) { head = fmtSize(tb.size_diff, true) + " \u00b7 " + head; }
       box.appendChild(el("div", "mpr-muted", head));
       if (tb.cut) { box.appendChild(el("div", "mpr-muted", "\u2026 " + tb.cut + " older frames")); }
@@ -211,6 +272,7 @@
       details.appendChild(box);
     });
     if (row.more) { details.appendChild(el("div", "mpr-muted", "\u2026 " + row.more + " more tracebacks")); }
+    if (why) { details.appendChild(this.retentionBox(why)); }
     return details;
   };
 
@@ -454,6 +516,7 @@
     initAll: function (doc) {
       (doc || document).querySelectorAll(".mprofile-ir script.mpr-data").forEach(init);
     },
-    format: { size: fmtSize, count: fmtCount, pm: fmtPm, share: fmtShare }
+    format: { size: fmtSize, count: fmtCount, pm: fmtPm, share: fmtShare, time: fmtTime,
+              chain: chainText }
   };
 })();
