@@ -128,6 +128,8 @@ PENDING_EXPIRY = 1.0
 #: Seconds a trip handed over to the main thread's pending call waits before the watcher
 #: delivers it itself (see _Watcher.fire).
 HANDOVER_WAIT = 0.25
+#: Seconds the main thread's sample-path check waits for a trip the watcher is firing.
+FIRE_WAIT = 1.0
 #: Seconds after which the main thread's sample-path check is taken to have ended (its
 #: end was lost: a KeyboardInterrupt landed right there); it takes milliseconds.
 DECIDING_LIMIT = 2.0
@@ -914,6 +916,8 @@ class _Watcher:
         self.deciding = False  # the main thread runs the sample path's check ...
         self.deciding_since = 0.0  # ... since then (a flag left by a lost exit expires)
         self.rearm_wanted = False  # a firing was read: set the watermark again
+        self.fire_idle = threading.Event()  # cleared while the watcher thread fires
+        self.fire_idle.set()
         self.last_trip_time = -math.inf  # time of the reading of the last trip queued
         self.deferred = 0  # sample-path crossings left to the watcher thread
         self.timeline: collections.deque = collections.deque(maxlen=TIMELINE_POINTS)
@@ -1155,6 +1159,11 @@ class _Watcher:
         found = self.check(r)
         self.note(r, found is not None)
         queued = found is not None and self.fire(*found, r, probe, direct=True)
+        if not queued and not self.fire_idle.is_set():
+            # The watcher found the crossing first and is making its report: wait for it
+            # (safe: this frame is the user's, the main thread holds none of our locks);
+            # while this check runs it hands the trip over instead of interrupting here.
+            self.fire_idle.wait(FIRE_WAIT)
         self.arm_watermark(r.traced, fired=True)
         if not queued:
             return _no_trip
@@ -1226,7 +1235,20 @@ class _Watcher:
         """Interrupt the main thread with the trip if user code runs there; True when the
         interrupt is queued. From the watcher thread it is queued with
         ``PyThreadState_SetAsyncExc``; ``direct`` (the main thread itself, from the
-        sampler's pending call) leaves that call to the caller (:meth:`watermark_action`)."""
+        sampler's pending call) leaves that call to the caller (:meth:`watermark_action`).
+        """
+        if direct:
+            return self._fire(kind, measure, value, limit, r, probe, True)
+        # The main thread's check, running meanwhile, sees the thresholds this moves up and
+        # finds nothing: it waits for this to finish (and takes the trip handed over).
+        self.fire_idle.clear()
+        try:
+            return self._fire(kind, measure, value, limit, r, probe, False)
+        finally:
+            self.fire_idle.set()
+
+    def _fire(self, kind: str, measure: str, value: int, limit: int, r: Reading,
+              probe: Any, direct: bool) -> bool:
         global _pending
         detected = time.perf_counter()
         main = threading.main_thread()
@@ -1348,12 +1370,15 @@ def _traced_now() -> int:
     return int(stats.current_bytes) if stats.tracing else 0
 
 
-def _watermark_decision(frame: Any) -> Callable[[], Any]:
-    """What the sampler's pending call runs (see :func:`__getattr__`): the global
-    watcher's :meth:`_Watcher.watermark_action`, with sampling paused (the budget's own
-    bookkeeping never adds samples) and never an error of its own."""
-    watcher = _watcher
+def _watermark_decision() -> Callable[[], Any]:
+    """What the sampler's pending call runs (see :func:`__getattr__`, whose caller's frame
+    is the one interrupted): the global watcher's :meth:`_Watcher.watermark_action`, with
+    sampling paused (the budget's own bookkeeping never adds samples) and never an error of
+    its own. Everything happens inside the ``try``: an interrupt of the watcher that lands
+    in here is caught and queued again (see :func:`_requeue`)."""
     try:
+        watcher = _watcher
+        frame = sys._getframe(2)
         handed = False
         try:
             handed = watcher.begin_decision()
@@ -1364,9 +1389,10 @@ def _watermark_decision(frame: Any) -> Callable[[], Any]:
                     action = watcher.watermark_action(frame)
         finally:
             handed = watcher.end_decision() or handed
+        del frame
         if handed:  # the watcher's trip, raised from here instead of by the watcher
             watcher.direct_trips += 1
-            return _queue_interrupt()
+            action = _queue_interrupt()
         return action
     except MemoryBudgetExceeded as exc:
         # The watcher thread's interrupt landed in here (it raced this check): queue it
@@ -1425,7 +1451,7 @@ def __getattr__(name: str) -> Any:
     its traceback holds the user's code only, not this module.
     """
     if name == "_on_watermark":
-        return _watermark_decision(sys._getframe(1))
+        return _watermark_decision()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
