@@ -126,8 +126,9 @@ MAX_TRIP_SAMPLES = 200_000
 #: Seconds after which an interrupt whose exception was never instantiated is forgotten.
 PENDING_EXPIRY = 1.0
 #: Seconds a trip handed over to the main thread's pending call waits before the watcher
-#: delivers it itself (see _Watcher.fire).
-HANDOVER_WAIT = 0.25
+#: delivers it itself (see _Watcher.fire): the call runs before any interrupt could land,
+#: even after a long C call, so this only covers a call that was lost.
+HANDOVER_WAIT = 5.0
 #: Seconds the main thread's sample-path check waits for a trip the watcher is firing.
 FIRE_WAIT = 1.0
 #: Seconds after which the main thread's sample-path check is taken to have ended (its
@@ -1303,8 +1304,6 @@ class _Watcher:
             left = {"cgroup": limit - value, "address space": limit - value,
                     "available": value, "swap": limit - value}[measure]
             self.rearm[measure] = left - self.margin // 2
-        if not direct:
-            self.drain_firings()  # a firing not read yet: its pending call is scheduled
         with self.lock:
             if self.ipython and not self.executing:
                 return False
@@ -1327,9 +1326,14 @@ class _Watcher:
                 fired_before = self.fired_in_cell
                 if kind == "budget":
                     self.fired_in_cell = True
+                if not direct:
+                    self.drain_firings()  # a firing not read yet: its pending call is due
+                # a traced reading at or past the armed watermark: the sampler has fired
+                due = (measure == "traced" and self.armed is not None
+                       and r.traced is not None and r.traced >= self.armed)
                 if direct:
                     pass  # the caller (the main thread's pending call) queues it
-                elif self.main_busy_here():
+                elif due or self.main_busy_here():
                     # The main thread is about to run the sample path's check (its pending
                     # call is scheduled): an interrupt queued now would land in that check,
                     # in this module. Hand the trip over; it raises it in the user's frame.
