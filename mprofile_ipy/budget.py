@@ -128,7 +128,7 @@ PENDING_EXPIRY = 1.0
 #: Seconds a trip handed over to the main thread's pending call waits before the watcher
 #: delivers it itself (see _Watcher.fire): the call runs before any interrupt could land,
 #: even after a long C call, so this only covers a call that was lost.
-HANDOVER_WAIT = 5.0
+HANDOVER_WAIT = 1.0
 #: Seconds the main thread's sample-path check waits for a trip the watcher is firing.
 FIRE_WAIT = 1.0
 #: Seconds after which the main thread's sample-path check is taken to have ended (its
@@ -1328,12 +1328,9 @@ class _Watcher:
                     self.fired_in_cell = True
                 if not direct:
                     self.drain_firings()  # a firing not read yet: its pending call is due
-                # a traced reading at or past the armed watermark: the sampler has fired
-                due = (measure == "traced" and self.armed is not None
-                       and r.traced is not None and r.traced >= self.armed)
                 if direct:
                     pass  # the caller (the main thread's pending call) queues it
-                elif due or self.main_busy_here():
+                elif self.main_busy_here():
                     # The main thread is about to run the sample path's check (its pending
                     # call is scheduled): an interrupt queued now would land in that check,
                     # in this module. Hand the trip over; it raises it in the user's frame.
