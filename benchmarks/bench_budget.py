@@ -9,8 +9,13 @@
    block, under a budget of RSS + 200 MB. Reports the time from the first block that put
    RSS over the budget to the exception, and how far past the budget memory got, at two
    growth rates, with the sampler off and on.
+3. Untouched memory: a loop of ``bytes(10**6)`` (calloc'ed, no page touched: RSS does not
+   move) with the sampler on, under a budget of RSS + 200 MB. Reports how many blocks past
+   the crossing block the loop ran and the time from the crossing to the exception, with
+   the sample path (the sampler's watermark, docs/budget.md) and by polling alone
+   (``--poll-only``, or the section's second row: the watermark never armed).
 
-Run: ``python benchmarks/bench_budget.py [--rounds N] [--quick]``.
+Run: ``python benchmarks/bench_budget.py [--rounds N] [--quick] [--only untouched]``.
 """
 
 from __future__ import annotations
@@ -165,15 +170,89 @@ def latency(runs: int, budget_mb: int = 200) -> None:
     os.close(statm)
 
 
+def _untouched_run(budget_mb: int, sample_rate: int | None) -> tuple[int, float] | None:
+    """One loop of untouched 1 MB blocks under RSS + budget_mb: (blocks allocated past the
+    one that crossed the budget, seconds from the end of the last block under the budget to
+    the exception), or None if it never tripped."""
+    mp.start(**({} if sample_rate is None else {"sample_rate": sample_rate}))
+    blocks: list = []
+    stamps: list[float] = []
+    try:
+        with B.budget(f"+{budget_mb}MB"):
+            limit = B.get_budget()
+            start = mp.get_traced_memory()[0]
+            for _ in range(30_000):  # 30 GB of address space
+                blocks.append(bytes(10**6))
+                stamps.append(time.perf_counter())
+        return None
+    except MemoryError:
+        t_exc = time.perf_counter()
+        # the block that takes traced past the budget (1-based); the block being allocated
+        # when the exception came was allocated but not appended: it counts
+        crossing = -(-(limit - start) // 10**6)
+        allocated = len(stamps) + 1
+        # from the end of the last block under the budget (an upper bound: it includes
+        # allocating the crossing block); tripped before it (the estimate's jitter at the
+        # default rate): from the last block
+        before = stamps[min(crossing - 1, len(stamps)) - 1] if stamps else t_exc
+        return allocated - crossing, t_exc - before
+    finally:
+        blocks.clear()
+        stamps.clear()
+        mp.stop()
+        time.sleep(0.05)
+
+
+def untouched(runs: int, budget_mb: int = 200, poll_only: bool = False) -> None:
+    from mprofile_ipy import sampler
+
+    print(f"\n## Untouched memory (bytes(10**6) in a loop), budget RSS + {budget_mb} MB, "
+          f"{runs} runs each\n")
+    print("| path | sample rate | median blocks past | max blocks past | median ms | max ms "
+          "| no trip |")
+    print("|---|---|---|---|---|---|---|")
+    real = getattr(sampler, "set_watermark", None)
+    modes = [("sample path", False), ("polling only", True)]
+    if poll_only or real is None:  # asked, or a build without the sample path
+        modes = modes[1:]
+    for label, off in modes:
+        for rate in (None, 65536):
+            if off and real is not None:  # never armed: what the budget did before it
+                sampler.set_watermark = lambda *a, **k: None  # type: ignore[assignment]
+            try:
+                results = [_untouched_run(budget_mb, rate) for _ in range(runs)]
+            finally:
+                if real is not None:
+                    sampler.set_watermark = real
+            tripped = [r for r in results if r is not None]
+            if not tripped:
+                print(f"| {label} | {rate or 'default'} | - | - | - | - | {runs} |")
+                continue
+            past = [b for b, _ in tripped]
+            delay = [d * 1e3 for _, d in tripped]
+            print(f"| {label} | {rate or 'default'} | {statistics.median(past):.0f} | "
+                  f"{max(past)} | {statistics.median(delay):.2f} | {max(delay):.2f} | "
+                  f"{runs - len(tripped)} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", choices=["units", "overhead", "latency", "untouched"])
+    parser.add_argument("--poll-only", action="store_true",
+                        help="untouched: only the polling row (for a build without the "
+                             "sample path, run that build's own copy of this script)")
     args = parser.parse_args()
     rounds = 3 if args.quick else args.rounds
-    unit_costs()
-    overhead(rounds, 1.0 if args.quick else 4.0)
-    latency(3 if args.quick else 11)
+    if args.only in (None, "units"):
+        unit_costs()
+    if args.only in (None, "overhead"):
+        overhead(rounds, 1.0 if args.quick else 4.0)
+    if args.only in (None, "latency"):
+        latency(3 if args.quick else 11)
+    if args.only in (None, "untouched"):
+        untouched(5 if args.quick else 15, poll_only=args.poll_only)
 
 
 if __name__ == "__main__":

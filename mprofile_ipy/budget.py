@@ -30,12 +30,29 @@ cell that ends in the microseconds between that check and the delivery gets the 
 in IPython's own code right after it (the kernel survives; that cell's reply may be an
 internal error). The window is a few microseconds per trip.
 
+While the sampler runs, traced memory also rides on the sample path, so that memory that
+grows faster than any poll (calloc'ed blocks whose pages are never touched: gigabytes in
+milliseconds, which RSS never shows) is stopped at the crossing. The thread that sets a
+budget arms a watermark in the sampler (:func:`mprofile_ipy.sampler.set_watermark`) at the
+traced threshold; the sample that reaches it writes to an eventfd (the watcher sleeps on it
+and wakes at once) and schedules a pending call that the main thread runs at its next
+bytecode, as it runs a signal handler. That call checks right there, with sampling paused.
+It raises only when the interrupted frame is the user's own code, no exception is being
+handled (an ``except`` block, a ``finally`` during unwinding) and no exception display or
+formatting is on the stack (:func:`may_raise_in`); everywhere else (the kernel's machinery,
+this package, IPython formatting a traceback) it leaves the trip to the watcher thread and
+its usual rules. When it raises, it queues the same ``PyThreadState_SetAsyncExc`` interrupt
+from a C callable, so the exception surfaces in the interrupted frame with a traceback of
+the user's code only. The allocation fast path is untouched: the check is one comparison on
+the (rare) sample path.
+
 After an interrupt the budget re-arms once memory is back 5% under the limit; until then
 it trips again only if memory grows another 10% of the limit, so ``del big`` in the next cell
 works while a runaway is still caught. The watcher is one daemon thread, started when a
 budget, the safety net or the flight recorder (:mod:`mprofile_ipy.recorder`) needs it and
-stopped as soon as none does; it never touches the allocation fast path and its own
-allocations are never sampled. After ``fork()`` the child starts with nothing enabled.
+stopped as soon as none does; it never touches the allocation fast path, and neither its
+allocations nor the main thread's bookkeeping for the budget (the checks, the exception's
+report) are ever sampled. After ``fork()`` the child starts with nothing enabled.
 Linux only for RSS, cgroup and ``MemAvailable``; elsewhere only the sampler's estimate is
 watched.
 """
@@ -43,10 +60,13 @@ watched.
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import functools
 import math
 import os
+import re
+import select
 import sys
 import threading
 import time
@@ -56,7 +76,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import sampler
-from .attribution import Attributor, Location, is_internal
+from .attribution import Attributor, Location, is_internal, is_profiler_file, is_stdlib
 from .errors import BudgetError, MemoryBudgetExceeded
 from .estimate import weight as _weight
 from .units import format_size, parse_size
@@ -105,6 +125,15 @@ TIMELINE_POINTS = 1200
 MAX_TRIP_SAMPLES = 200_000
 #: Seconds after which an interrupt whose exception was never instantiated is forgotten.
 PENDING_EXPIRY = 1.0
+#: Seconds a trip handed over to the main thread's pending call waits before the watcher
+#: delivers it itself (see _Watcher.fire): the call runs before any interrupt could land,
+#: even after a long C call, so this only covers a call that was lost.
+HANDOVER_WAIT = 1.0
+#: Seconds the main thread's sample-path check waits for a trip the watcher is firing.
+FIRE_WAIT = 1.0
+#: Seconds after which the main thread's sample-path check is taken to have ended (its
+#: end was lost: a KeyboardInterrupt landed right there); it takes milliseconds.
+DECIDING_LIMIT = 2.0
 _UNLIMITED = 2**60  # cgroup v1 writes "no limit" as a huge page-rounded number
 
 
@@ -667,6 +696,10 @@ class _BudgetInterrupt(MemoryBudgetExceeded):
     """
 
     def __init__(self, *args: object) -> None:
+        with sampler.paused():  # the interrupt's own bookkeeping is not the user's memory
+            self._take(args)
+
+    def _take(self, args: tuple[object, ...]) -> None:
         global _pending, _last_trip
         trip = None
         if not args:
@@ -706,6 +739,7 @@ def _withdraw_pending() -> bool:
     """Withdraw an interrupt that has not landed yet (call from the main thread)."""
     global _pending
     with _pending_lock:
+        _watcher.handed_over = False
         if _pending is None:
             return False
         _pending = None
@@ -737,9 +771,122 @@ class BudgetStatus:
     last_trip: Trip | None
 
 
+class _Wake:
+    """How the watcher sleeps: on an eventfd that the sampler's record path writes to when
+    traced memory reaches the armed watermark (:func:`mprofile_ipy.sampler.set_watermark`),
+    with the poll interval as the time-out; ``poke`` wakes it to stop. Where eventfds do
+    not exist (not Linux) it waits on the stop event alone and the watermark stays off."""
+
+    def __init__(self, open_fd: bool = True) -> None:
+        self.fd = -1
+        if open_fd and hasattr(os, "eventfd"):
+            with contextlib.suppress(OSError):
+                self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+
+    @classmethod
+    def off(cls) -> _Wake:
+        """No eventfd (yet): a plain wait."""
+        return cls(open_fd=False)
+
+    def wait(self, timeout: float, stop_event: threading.Event) -> None:
+        """Sleep up to ``timeout`` seconds, or until the eventfd is written."""
+        fd = self.fd
+        if fd < 0:
+            stop_event.wait(timeout)
+            return
+        try:
+            select.select([fd], [], [], timeout)
+        except (OSError, ValueError):  # closed under us: stop() is under way
+            stop_event.wait(timeout)
+
+    def drain(self) -> int:
+        """How many writes the eventfd got since the last drain (0 if none)."""
+        if self.fd < 0:
+            return 0
+        try:
+            return os.eventfd_read(self.fd)
+        except OSError:  # nothing written (EAGAIN), or closed
+            return 0
+
+    def poke(self) -> None:
+        """Wake the waiting thread now (it is being stopped; the write counts as a firing of
+        the watermark, which at worst re-arms it once more)."""
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.eventfd_write(self.fd, 1)
+
+    def close(self) -> None:
+        """Turn the sampler's watermark off and close the eventfd (the thread is gone)."""
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            with contextlib.suppress(Exception):
+                sampler.set_watermark(None)  # under the sampler's lock: no write in flight
+            os.close(fd)
+
+
+def _no_trip() -> None:
+    """What the sampler's pending call runs when the main thread is not interrupted."""
+
+
+# Exception display and formatting: IPython's traceback and display machinery, the standard
+# library's traceback and linecache, the libraries IPython formats with, this package's
+# report. User code that runs inside them (a ``__str__`` or ``__repr__`` of the user's own,
+# called while a traceback is shown) is not interrupted from the sample path: an exception
+# raised there breaks the display ("Unexpected exception formatting exception"), not the
+# user's runaway loop.
+_DISPLAY_FRAMES = re.compile(
+    r"[\\/](?:IPython[\\/]core[\\/](?:ultratb|formatters|displayhook|display_functions|"
+    r"display|displaypub|display_trap|oinspect|debugger|tbtools|tips)\.py"
+    r"|IPython[\\/]lib[\\/]pretty\.py|ipykernel[\\/](?:displayhook|iostream|debugger)\.py"
+    r"|(?:stack_data|executing|pure_eval|asttokens|pygments)[\\/]"
+    r"|(?:traceback|linecache|pdb|bdb|pprint|reprlib)\.py"
+    r"|mprofile_ipy[\\/](?:report|renderers|result)\b)"
+)
+# ... and the functions that show or store an exception wherever they live (IPython's shell
+# formats the exception of a failed cell for its history in `_format_exception_for_storage`).
+_DISPLAY_FUNCTIONS = frozenset({
+    "showtraceback", "_showtraceback", "showsyntaxerror", "showindentationerror",
+    "_format_exception_for_storage", "get_exception_only", "structured_traceback",
+    "format_exception", "format_exception_only", "print_exception", "format_exc",
+    "print_exc", "excepthook", "_excepthook", "unraisablehook",
+})
+
+
+def may_raise_in(frame: Any) -> bool:
+    """Whether the budget may raise right at ``frame``, the innermost frame of the main
+    thread, from the sampler's pending call (see :func:`_watermark_decision`).
+
+    Only when that frame is the user's own code (a cell, or a file of the user's outside
+    the standard library, site-packages and the machinery around user code), no exception
+    is being handled (an ``except`` block, or a ``finally`` running while an exception
+    unwinds the stack) and no exception display or formatting is on the stack. Elsewhere
+    the trip is left to the watcher thread, which interrupts where the user's code is.
+
+    The first tests look only at file names, without taking any lock: the main thread may
+    have been stopped inside this package while it held one.
+    """
+    if frame is None or threading.current_thread() is not threading.main_thread():
+        return False
+    name = frame.f_code.co_filename
+    if (is_profiler_file(name) or name.startswith("<frozen") or "site-packages" in name
+            or "dist-packages" in name or is_stdlib(name)):
+        return False
+    if sys.exc_info()[1] is not None:
+        return False
+    f = frame
+    while f is not None:
+        code = f.f_code
+        if code.co_name in _DISPLAY_FUNCTIONS or _DISPLAY_FRAMES.search(code.co_filename):
+            return False
+        f = f.f_back
+    if is_internal(name):
+        return False
+    return is_own_code(Attributor().locate(name, frame.f_lineno or 0))
+
+
 class _Watcher:
     """The one watcher thread and the settings it reads. Settings change under ``lock``;
-    the thread reads them once per tick."""
+    the thread reads them once per tick; ``arm_lock`` guards the sampler's watermark."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -754,6 +901,26 @@ class _Watcher:
         self.thread: threading.Thread | None = None
         self.stop_event = threading.Event()
         self.interval = SLOW_INTERVAL
+        self.probe: Any = None  # made by the thread that starts the watcher
+        self.wake = _Wake.off()  # the watermark's eventfd and the thread's sleep
+        self.arm_lock = threading.Lock()
+        self.armed: int | None = None  # the watermark set in the sampler (None: off)
+        self.direct_trips = 0  # trips raised from the sample path
+        # The hand-over (see fire): firings of the watermark the watcher has read from the
+        # eventfd, pending calls of the main thread that have begun, and a trip the watcher
+        # left for the main thread's pending call to raise (all under _pending_lock).
+        self.fired_total = 0
+        self.decided_total = 0
+        self.handed_over = False
+        self.handed_at = 0.0
+        self.fired_at = 0.0
+        self.deciding = False  # the main thread runs the sample path's check ...
+        self.deciding_since = 0.0  # ... since then (a flag left by a lost exit expires)
+        self.rearm_wanted = False  # a firing was read: set the watermark again
+        self.fire_idle = threading.Event()  # cleared while the watcher thread fires
+        self.fire_idle.set()
+        self.last_trip_time = -math.inf  # time of the reading of the last trip queued
+        self.deferred = 0  # sample-path crossings left to the watcher thread
         self.timeline: collections.deque = collections.deque(maxlen=TIMELINE_POINTS)
         self.peak_rss = 0
         self.cell_peak_rss = 0
@@ -774,16 +941,35 @@ class _Watcher:
         return self.limit() is not None or self.safety_net or bool(self.listeners)
 
     def update(self) -> None:
-        """Start or stop the thread to match the settings (call without ``lock`` held)."""
+        """Start or stop the thread to match the settings (call without ``lock`` held).
+        The sampler's watermark is armed for the new limits here, in the caller's thread,
+        so that a budget set right before a fast allocation loop already rides on the sample
+        path (the new watcher thread may need a few switch intervals to get the GIL)."""
         if self.needed():
             self.start()
+            with sampler.paused():
+                self.arm_watermark(_traced_now())
         else:
             self.stop()
 
     def start(self) -> None:
+        global _pending
         with self.lock:
             if self.thread is not None and self.thread.is_alive():
                 return
+            with sampler.paused():
+                self.probe = self.probe_factory()
+                if self.wake.fd < 0:
+                    self.wake = _Wake()
+                with self.arm_lock:
+                    self.armed = None  # whatever the sampler holds, arm afresh
+                with _pending_lock:  # no firing of an earlier watch is still due
+                    self.decided_total = self.fired_total
+                    if self.handed_over:  # a trip of the earlier watch: forget it
+                        _pending = None
+                    self.handed_over = self.deciding = False
+                with contextlib.suppress(Exception):  # where memory stood when watching began
+                    self.note(self.probe.read(self.margin, True))
             self.stop_event = threading.Event()
             self.thread = threading.Thread(target=self.run, args=(self.stop_event,),
                                            name="mprofile-ipy watcher", daemon=True)
@@ -793,20 +979,29 @@ class _Watcher:
         with self.lock:
             thread, self.thread = self.thread, None
             self.stop_event.set()
+        self.wake.poke()
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=2.0)
+            if not thread.is_alive():  # nothing waits on the eventfd any more
+                with self.arm_lock:
+                    self.wake.close()
+                    self.armed = None
+                self.probe = None
 
     # -- the thread ---------------------------------------------------------------------
     def run(self, stop_event: threading.Event) -> None:
         # The watcher's own allocations (its waits included) are not the user's memory:
-        # never sample them. A pause per round, not one for the thread's life: start() ends
-        # every pause, and a pause ends when its object is released.
-        with sampler.paused():
-            probe = self.probe_factory()
+        # never sample them. A pause per step, not one for the thread's life: start() ends
+        # every pause, so the step after a wait takes a fresh one, and a pause ends when its
+        # object is released.
+        probe, wake = self.probe, self.wake
         while True:
             with sampler.paused():
-                if stop_event.wait(self.interval):
+                wake.wait(self.interval, stop_event)
+            with sampler.paused():
+                if stop_event.is_set():
                     break
+                self.drain_firings()
                 try:
                     self.tick(probe.read(self.margin, self.limit() is not None
                                          or bool(self.listeners)), probe)
@@ -816,24 +1011,165 @@ class _Watcher:
                     self.last_error = f"{type(exc).__name__}: {exc}"
                     if self.errors >= 50:  # something is persistently broken: stop watching
                         break
+                try:
+                    self.deliver_if_stale()
+                    self.drain_firings()
+                    r = self.reading
+                    fired, self.rearm_wanted = self.rearm_wanted, False
+                    self.arm_watermark(r.traced if r is not None else None, fired=fired)
+                except Exception as exc:  # noqa: BLE001 - polling goes on without it
+                    self.last_error = f"{type(exc).__name__}: {exc}"
 
-    def tick(self, r: Reading, probe: Any = None) -> None:
-        """One check: record the reading, interrupt if a limit is crossed, call listeners."""
+    def observe(self, r: Reading) -> Reading | None:
+        """Take ``r`` as the last reading (peaks, swap base); returns the previous one."""
         prev = self.reading
         self.reading = r
         if r.rss is not None:
             self.peak_rss = max(self.peak_rss, r.rss)
             self.cell_peak_rss = max(self.cell_peak_rss, r.rss)
-        if not self.timeline or r.time - self.timeline[-1][0] >= TIMELINE_STEP:
-            self.timeline.append((r.time, r.rss, r.traced))
         if self.swap_base is None and r.swap_used is not None:
             self.swap_base = r.swap_used
+        return prev
+
+    def note(self, r: Reading, trip: bool = False) -> None:
+        """Put ``r`` on the timeline: a point every TIMELINE_STEP at most, and always the
+        reading of a trip (the report's last point is the moment it tripped)."""
+        if not self.timeline or r.time - self.timeline[-1][0] >= TIMELINE_STEP or trip:
+            self.timeline.append((r.time, r.rss, r.traced))
+
+    def tick(self, r: Reading, probe: Any = None) -> None:
+        """One check: record the reading, interrupt if a limit is crossed, call listeners."""
+        prev = self.observe(r)
         found = self.check(r)
+        self.note(r, found is not None)
         if found is not None:
             self.fire(*found, r, probe)
         for listener in list(self.listeners):
             listener(r)
         self.interval = self.next_interval(r, prev)
+
+    # -- the sample path ----------------------------------------------------------------
+    def drain_firings(self) -> None:
+        """Count the watermark's firings written to the eventfd (watcher thread only)."""
+        n = self.wake.drain()
+        if n:
+            with _pending_lock:
+                self.fired_total += n
+                self.fired_at = time.monotonic()
+            self.rearm_wanted = True
+
+    def main_busy_here(self) -> bool:
+        """The main thread runs, or is about to run, the sample path's check (hold
+        ``_pending_lock``): its pending call is scheduled and has not begun (for
+        HANDOVER_WAIT at most: the call may have been lost), or it runs. An interrupt queued
+        now would land in the check, in this module, where a library's ``except
+        MemoryError`` (``linecache`` has one) could even swallow it."""
+        now = time.monotonic()
+        if self.deciding and now - self.deciding_since < DECIDING_LIMIT:
+            return True
+        return self.fired_total > self.decided_total and now - self.fired_at < HANDOVER_WAIT
+
+    def begin_decision(self) -> bool:
+        """The main thread's pending call begins: count it; True when the watcher handed
+        it a trip to raise."""
+        with _pending_lock:
+            self.decided_total += 1
+            self.deciding, self.deciding_since = True, time.monotonic()
+            handed, self.handed_over = self.handed_over, False
+            return handed and _pending is not None
+
+    def end_decision(self) -> bool:
+        """The main thread's pending call ends its check; True when the watcher handed it a
+        trip meanwhile."""
+        with _pending_lock:
+            self.deciding = False
+            handed, self.handed_over = self.handed_over, False
+            return handed and _pending is not None
+
+    def deliver_if_stale(self) -> None:
+        """A trip handed over to a pending call that has not begun for HANDOVER_WAIT (the
+        main thread is in a long C call, or the call was lost): the watcher interrupts the
+        main thread itself, as it does without the sample path, if user code still runs
+        there (else the trip is dropped, as the watcher drops any trip then)."""
+        global _pending
+        if not self.handed_over or time.monotonic() - self.handed_at < HANDOVER_WAIT:
+            return
+        with self.lock, _pending_lock:
+            if (not self.handed_over or self.deciding
+                    and time.monotonic() - self.deciding_since < DECIDING_LIMIT):
+                return  # the check runs: it takes the trip as it ends
+            self.handed_over = False
+            if _pending is None:
+                return
+            if (self.ipython and not self.executing) or not _main_runs_user_code():
+                _pending = None
+                return
+            _set_async_exc(threading.main_thread().ident, _BudgetInterrupt)
+
+    def traced_threshold(self) -> int | None:
+        """The traced-memory level at which the budget trips now (None: no budget)."""
+        limit = self.limit()
+        if limit is None:
+            return None
+        return self.rearm.get("traced", limit)
+
+    def arm_watermark(self, traced: int | None, fired: bool = False) -> None:
+        """Point the sampler's watermark at the traced threshold of the budget, or turn it
+        off: when there is no budget, and while traced memory is already at or past the
+        threshold (the polls see that; it is armed again once memory is back under it, or
+        the threshold moved up after a trip). ``fired``: the watermark went off since it
+        was last armed (the sampler disarms it then), so it is set again even if unchanged.
+        """
+        with self.arm_lock:
+            if fired:
+                self.armed = None
+            fd = self.wake.fd
+            threshold = self.traced_threshold() if fd >= 0 else None
+            if threshold is not None and traced is not None and traced >= threshold:
+                threshold = None
+            if threshold != self.armed:
+                sampler.set_watermark(threshold, fd, call_main=True)
+                self.armed = threshold
+
+    def watermark_action(self, frame: Any) -> Callable[[], Any]:
+        """The main thread's check when the sampler saw traced memory reach the watermark
+        (its pending call, run at the next bytecode of the main thread, see
+        :func:`_watermark_decision`); ``frame`` is the frame that was interrupted.
+
+        Returns what the pending call then calls: ``_set_async_exc`` bound to the main
+        thread and the interrupt when a limit is crossed and the budget may raise right
+        there (:func:`may_raise_in`), else a no-op. The exception is thus raised by the
+        interpreter as the pending call returns, in the user's frame, with a traceback of
+        the user's code only, exactly as the watcher thread's interrupt is. Anything
+        else (machinery running, an exception being handled or shown, the watcher in the
+        middle of its own check) is left to the watcher thread, which the sampler's eventfd
+        has woken already.
+        """
+        probe = self.probe
+        if probe is None or self.limit() is None:
+            return _no_trip
+        if not may_raise_in(frame):
+            self.deferred += 1
+            return _no_trip
+        # The watcher thread may check at the same moment (it reads in parallel, and the
+        # sampler's eventfd has just woken it): one of the two queues the interrupt (fire()
+        # does so once, under _pending_lock). Should the watcher's land in here, it is
+        # queued again from the user's frame (_watermark_decision).
+        r = probe.read(self.margin, True)
+        self.observe(r)
+        found = self.check(r)
+        self.note(r, found is not None)
+        queued = found is not None and self.fire(*found, r, probe, direct=True)
+        if not queued and not self.fire_idle.is_set():
+            # The watcher found the crossing first and is making its report: wait for it
+            # (safe: this frame is the user's, the main thread holds none of our locks);
+            # while this check runs it hands the trip over instead of interrupting here.
+            self.fire_idle.wait(FIRE_WAIT)
+        self.arm_watermark(r.traced, fired=True)
+        if not queued:
+            return _no_trip
+        self.direct_trips += 1
+        return _queue_interrupt()
 
     def check(self, r: Reading) -> tuple[str, str, int, int] | None:
         """(kind, measure, value, limit) of the first limit crossed, or ``None``."""
@@ -896,33 +1232,49 @@ class _Watcher:
         return SLOW_INTERVAL
 
     def fire(self, kind: str, measure: str, value: int, limit: int, r: Reading,
-             probe: Any) -> None:
-        """Raise the trip in the main thread if user code runs there."""
+             probe: Any, direct: bool = False) -> bool:
+        """Interrupt the main thread with the trip if user code runs there; True when the
+        interrupt is queued. From the watcher thread it is queued with
+        ``PyThreadState_SetAsyncExc``; ``direct`` (the main thread itself, from the
+        sampler's pending call) leaves that call to the caller (:meth:`watermark_action`).
+        """
+        if direct:
+            return self._fire(kind, measure, value, limit, r, probe, True)
+        # The main thread's check, running meanwhile, sees the thresholds this moves up and
+        # finds nothing: it waits for this to finish (and takes the trip handed over).
+        self.fire_idle.clear()
+        try:
+            return self._fire(kind, measure, value, limit, r, probe, False)
+        finally:
+            self.fire_idle.set()
+
+    def _fire(self, kind: str, measure: str, value: int, limit: int, r: Reading,
+              probe: Any, direct: bool) -> bool:
         global _pending
         detected = time.perf_counter()
         main = threading.main_thread()
         if main.ident is None or not main.is_alive():
-            return
+            return False
         with self.lock:
             if self.ipython and not self.executing:
-                return
+                return False
             if self.ipython and kind == "budget" and self.fired_in_cell:
-                return  # one budget interrupt per cell: the rest of it is error handling
+                return False  # one budget interrupt per cell: the rest of it is error handling
         with _pending_lock:
             # One interrupt at a time; a trip that was never instantiated (3.10/3.11 create
             # the exception lazily, `except MemoryError: pass` never does) expires.
             if _pending is not None and detected - _pending.detected_at < PENDING_EXPIRY:
-                return
+                return False
         frame = sys._current_frames().get(main.ident)
         if frame is None or next(user_frames(frame), None) is None:
-            return  # the main thread waits for input: nothing to stop
+            return False  # the main thread waits for input: nothing to stop
         attributor = Attributor()
         running, inner = locate_running(frame, attributor)
         del frame
         if running is None or not is_own_code(running):
             # Only libraries and tools run (IPython formatting a traceback with
             # stack_data, say): the user's code is not on the stack, nothing to stop.
-            return
+            return False
         snapshot = None
         sites: list[tuple[str, float]] = []
         stats = sampler.get_stats()
@@ -933,8 +1285,12 @@ class _Watcher:
             except Exception:  # noqa: BLE001 - a report without sites beats no interrupt
                 snapshot = None
         events = probe.cgroup_events() if probe is not None and measure == "cgroup" else {}
+        # the recent points up to this reading, which is always the last one (the other
+        # thread may have added newer points meanwhile)
+        points = [p for p in list(self.timeline) if p[0] < r.time][-299:]
+        points.append((r.time, r.rss, r.traced))
         trip = Trip(kind, measure, value, limit, r, running, inner, snapshot, sites,
-                    list(self.timeline)[-300:], events, detected, reading_margin=self.margin)
+                    points, events, detected, reading_margin=self.margin)
         # Re-arm rule: trip again only after another step of growth, of every budget
         # measure over the limit (else `traced` would trip while IPython formats the
         # traceback of an `rss` trip).
@@ -950,17 +1306,42 @@ class _Watcher:
             self.rearm[measure] = left - self.margin // 2
         with self.lock:
             if self.ipython and not self.executing:
-                return
+                return False
+            if r.time <= self.last_trip_time:
+                # The watcher and the main thread (the sample path) both check: a trip seen
+                # in a reading older than one that already tripped is that same crossing.
+                return False
+            # the settings changed during the check (the block whose budget it was ended)
+            if kind == "budget" and self.limit() != limit:
+                return False
+            if kind != "budget" and not self.safety_net:
+                return False
             with _pending_lock:
                 if _pending is not None and detected - _pending.detected_at < PENDING_EXPIRY:
-                    return
+                    return False
                 _pending = trip
-                if _set_async_exc(main.ident, _BudgetInterrupt) != 1:
+                # Marked before the interrupt can land: once it has, the main thread may
+                # allocate again (the report, the traceback) before this thread runs on, and
+                # a second check (the sample path's) must see that this cell has had its one.
+                fired_before = self.fired_in_cell
+                if kind == "budget":
+                    self.fired_in_cell = True
+                if not direct:
+                    self.drain_firings()  # a firing not read yet: its pending call is due
+                if direct:
+                    pass  # the caller (the main thread's pending call) queues it
+                elif self.main_busy_here():
+                    # The main thread is about to run the sample path's check (its pending
+                    # call is scheduled): an interrupt queued now would land in that check,
+                    # in this module. Hand the trip over; it raises it in the user's frame.
+                    self.handed_over, self.handed_at = True, time.monotonic()
+                elif _set_async_exc(main.ident, _BudgetInterrupt) != 1:
                     _pending = None
-                    return
-            if kind == "budget":
-                self.fired_in_cell = True
+                    self.fired_in_cell = fired_before
+                    return False
+                self.last_trip_time = r.time
         self.trips += 1
+        return True
 
 
 _watcher = _Watcher()
@@ -969,6 +1350,11 @@ _watcher = _Watcher()
 def _after_fork_in_child() -> None:
     """The watcher thread does not exist in a child: start it there with nothing enabled."""
     global _watcher, _probe, _pending, _pending_lock
+    with contextlib.suppress(Exception):
+        sampler.set_watermark(None)  # the parent's eventfd is not this process's watcher
+    with contextlib.suppress(OSError):
+        if _watcher.wake.fd >= 0:
+            os.close(_watcher.wake.fd)
     _watcher = _Watcher()
     _probe = None
     _pending = None
@@ -977,6 +1363,97 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _traced_now() -> int:
+    """The sampler's estimate of live traced bytes now (0 while it is off)."""
+    stats = sampler.get_stats()
+    return int(stats.current_bytes) if stats.tracing else 0
+
+
+def _watermark_decision() -> Callable[[], Any]:
+    """What the sampler's pending call runs (see :func:`__getattr__`, whose caller's frame
+    is the one interrupted): the global watcher's :meth:`_Watcher.watermark_action`, with
+    sampling paused (the budget's own bookkeeping never adds samples) and never an error of
+    its own. Everything happens inside the ``try``: an interrupt of the watcher that lands
+    in here is caught and queued again (see :func:`_requeue`)."""
+    try:
+        watcher = _watcher
+        frame = sys._getframe(2)
+        handed = False
+        try:
+            handed = watcher.begin_decision()
+            if handed or watcher.thread is None:
+                action: Callable[[], Any] = _no_trip
+            else:
+                with sampler.paused():
+                    action = watcher.watermark_action(frame)
+        finally:
+            handed = watcher.end_decision() or handed
+        del frame
+        if handed:  # the watcher's trip, raised from here instead of by the watcher
+            watcher.direct_trips += 1
+            action = _queue_interrupt()
+        return action
+    except MemoryBudgetExceeded as exc:
+        # The watcher thread's interrupt landed in here (it raced this check): queue it
+        # again, so that it is raised in the interrupted frame, not in this module.
+        return _requeue(exc)
+    except KeyboardInterrupt:
+        # A Ctrl-C whose handler ran in here would be dropped by the pending call (it
+        # passes on only a MemoryError): deliver it again, at the next bytecode.
+        import _thread
+
+        _thread.interrupt_main()
+        return _no_trip
+    except Exception as exc:  # noqa: BLE001 - never turn a check into the user's error
+        _watcher.last_error = f"{type(exc).__name__}: {exc}"
+        return _no_trip
+
+
+def _main_runs_user_code() -> bool:
+    """The main thread's stack holds the user's own code now (the watcher's rule)."""
+    frame = sys._current_frames().get(threading.main_thread().ident)
+    if frame is None or next(user_frames(frame), None) is None:
+        return False
+    running, _ = locate_running(frame, Attributor())
+    return running is not None and is_own_code(running)
+
+
+def _queue_interrupt() -> Callable[[], Any]:
+    """A C callable (no Python frame) that queues the pending trip on the main thread."""
+    return functools.partial(_set_async_exc, threading.main_thread().ident, _BudgetInterrupt)
+
+
+def _requeue(exc: MemoryBudgetExceeded) -> Callable[[], Any]:
+    """Put a trip whose exception was raised in this module back as the pending one and
+    return the callable that queues it on the main thread again."""
+    global _pending
+    trip = getattr(exc, "trip", None)
+    if trip is None:
+        raise exc
+    with _pending_lock:
+        if _pending is None:
+            _pending = trip
+    return _queue_interrupt()
+
+
+def __getattr__(name: str) -> Any:
+    """``_on_watermark``: the hook the sampler calls in the main thread when traced memory
+    reaches the budget's watermark (``sampler.set_watermark(..., call_main=True)``).
+
+    The sampler's pending call (``native/hooks.c``) runs, at the main thread's next bytecode
+    as a signal handler would, ``mprofile_ipy.budget._on_watermark()``. The attribute is
+    resolved here, by the module's ``__getattr__``, so that the check runs in a Python frame
+    that has *returned* before anything is raised: it hands back either a no-op or a C
+    callable (``functools.partial`` over ``PyThreadState_SetAsyncExc``) that queues the
+    interrupt on the main thread, which the interpreter raises right after the pending call,
+    in the interrupted frame. The exception then looks exactly like the watcher thread's:
+    its traceback holds the user's code only, not this module.
+    """
+    if name == "_on_watermark":
+        return _watermark_decision()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1086,13 +1563,14 @@ def budget(limit: int | str) -> Iterator[None]:
         yield
     finally:
         with sampler.paused():
-            _withdraw_pending()
             with w.lock:
                 try:
                     w.block_limits.remove(value)
                 except ValueError:
                     pass
                 w.rearm.clear()
+            # after the limit is gone: a check under way no longer queues this block's trip
+            _withdraw_pending()
             w.update()
 
 
@@ -1139,6 +1617,7 @@ def remove_listener(callback: Callable[[Reading], None]) -> None:
     w.update()
 
 
+@_quiet
 def cell_started(*_: Any) -> None:
     """IPython ``pre_run_cell`` hook: interrupts may land from now on (a cell that starts
     over the budget is interrupted only if it grows memory by another 10% of it)."""
@@ -1156,8 +1635,11 @@ def cell_started(*_: Any) -> None:
                 if value is not None and value >= limit:
                     step = max(int(limit * REARM_STEP), MiB)
                     w.rearm[measure] = max(w.rearm.get(measure, 0), value + step)
+    if r is not None and limit is not None:
+        w.arm_watermark(r.traced)  # the traced threshold may have moved up
 
 
+@_quiet
 def cell_finished(*_: Any) -> None:
     """IPython ``post_run_cell`` hook: no interrupt may land outside a cell."""
     w = _watcher

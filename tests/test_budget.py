@@ -294,6 +294,262 @@ def test_budget_interrupts_the_main_thread_and_names_the_line():
     assert not B.status().watching  # the block's watcher is gone with the block
 
 
+# ---------------------------------------------------------------------------------------------
+# The sample path: the sampler's watermark and the main thread's pending call
+
+
+def _untouched_loop(blocks: list, n: int = 20_000) -> None:
+    for _ in range(n):  # 20 GB of address space if nothing stopped it
+        blocks.append(bytes(10**6))  # calloc'ed, no page touched: RSS does not move
+
+
+def test_untouched_memory_trips_at_the_crossing_through_the_sample_path():
+    # GIVEN the sampler (64 KiB rate: a 1 MB block is always a sample) and a budget
+    mp.start(sample_rate=65536, seed=1)
+    blocks: list = []
+    try:
+        with pytest.raises(MemoryBudgetExceeded) as info:
+            with B.budget("+200MB"):
+                limit, start = B.get_budget(), B._traced_now()
+                # WHEN memory grows faster than any poll could see (gigabytes in ms)
+                _untouched_loop(blocks)
+        err = info.value
+        # THEN the crossing sample stops the loop there, not gigabytes later (polling
+        # alone let it run 1,700 to 18,000 blocks)
+        crossing = -(-(limit - start) // 10**6)  # the block that takes traced past it
+        assert err.measure == "traced" and err.value >= err.limit == limit
+        assert crossing - 2 <= len(blocks) <= crossing + 100, (len(blocks), crossing)
+        assert "blocks.append(bytes(10**6))" in err.location
+        # the traceback is the user's code only, as for the watcher's interrupt
+        files = {os.path.basename(f.f_code.co_filename) for f, _ in
+                 __import__("traceback").walk_tb(err.__traceback__)}
+        assert files == {"test_budget.py"}, files
+        # the trip's own reading is the last point of its timeline
+        r = err.trip.reading
+        assert err.timeline[-1] == (r.time, r.rss, r.traced)
+    finally:
+        blocks.clear()
+        mp.stop()
+
+
+def test_watermark_is_armed_only_with_a_budget():
+    mp.start(sample_rate=65536, seed=1)
+    try:
+        B.set_budget(None, safety_net=True)  # the watcher runs, no budget
+        assert B.status().watching and B._watcher.armed is None
+        keep = [bytes(10**6) for _ in range(50)]
+        assert len(keep) == 50  # nothing is raised
+        B.set_budget("+1GB", safety_net=True)
+        # armed by the thread that set the budget, before set_budget returned
+        assert B._watcher.armed == B.get_budget()
+        B.set_budget(None, safety_net=True)
+        assert B._watcher.armed is None
+    finally:
+        mp.stop()
+
+
+def test_direct_trip_bookkeeping_is_never_sampled():
+    # every allocation is a sample: none of the budget's work in the main thread (the
+    # check, the snapshot, the exception's report) may show up as the user's memory.
+    # A first trip beforehand: on 3.10 a function's first call allocates the frame object
+    # its code keeps for later calls, before any pause in its body can begin.
+    blocks: list = []
+    mp.start(sample_rate=65536)
+    with pytest.raises(MemoryBudgetExceeded):
+        with B.budget("+100MB"):
+            _untouched_loop(blocks)
+    blocks.clear()
+    mp.stop()
+    mp.start(sample_rate=1)
+    try:
+        with pytest.raises(MemoryBudgetExceeded):
+            with B.budget("+100MB"):
+                _untouched_loop(blocks)
+        snap = mp.take_snapshot()
+        ours = {os.path.join(os.path.dirname(B.__file__), name)
+                for name in ("budget.py", "attribution.py")}
+        found = [(t[1], [(os.path.basename(f[0]), f[1], f[2]) for f in t[2]])
+                 for t in snap.raw_traces if any(f[0] in ours for f in t[2])]
+        assert found == [], repr(found)
+    finally:
+        blocks.clear()
+        mp.stop()
+
+
+class _Over:
+    """A probe whose readings are over any budget of a few MiB."""
+
+    def read(self, margin=B.DEFAULT_MARGIN, traced=True):
+        return reading(rss=10 * MiB, traced=500 * MiB)
+
+    def cgroup_events(self):
+        return {}
+
+
+def _over_budget_watcher() -> B._Watcher:
+    w = B._Watcher()  # not the global one: no thread, nothing else trips
+    w.session_limit = 100 * MiB
+    w.probe = _Over()
+    return w
+
+
+def test_sample_path_raises_in_user_code():
+    # the control for the tests below: from the user's frame, the check queues the
+    # interrupt and the callable it returns raises it at the next bytecode
+    w = _over_budget_watcher()
+    action = w.watermark_action(sys._getframe())
+    assert action is not B._no_trip and w.direct_trips == 1
+    with pytest.raises(MemoryBudgetExceeded) as info:
+        action()
+        sum(range(10))
+    assert info.value.measure == "traced" and "test_budget.py" in info.value.location
+    assert B._pending is None
+
+
+def test_sample_path_defers_inside_an_exception_handler_or_finally():
+    w = _over_budget_watcher()
+    try:
+        raise ValueError("being handled")
+    except ValueError:
+        in_except = w.watermark_action(sys._getframe())
+    with pytest.raises(KeyError):
+        try:
+            raise KeyError("unwinding")
+        finally:
+            in_finally = w.watermark_action(sys._getframe())
+    assert in_except is B._no_trip and in_finally is B._no_trip
+    assert w.deferred == 2 and w.trips == 0 and B._pending is None
+
+
+def test_sample_path_defers_inside_our_machinery():
+    # a frame of this package (the budget's own code, the magic's runner, ...) innermost
+    w = _over_budget_watcher()
+    namespace = {"w": w, "sys": sys}
+    exec(compile("got = w.watermark_action(sys._getframe())", B.__file__, "exec"), namespace)
+    assert namespace["got"] is B._no_trip
+    # and a library's frame innermost (the watcher interrupts where the user's code is)
+    exec(compile("got = w.watermark_action(sys._getframe())", threading.__file__, "exec"),
+         namespace)
+    assert namespace["got"] is B._no_trip
+    assert w.deferred == 2 and B._pending is None
+
+
+def test_sample_path_defers_while_ipython_formats_an_exception(ipython_shell, run_cell):
+    # GIVEN a crossing seen while IPython formats a traceback: the user's own __str__ runs
+    # (innermost frame: user code) inside IPython's traceback machinery
+    w = _over_budget_watcher()
+    got: list = []
+
+    class Loud(Exception):
+        def __str__(self):
+            got.append(w.watermark_action(sys._getframe()))
+            return "loud"
+
+    class Shown:
+        def _repr_html_(self):  # and while IPython displays a result
+            got.append(w.watermark_action(sys._getframe()))
+            return "<b>shown</b>"
+
+        def __repr__(self):
+            got.append(w.watermark_action(sys._getframe()))
+            return "shown"
+
+    ipython_shell.user_ns.update(Loud=Loud, Shown=Shown)
+    _, result, out = run_cell(ipython_shell, "raise Loud()")
+    _, shown, _ = run_cell(ipython_shell, "Shown()")
+    # THEN nothing is raised there: the display is whole, the trip left to the watcher
+    assert isinstance(result.error_in_exec, Loud) and shown.success
+    assert "Unexpected exception formatting exception" not in out.stdout + out.stderr
+    assert got and all(a is B._no_trip for a in got)
+    assert w.deferred == len(got) and w.trips == 0 and B._pending is None
+
+
+def test_a_watcher_interrupt_landing_in_the_check_is_raised_from_the_users_frame():
+    # The watcher thread may queue its interrupt while the main thread runs the sample
+    # path's check; it then lands inside this module, which queues it again.
+    trip = B.Trip("budget", "traced", 2, 1, reading())
+    with B._pending_lock:
+        B._pending = trip
+    landed = B._BudgetInterrupt()  # what landing instantiates (it takes the pending trip)
+    assert B._pending is None and landed.trip is trip
+    action = B._requeue(landed)
+    with pytest.raises(MemoryBudgetExceeded) as info:
+        action()
+        sum(range(10))
+    assert info.value.trip is trip
+    files = {os.path.basename(f.f_code.co_filename) for f, _ in
+             __import__("traceback").walk_tb(info.value.__traceback__)}
+    assert files == {"test_budget.py"}
+
+
+def test_watcher_hands_a_trip_to_a_pending_call_that_is_due():
+    # GIVEN the sampler's pending call scheduled in the main thread (the watermark fired)
+    w = _over_budget_watcher()
+    w.session_limit = 1
+    w.fired_total, w.fired_at = 1, time.monotonic()
+    done = threading.Event()
+
+    def watcher_thread():
+        w.fire("budget", "rss", 2, 1, reading(), None)
+        done.set()
+
+    # WHEN the watcher thread finds the crossing first
+    helper = threading.Thread(target=watcher_thread)
+    helper.start()
+    helper.join()  # the main thread waits here, without running bytecode
+    assert done.is_set()
+    # THEN it queues nothing on the main thread (it would land in the pending call's
+    # check, in this module) but hands the trip over ...
+    total = sum(range(10000))
+    assert total == 49995000 and w.handed_over and B._pending is not None
+    # ... and the pending call raises it from the user's frame
+    assert w.begin_decision() and not w.handed_over and w.decided_total == 1
+    assert not w.end_decision()
+    with pytest.raises(MemoryBudgetExceeded) as info:
+        B._queue_interrupt()()
+        sum(range(10))
+    assert info.value.measure == "rss" and B._pending is None
+
+
+def test_watcher_never_interrupts_the_pending_calls_check_while_it_runs():
+    # The check runs Python code (linecache among it, whose `except MemoryError` would
+    # swallow an interrupt and clear its cache): a trip found meanwhile is handed over.
+    w = _over_budget_watcher()
+    w.session_limit = 1
+    assert not w.begin_decision()  # the check begins (nothing due before it)
+    helper = threading.Thread(target=w.fire, args=("budget", "rss", 2, 1, reading(), None))
+    helper.start()
+    helper.join()
+    total = sum(range(10000))  # nothing landed
+    assert total == 49995000 and w.handed_over
+    w.deliver_if_stale()
+    w.handed_at -= B.HANDOVER_WAIT
+    w.deliver_if_stale()  # not even late: the check takes it as it ends
+    assert w.handed_over
+    assert w.end_decision() and not w.deciding
+    with pytest.raises(MemoryBudgetExceeded):
+        B._queue_interrupt()()
+        sum(range(10))
+
+
+def test_a_hand_over_the_main_thread_never_takes_is_delivered_by_the_watcher():
+    # the main thread is in a long C call (or the pending call was never scheduled)
+    w = _over_budget_watcher()
+    w.session_limit = 1
+    w.fired_total, w.fired_at = 1, time.monotonic()
+    helper = threading.Thread(target=w.fire, args=("budget", "rss", 2, 1, reading(), None))
+    helper.start()
+    helper.join()
+    assert w.handed_over
+    w.deliver_if_stale()  # too soon: still the pending call's
+    assert w.handed_over
+    w.handed_at -= B.HANDOVER_WAIT
+    with pytest.raises(MemoryBudgetExceeded):
+        w.deliver_if_stale()
+        sum(range(10))
+    assert not w.handed_over and B._pending is None
+
+
 def test_code_compiled_by_the_magic_is_the_users_code():
     # What `%%mprofile --budget` will run: a cell body compiled and registered by the
     # package, executed by the package's runner (an internal frame) under budget().
@@ -448,7 +704,7 @@ class Kernel:
 
     def run(self, code: str, timeout: float = 60) -> dict:
         """Run a cell: {"status", "text", "ename", "evalue", "count"}."""
-        out: dict = {"text": "", "ename": None, "evalue": None}
+        out: dict = {"text": "", "ename": None, "evalue": None, "traceback": ""}
 
         def hook(msg):
             kind, content = msg["msg_type"], msg["content"]
@@ -458,6 +714,7 @@ class Kernel:
                 out["text"] += content["data"].get("text/plain", "") + "\n"
             elif kind == "error":
                 out["ename"], out["evalue"] = content["ename"], content["evalue"]
+                out["traceback"] = "\n".join(content["traceback"])
 
         reply = self.kc.execute_interactive(code, output_hook=hook, timeout=timeout)
         out["status"] = reply["content"]["status"]
@@ -503,6 +760,22 @@ def test_kernel_cell_past_budget_stops_and_the_kernel_keeps_its_variables(kernel
     # freeing memory makes the next cells run normally
     kernel.ok("del rows; import gc; gc.collect(); x = sum(range(10**6))")
     kernel.ok("mp.stop(); B.set_budget(None)")
+
+
+def test_kernel_untouched_memory_stops_at_the_crossing(kernel):
+    # the sample path in a real kernel: the loop stops at the block that crosses, and the
+    # error shown is the cell's, whole (no "Unexpected exception formatting exception")
+    kernel.ok("B.set_budget('+200MB'); mp.start(sample_rate=65536, seed=5)\n"
+              "limit, start = B.get_budget(), B._traced_now()")
+    out = kernel.run("blocks = []\nfor _ in range(20_000):\n    blocks.append(bytes(10**6))\n")
+    assert out["ename"] == "MemoryBudgetExceeded", out["text"]
+    assert "traced memory" in out["evalue"]
+    assert f"In [{out['count']}], line 3: blocks.append(bytes(10**6))" in out["evalue"]
+    assert "Unexpected exception" not in out["traceback"] + out["text"]
+    assert "budget.py" not in out["traceback"]
+    n, crossing = map(int, kernel.ok("print(len(blocks), -(-(limit - start) // 10**6))").split())
+    assert crossing - 2 <= n <= crossing + 100, (n, crossing)
+    kernel.ok("del blocks; mp.stop(); B.set_budget(None)")
 
 
 def test_kernel_native_allocation_trips_through_rss(kernel):
@@ -605,39 +878,15 @@ def test_kernel_over_budget_between_cells_is_not_interrupted(kernel):
 NOTEBOOK = ROOT / "notebooks" / "kernel_guard.ipynb"
 
 
-def _text(cell) -> str:
-    parts = []
-    for output in cell.outputs:
-        if output.output_type == "stream":
-            parts.append(output.text)
-        elif output.output_type in ("display_data", "execute_result"):
-            parts.append(output.data.get("text/plain", ""))
-    return "\n".join(parts)
-
-
 @pytest.fixture(scope="module")
-def walkthrough(tmp_path_factory):
-    import nbformat
-    from nbclient import NotebookClient
-
+def walkthrough(tmp_path_factory, execute_notebook):
     work = tmp_path_factory.mktemp("kernel-guard")
-    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "XDG_STATE_HOME")}
-    os.environ["PYTHONPATH"] = str(ROOT) + os.pathsep + (saved["PYTHONPATH"] or "")
-    os.environ["XDG_STATE_HOME"] = str(work / "state")  # not the user's own records
-    try:
-        nb = nbformat.read(NOTEBOOK, as_version=4)
-        NotebookClient(nb, timeout=300, startup_timeout=60, kernel_name="python3",
-                       resources={"metadata": {"path": str(work)}}).execute()
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    # the kernel's records go to a state directory of its own, not the user's
+    nb = execute_notebook(NOTEBOOK, work, env={"XDG_STATE_HOME": str(work / "state")})
     return [c for c in nb.cells if c.cell_type == "code"]
 
 
-def test_walkthrough_stops_the_pipeline_and_names_its_line(walkthrough):
+def test_walkthrough_stops_the_pipeline_and_names_its_line(walkthrough, text_of):
     errors = [(c, o) for c in walkthrough for o in c.outputs if o.output_type == "error"]
     assert len(errors) == 1  # only the cell tagged raises-exception
     cell, error = errors[0]
@@ -645,22 +894,26 @@ def test_walkthrough_stops_the_pipeline_and_names_its_line(walkthrough):
     assert error.ename == "MemoryBudgetExceeded"
     assert "resident memory (RSS)" in error.evalue
     line = 'parts.append(events.merge(customers, on="customer_id", how="left"))'
-    assert f"running: In [{cell.execution_count}], line 4: {line}" in error.evalue
+    # the line running when the watcher saw RSS cross: the loop's merge, or (when it read
+    # between two merges) the events loader the loop calls, defined in the cell before
+    running = error.evalue.split("running: ")[1].splitlines()[0]
+    assert (running == f"In [{cell.execution_count}], line 4: {line}" or running.startswith(
+        f"In [{cell.execution_count - 1}], line 14: return pd.DataFrame(")), running
     top = error.evalue.split("top allocating sites")[1].splitlines()[1]
     assert top.strip().endswith(f"In [{cell.execution_count}], line 4: {line}")
-    after = _text(walkthrough[walkthrough.index(cell) + 1])
+    after = text_of(walkthrough[walkthrough.index(cell) + 1])
     days = int(after.split()[0])
     assert 1 <= days < 60 and "(125000, 3) customers rows still here" in after
 
 
-def test_walkthrough_fix_runs_under_a_block_budget_and_cleans_up(walkthrough):
-    texts = [_text(c) for c in walkthrough]
+def test_walkthrough_fix_runs_under_a_block_budget_and_cleans_up(walkthrough, text_of):
+    texts = [text_of(c) for c in walkthrough]
     assert any("1,200,000 rows" in t for t in texts)
     assert texts[-1].strip() == "watching: False"
 
 
-def test_walkthrough_post_mortem_names_line_and_size(walkthrough):
-    pm_text = next(t for t in (_text(c) for c in walkthrough) if t.startswith("Post-mortem"))
+def test_walkthrough_post_mortem_names_line_and_size(walkthrough, text_of):
+    pm_text = next(t for t in (text_of(c) for c in walkthrough) if t.startswith("Post-mortem"))
     assert "nightly_report.py, line 10: time.sleep(60)" in pm_text, pm_text
     site = next(x for x in pm_text.splitlines() if "line 8: rows = " in x)
     size_mib = float(site.split()[0])
