@@ -104,9 +104,14 @@ static inline int watermark_check_locked(void) {
  * handler does. Anything else is reported as unraisable and dropped. */
 static int watermark_pending(void *arg) {
     (void)arg;
+    /* The check is the profiler's own work: what it allocates (the import lookup, the
+     * decision, the exception's report) must never be sampled at the user's line. A pause
+     * as the Python side takes one (NULL on OOM: then unpaused, still correct). */
+    void *pause = mp_pause_alloc(0);
     PyObject *mod = PyImport_ImportModule("mprofile_ipy.budget");
     PyObject *res = mod != NULL ? PyObject_CallMethod(mod, "_on_watermark", NULL) : NULL;
     Py_XDECREF(mod);
+    mp_pause_free(pause);
     if (res != NULL) {
         Py_DECREF(res);
         return 0;
