@@ -116,7 +116,23 @@ static int watermark_pending(void *arg) {
         Py_DECREF(res);
         return 0;
     }
-    if (PyErr_ExceptionMatches(PyExc_MemoryError)) return -1;
+    if (PyErr_ExceptionMatches(PyExc_MemoryError)) {
+        /* The budget's interrupt, which the watcher thread may queue at any moment, can
+         * land inside the call above (3.12+ check for it at the start of every function):
+         * drop the frames of that call, so that the exception leaves from the interrupted
+         * frame with a traceback of the user's code only, as it does everywhere else. */
+#if PY_VERSION_HEX >= 0x030C0000
+        PyObject *exc = PyErr_GetRaisedException();
+        PyException_SetTraceback(exc, Py_None);
+        PyErr_SetRaisedException(exc);
+#else
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        Py_XDECREF(tb);
+        PyErr_Restore(type, value, NULL);
+#endif
+        return -1;
+    }
     PyErr_WriteUnraisable(NULL);
     return 0;
 }
