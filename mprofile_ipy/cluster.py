@@ -13,9 +13,15 @@ of the cell; a worker that was there at the start and is gone at collection time
 :attr:`WorkerCollection.lost`.
 
 Snapshots travel as bytes in the package's safe file format (never pickled objects) and
-carry ``meta["process"]`` = ``{"worker": address, "pid": ..., "name": ...}``. Code sent
-from notebook cells keeps its ``co_filename`` through cloudpickle, so the parent's
-attribution still shows ``In [N], line k``.
+carry ``meta["process"]`` = ``{"worker": address, "pid": ..., "name": ...}``.
+
+**Code from notebook cells.** cloudpickle ships a function defined in a cell by value and,
+since version 3, renames its code's file to ``<dynamic-code>`` (to make payloads
+deterministic). The line numbers, names and first lines survive, so :meth:`collect` gives
+those frames back the file of the cell that defines the function, found among the
+functions and classes of the kernel's ``__main__`` namespace by (name, first line): the
+parent's attribution then shows ``In [N], line k`` again. A function no longer in the
+namespace keeps ``<dynamic-code>``.
 
 **Task labels.** While the plugin is set up, every task a worker runs in its thread pool
 labels the thread that runs it with the task's key prefix (``('read_parquet-<hash>', 3)``
@@ -41,14 +47,17 @@ from __future__ import annotations
 import functools
 import io
 import os
+import sys
 import threading
+import types
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import sampler
 from .errors import MprofileError, SnapshotFormatError
+from .model import Snapshot
 from .storage import load_snapshot, save_snapshot
 
 __all__ = ["WorkerCollection", "WorkerSession", "profile_workers"]
@@ -312,8 +321,11 @@ class WorkerSession:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def collect(self) -> WorkerCollection:
-        """One snapshot per worker now in the cluster (joined ones included)."""
+    def collect(self, namespace: Mapping[str, Any] | None = None) -> WorkerCollection:
+        """One snapshot per worker now in the cluster (joined ones included); frames of
+        code shipped from ``namespace`` (default: the running IPython shell's user
+        namespace, else ``__main__``'s) get their cell's file back (module docstring)."""
+        files = shipped_code_files(_user_namespace() if namespace is None else namespace)
         result = WorkerCollection(failed=dict(self.failed))
         now = set(self._worker_addresses())
         result.lost = sorted(self.workers_at_start - now)
@@ -325,7 +337,8 @@ class WorkerSession:
                     result.failed.setdefault(address, f"{type(reply).__name__}: {reply}")
                     continue
                 try:
-                    result.snapshots.append((address, load_snapshot(io.BytesIO(reply))))
+                    snapshot = load_snapshot(io.BytesIO(reply))
+                    result.snapshots.append((address, restore_code_files(snapshot, files)))
                 except SnapshotFormatError as exc:
                     result.failed[address] = str(exc)
         return result
@@ -339,6 +352,75 @@ class WorkerSession:
             self.client.unregister_worker_plugin(self.name)
         except Exception as exc:  # a worker that is gone cannot answer: nothing runs there
             self.failed.setdefault("*", f"unregistering the plugin failed: {exc}")
+
+
+DYNAMIC_CODE = "<dynamic-code>"  # cloudpickle >= 3: the file name of code shipped by value
+
+
+def _user_namespace() -> Mapping[str, Any]:
+    """The running IPython shell's user namespace, else ``__main__``'s (a script)."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    namespace = getattr(shell, "user_ns", None)
+    if isinstance(namespace, dict):
+        return namespace
+    return getattr(sys.modules.get("__main__"), "__dict__", {})
+
+
+def shipped_code_files(namespace: Mapping[str, Any]) -> dict[tuple[str, int], str]:
+    """``(name, first line) -> file`` for the code of the functions and classes defined in
+    ``namespace``'s module (``__module__ == "__main__"``: what cloudpickle ships by value),
+    nested functions, lambdas and comprehensions included. Names are both ``co_name`` and
+    ``co_qualname``, whichever the sampler recorded. Reads attributes of functions and
+    classes only (``__dict__`` of classes through ``vars``), never calls user code."""
+    files: dict[tuple[str, int], str] = {}
+    stack: list[types.CodeType] = []
+    for value in list(namespace.values()):
+        if isinstance(value, types.FunctionType) and value.__module__ == "__main__":
+            stack.append(value.__code__)
+        elif isinstance(value, type) and type.__dict__["__module__"].__get__(value) == "__main__":
+            for member in type.__dict__["__dict__"].__get__(value).values():
+                func = getattr(member, "__func__", member)  # staticmethod, classmethod
+                if isinstance(func, types.FunctionType):
+                    stack.append(func.__code__)
+    seen: set[int] = set()
+    while stack:
+        code = stack.pop()
+        if id(code) in seen or code.co_filename == DYNAMIC_CODE:
+            continue
+        seen.add(id(code))
+        for name in {code.co_name, getattr(code, "co_qualname", code.co_name)}:
+            files.setdefault((name, code.co_firstlineno), code.co_filename)
+        stack.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+    return files
+
+
+def restore_code_files(snapshot: Snapshot, files: Mapping[tuple[str, int], str]) -> Snapshot:
+    """``snapshot`` with each ``<dynamic-code>`` frame that ``files`` knows given back its
+    file (the snapshot itself when there is none)."""
+    if not files:
+        return snapshot
+
+    def fix(frames: tuple) -> tuple:
+        out = []
+        for frame in frames:
+            if frame[0] == DYNAMIC_CODE and len(frame) >= 4:
+                known = files.get((frame[2], frame[3]))
+                if known is not None:
+                    frame = (known, *frame[1:])
+            out.append(frame)
+        return tuple(out)
+
+    traces = snapshot.trace_records
+    if not any(f[0] == DYNAMIC_CODE for t in traces for f in t[2]) and not any(
+            f[0] == DYNAMIC_CODE for a in snapshot.allocated or () for f in a[0]):
+        return snapshot
+    allocated = snapshot.allocated
+    return Snapshot(
+        [(t[0], t[1], fix(t[2]), *t[3:]) for t in traces], snapshot.traceback_limit,
+        sample_rate=snapshot.sample_rate, meta=dict(snapshot.meta),
+        counts=snapshot.trace_counts,
+        allocated=None if allocated is None else [(fix(a[0]), *a[1:]) for a in allocated])
 
 
 def _reason(response: dict[str, Any]) -> str:

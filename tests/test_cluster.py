@@ -13,6 +13,7 @@ distributed = pytest.importorskip("distributed")
 
 import mprofile_ipy as mp  # noqa: E402
 from mprofile_ipy import cluster  # noqa: E402
+from mprofile_ipy.model import Snapshot  # noqa: E402
 
 BLOCK = 8192
 BLOCKS = 512  # 4 MiB per task
@@ -213,3 +214,21 @@ def test_notes_say_why_task_labels_are_missing():
         "Dask task labels not recorded (this sampler has no thread labels): group by task "
         "shows no tasks"]
     assert cluster.WorkerCollection(snapshots=[("tcp://a", Snap("recorded"))]).notes() == []
+
+
+def test_shipped_code_gets_its_cells_file_back():
+    ns: dict = {"__name__": "__main__"}
+    exec(compile("class C:\n    def m(self):\n        return [x for x in ()]\n\n"
+                 "def f():\n    def g():\n        pass\n", "<ipython-input-7-ab>", "exec"), ns)
+    files = cluster.shipped_code_files(ns)
+    assert files[("m", 2)] == files[("C.m", 2)] == files[("f.<locals>.g", 6)] == (
+        "<ipython-input-7-ab>")
+    frames = (("<dynamic-code>", 7, "f.<locals>.g", 6), ("<dynamic-code>", 3, "other", 1),
+              ("lib.py", 2, "h", 1))
+    snap = Snapshot([(0, 100, frames, 3)], 10, sample_rate=1,
+                    allocated=[(frames, 3, 1.0, 100.0)])
+    fixed = cluster.restore_code_files(snap, files)
+    want = (("<ipython-input-7-ab>", 7, "f.<locals>.g", 6), frames[1], frames[2])
+    assert fixed.trace_records[0][2] == want and fixed.allocated[0][0] == want
+    plain = Snapshot([(0, 100, frames[2:], 1)], 10)
+    assert cluster.restore_code_files(plain, files) is plain

@@ -155,3 +155,32 @@ def test_dask_workers_are_merged_with_their_share(ip, run_cell, work_module):
         client.close()
         cluster.close()
         ip.user_ns.pop("client", None)
+
+
+def test_cell_code_shipped_to_dask_workers_shows_as_its_cell(ip, run_cell):
+    # cloudpickle ships a function defined in a cell by value, with its code's file name:
+    # the workers' samples are attributed to the cell in the kernel, as `In [N], line k`
+    distributed = pytest.importorskip("distributed")
+    cluster = distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
+                                       dashboard_address=None)
+    client = distributed.Client(cluster)
+    ip.user_ns["client"] = client
+    try:
+        number, result, _ = run_cell(ip, "def make(n):\n"
+                                         "    import os\n"
+                                         "    return os.urandom(n * 2**20)\n")
+        assert result.success, result.error_in_exec
+        _, result, _ = run_cell(ip, "%%mprofile --dask -o res --seed 3\n"
+                                    "futures = client.map(make, [3] * 4, pure=False)\n"
+                                    "kept = client.gather(futures)\n")
+        assert result.success, result.error_in_exec
+        res = ip.user_ns["res"]
+        where = {(s.frame.where, s.frame.source) for s in res.sites("line")
+                 if s.size > 2 * MiB}
+        assert (f"In [{number}], line 3", "return os.urandom(n * 2**20)") in where, where
+    finally:
+        for name in ("futures", "kept", "res", "make"):
+            ip.user_ns.pop(name, None)
+        client.close()
+        cluster.close()
+        ip.user_ns.pop("client", None)
