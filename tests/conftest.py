@@ -121,50 +121,19 @@ def without_modules(tmp_path) -> Callable:
 # Notebooks in a real kernel
 
 
-# Plain functions, handed out by the session fixtures ``execute_notebook`` and ``text_of``:
-# tests/browser has a conftest of its own, so ``from conftest import ...`` is ambiguous.
-
-
-def _text_of(cell) -> str:
-    """Everything a notebook cell printed or displayed, as plain text."""
-    parts = []
-    for output in cell.outputs:
-        if output.output_type == "stream":
-            parts.append(output.text)
-        elif output.output_type in ("display_data", "execute_result"):
-            parts.append(output.data.get("text/plain", ""))
-    return "\n".join(parts)
-
-
-def _execute_notebook(path: Path, workdir: Path, *, env: dict[str, str] | None = None,
-                      timeout: float = 300, startup_timeout: float = 60):
-    """Run the notebook at ``path`` headlessly in a real ipykernel (nbclient), with
-    ``workdir`` as its working directory and this checkout importable, and return the
-    executed notebook. ``env`` adds variables to the kernel's environment only (this
-    process's is left alone); raises CellExecutionError on a cell that fails unless the
-    cell is tagged ``raises-exception``."""
-    import nbformat
-    from nbclient import NotebookClient
-
-    kernel_env = dict(os.environ)
-    kernel_env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    kernel_env.update(env or {})
-    nb = nbformat.read(path, as_version=4)
-    NotebookClient(nb, timeout=timeout, startup_timeout=startup_timeout, kernel_name="python3",
-                   resources={"metadata": {"path": str(workdir)}}).execute(env=kernel_env)
-    return nb
-
-
-@pytest.fixture(scope="session")
-def execute_notebook() -> Callable:
+@pytest.fixture(scope="session", name="execute_notebook")
+def execute_notebook_fixture() -> Callable:
     """``execute_notebook(path, workdir, env=None, timeout=300)``: run a notebook in a real
-    kernel and return it executed (see ``_execute_notebook``)."""
+    kernel and return it executed (``tests/_notebooks.py``)."""
     pytest.importorskip("nbclient")
-    return _execute_notebook
+    from _notebooks import execute_notebook
+
+    return execute_notebook
 
 
-@pytest.fixture(scope="session")
-def text_of() -> Callable:
+@pytest.fixture(scope="session", name="text_of")
+def text_of_fixture() -> Callable:
     """``text_of(cell)``: what an executed notebook cell printed or displayed, as text."""
-    return _text_of
+    from _notebooks import text_of
+
+    return text_of

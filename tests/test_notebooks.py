@@ -3,26 +3,13 @@ shows what it promises: cells named In [N] with the right lines, the leak found 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import nbformat
 import pytest
-from nbclient import NotebookClient
+from _notebooks import execute_notebook, text_of
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "notebooks" / "quickstart.ipynb"
-
-
-def text_of(cell) -> str:
-    """Everything a cell printed or displayed, as plain text."""
-    parts = []
-    for output in cell.outputs:
-        if output.output_type == "stream":
-            parts.append(output.text)
-        elif output.output_type in ("display_data", "execute_result"):
-            parts.append(output.data.get("text/plain", ""))
-    return "\n".join(parts)
 
 
 def cell_starting(nb, prefix: str):
@@ -32,25 +19,8 @@ def cell_starting(nb, prefix: str):
 @pytest.fixture(scope="module")
 def executed(tmp_path_factory):
     work = tmp_path_factory.mktemp("notebook")
-    temp = tmp_path_factory.mktemp("kernel-tmp")
-    env_path = os.environ.get("PYTHONPATH", "")
-    env_tmp = os.environ.get("TMPDIR")
-    os.environ["PYTHONPATH"] = str(ROOT) + (os.pathsep + env_path if env_path else "")
-    os.environ["TMPDIR"] = str(temp)  # the kernel's temporary files go here
-    try:
-        nb = nbformat.read(QUICKSTART, as_version=4)
-        client = NotebookClient(nb, timeout=120, startup_timeout=60, kernel_name="python3",
-                                resources={"metadata": {"path": str(work)}})
-        client.execute()  # raises CellExecutionError if any cell fails
-    finally:
-        if env_path:
-            os.environ["PYTHONPATH"] = env_path
-        else:
-            del os.environ["PYTHONPATH"]
-        if env_tmp is None:
-            del os.environ["TMPDIR"]
-        else:
-            os.environ["TMPDIR"] = env_tmp
+    temp = tmp_path_factory.mktemp("kernel-tmp")  # the kernel's temporary files go here
+    nb = execute_notebook(QUICKSTART, work, env={"TMPDIR": str(temp)}, timeout=120)
     nb.metadata["mprofile_test_tmp"] = str(temp)
     return nb
 
@@ -126,20 +96,9 @@ def processes_nb(tmp_path_factory):
     import time
 
     work = tmp_path_factory.mktemp("processes-notebook")
-    env_path = os.environ.get("PYTHONPATH", "")
-    os.environ["PYTHONPATH"] = str(ROOT) + (os.pathsep + env_path if env_path else "")
-    try:
-        nb = nbformat.read(PROCESSES, as_version=4)
-        client = NotebookClient(nb, timeout=120, startup_timeout=60, kernel_name="python3",
-                                resources={"metadata": {"path": str(work)}})
-        started = time.perf_counter()
-        client.execute()
-        nb.metadata["mprofile_seconds"] = time.perf_counter() - started
-    finally:
-        if env_path:
-            os.environ["PYTHONPATH"] = env_path
-        else:
-            del os.environ["PYTHONPATH"]
+    started = time.perf_counter()
+    nb = execute_notebook(PROCESSES, work, timeout=120)
+    nb.metadata["mprofile_seconds"] = time.perf_counter() - started
     return nb
 
 

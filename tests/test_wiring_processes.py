@@ -123,12 +123,21 @@ def test_dask_without_a_client_is_a_usage_error(ip):
     assert not mprofile_ipy.is_tracing()
 
 
-def test_dask_workers_are_merged_with_their_share(ip, run_cell, work_module):
+@pytest.fixture
+def client(ip):
+    """A real 2-worker LocalCluster's client, as ``client`` in the shell's namespace."""
     distributed = pytest.importorskip("distributed")
     cluster = distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
                                        dashboard_address=None)
     client = distributed.Client(cluster)
     ip.user_ns["client"] = client
+    yield client
+    client.close()
+    cluster.close()
+    ip.user_ns.pop("client", None)
+
+
+def test_dask_workers_are_merged_with_their_share(ip, run_cell, work_module, client):
     try:
         _, result, out = run_cell(ip, "%%mprofile --dask -o res --seed 2\n"
                                       "from wire_procs_work import hold\n"
@@ -152,19 +161,11 @@ def test_dask_workers_are_merged_with_their_share(ip, run_cell, work_module):
             False}
     finally:
         ip.user_ns.pop("futures", None)
-        client.close()
-        cluster.close()
-        ip.user_ns.pop("client", None)
 
 
-def test_cell_code_shipped_to_dask_workers_shows_as_its_cell(ip, run_cell):
-    # cloudpickle ships a function defined in a cell by value, with its code's file name:
-    # the workers' samples are attributed to the cell in the kernel, as `In [N], line k`
-    distributed = pytest.importorskip("distributed")
-    cluster = distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
-                                       dashboard_address=None)
-    client = distributed.Client(cluster)
-    ip.user_ns["client"] = client
+def test_cell_code_shipped_to_dask_workers_shows_as_its_cell(ip, run_cell, client):
+    # cloudpickle ships a function defined in a cell by value (renaming its file to
+    # <dynamic-code>): the workers' samples still name the cell, as `In [N], line k`
     try:
         number, result, _ = run_cell(ip, "def make(n):\n"
                                          "    import os\n"
@@ -181,6 +182,3 @@ def test_cell_code_shipped_to_dask_workers_shows_as_its_cell(ip, run_cell):
     finally:
         for name in ("futures", "kept", "res", "make"):
             ip.user_ns.pop(name, None)
-        client.close()
-        cluster.close()
-        ip.user_ns.pop("client", None)
