@@ -23,23 +23,20 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import tempfile
 import time
+from pathlib import Path
 
-import mprofile_ipy as mp
-from mprofile_ipy import budget as B
-from mprofile_ipy import recorder as R
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # overhead.py's workloads
+
+from overhead import work_churn  # noqa: E402
+
+import mprofile_ipy as mp  # noqa: E402
+from mprofile_ipy import budget as B  # noqa: E402
+from mprofile_ipy import recorder as R  # noqa: E402
 
 MiB = 1024 * 1024
-
-
-def work_churn(scale: float) -> None:
-    n = max(1, int(60_000 * scale))
-    for _ in range(3):
-        dicts = [{"key": i, "value": i} for i in range(n)]
-        tuples = [(i, i + 1, None) for i in range(n)]
-        lists = [[i, i] for i in range(n)]
-        del dicts, tuples, lists
 
 
 def overhead(rounds: int, scale: float) -> None:
