@@ -15,8 +15,6 @@ Everything else (``aggregate``, ``report``, ``renderers``, ``ipython``,
 
 from __future__ import annotations
 
-from typing import Any
-
 from .errors import (
     BudgetError,
     FileFormatError,
@@ -27,24 +25,9 @@ from .errors import (
     PprofFormatError,
     SnapshotFormatError,
 )
-from .model import (
-    NATIVE_DOMAIN,
-    NUMPY_DOMAIN,
-    Allocator,
-    BaseFilter,
-    DomainFilter,
-    Filter,
-    Frame,
-    Snapshot,
-    Statistic,
-    StatisticDiff,
-    Trace,
-    Traceback,
-)
 from .sampler import (
     DEFAULT_MAX_FRAMES,
     DEFAULT_SAMPLE_RATE,
-    SamplerStats,
     clear_traces,
     get_object_traceback,
     get_profiler_memory,
@@ -60,7 +43,34 @@ from .sampler import (
     stop,
     take_snapshot,
 )
-from .storage import load_snapshot
+
+# typing.TYPE_CHECKING without importing typing at run time (type checkers take it as
+# True): the names below are imported on first use by __getattr__.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from .budget import get_budget, memory_budget, set_budget
+    from .export.pprof import load_pprof
+    from .model import (
+        NATIVE_DOMAIN,
+        NUMPY_DOMAIN,
+        Allocator,
+        BaseFilter,
+        DomainFilter,
+        Filter,
+        Frame,
+        Snapshot,
+        Statistic,
+        StatisticDiff,
+        Trace,
+        Traceback,
+    )
+    from .postmortem import load_postmortem
+    from .result import DiffResult, ProfileResult
+    from .sampler_records import SamplerStats
+    from .storage import load_snapshot
+del TYPE_CHECKING
 
 __version__ = "0.1.0"
 
@@ -115,28 +125,46 @@ __all__ = [
 ]
 
 
-#: Public names imported on first use (they pull in the report layer or protobuf).
+#: Public names imported on first use, and the module that defines each. Importing the
+#: package and calling start() load only the sampler (the native module, threading): the
+#: model, the aggregation, the storage and every view come with the first snapshot, load,
+#: statistic or magic. Each module loaded is more objects for every full collection of the
+#: cyclic GC to traverse for the rest of the profiled process; docs/architecture.md,
+#: "Import cost", says what loads when.
 _LAZY = {
-    "ProfileResult": (".result", "ProfileResult"),
-    "DiffResult": (".result", "DiffResult"),
-    "load_pprof": (".export.pprof", "load_pprof"),
-    "set_budget": (".budget", "set_budget"),
-    "get_budget": (".budget", "get_budget"),
-    "memory_budget": (".budget", "memory_budget"),
-    "load_postmortem": (".postmortem", "load_postmortem"),
+    **dict.fromkeys(
+        ("NATIVE_DOMAIN", "NUMPY_DOMAIN", "Allocator", "BaseFilter", "DomainFilter", "Filter",
+         "Frame", "Snapshot", "Statistic", "StatisticDiff", "Trace", "Traceback"),
+        ".model"),
+    "SamplerStats": ".sampler_records",
+    "load_snapshot": ".storage",
+    "ProfileResult": ".result",
+    "DiffResult": ".result",
+    "load_pprof": ".export.pprof",
+    "set_budget": ".budget",
+    "get_budget": ".budget",
+    "memory_budget": ".budget",
+    "load_postmortem": ".postmortem",
 }
+
+#: Submodules that ``import mprofile_ipy`` used to load, so that ``mprofile_ipy.model``
+#: (attribute access, without importing it) still works: imported when first asked for.
+_LAZY_MODULES = ("model", "aggregate", "estimate", "storage", "sampler_records")
 
 
 def __getattr__(name: str) -> Any:
-    """Import the names of ``_LAZY`` (results, ``load_pprof``, the budget and post-mortem
-    API) when first asked for: importing the package starts no watcher and loads no
-    report layer."""
-    target = _LAZY.get(name)
-    if target is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    """Import a public name of ``_LAZY`` (the model, ``load_snapshot``, results,
+    ``load_pprof``, the budget and post-mortem API) or a submodule of ``_LAZY_MODULES``
+    when first asked for (PEP 562), and keep it: later lookups are plain attributes."""
     from importlib import import_module
 
-    value = getattr(import_module(target[0], __name__), target[1])
+    target = _LAZY.get(name)
+    if target is not None:
+        value = getattr(import_module(target, __name__), name)
+    elif name in _LAZY_MODULES:
+        value = import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     globals()[name] = value
     return value
 

@@ -9,7 +9,6 @@ is traced and every weight is exactly 1. Pure functions of numbers, no dependenc
 from __future__ import annotations
 
 import math
-from statistics import NormalDist
 
 __all__ = [
     "approx_variances",
@@ -164,6 +163,8 @@ def confidence_interval(
     if math.isinf(rel_error):
         low, high = -math.inf, math.inf
     else:
+        from statistics import NormalDist  # not at import: start() needs no statistics
+
         half = abs(estimate) * rel_error * NormalDist().inv_cdf(0.5 + level / 2.0)
         low, high = estimate - half, estimate + half
     if clip:

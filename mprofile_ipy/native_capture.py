@@ -62,9 +62,12 @@ from __future__ import annotations
 
 import sys
 import threading
-from typing import Any
 
 from ._native import ffi, lib
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type checkers: True)
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["install", "uninstall", "status", "is_installed"]
 

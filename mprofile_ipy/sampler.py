@@ -5,6 +5,12 @@ touches ``mprofile_ipy._native``. It validates arguments,
 turns the C tables into the raw traces of ``docs/architecture.md`` and hands them to
 :class:`mprofile_ipy.model.Snapshot`. Its functions mirror :mod:`tracemalloc`'s so that
 code written for tracemalloc runs unchanged; the differences are listed in the README.
+
+It is on the start path (``import mprofile_ipy; mprofile_ipy.start()``), so it imports only
+the native module, :mod:`threading` and the small :mod:`mprofile_ipy.units`; the model,
+its dataclasses (:mod:`mprofile_ipy.sampler_records`) and :mod:`typing` load on first use
+(``take_snapshot()``, ``get_stats()``...): every object a module creates is one more for
+each full collection of the cyclic GC to traverse, for the life of the profiled process.
 """
 
 from __future__ import annotations
@@ -14,13 +20,17 @@ import os
 import sys
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any
 
 from . import native_capture
 from ._native import ffi, lib
-from .model import NATIVE_DOMAIN, NUMPY_DOMAIN, Allocator, Snapshot, Traceback
 from .units import parse_size
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type checkers: True)
+if TYPE_CHECKING:
+    from typing import Any
+
+    from .model import Snapshot, Traceback
+    from .sampler_records import LiveBlock, SamplerStats
 
 DEFAULT_SAMPLE_RATE = 128 * 1024
 DEFAULT_MAX_FRAMES = 128
@@ -41,13 +51,9 @@ for _name in dir(lib):
     getattr(lib, _name)
 del _name
 
-_DOMAIN_OF_ALLOCATOR = {
-    Allocator.RAW: 0,
-    Allocator.MEM: 0,
-    Allocator.OBJ: 0,
-    Allocator.NUMPY: NUMPY_DOMAIN,
-    Allocator.NATIVE: NATIVE_DOMAIN,
-}
+# The tracemalloc domain of each allocator (model.Allocator's values), filled on the first
+# snapshot with the model's constants (the model is not imported before).
+_DOMAIN_OF_ALLOCATOR: dict[int, int] = {}
 
 # Settings of the last start(), reported while stopped as tracemalloc does.
 # (The rate and the traceback limit are the C sampler's: see get_sample_rate().)
@@ -58,23 +64,24 @@ _settings: dict[str, Any] = {
 }
 _lock = threading.RLock()
 
+#: Names of this module defined elsewhere, imported when first asked for (PEP 562).
+_LAZY = {"SamplerStats": ".sampler_records", "LiveBlock": ".sampler_records"}
 
-@dataclass(frozen=True)
-class SamplerStats:
-    """Counters of the running sampler; byte and count figures are unbiased estimates."""
 
-    tracing: bool
-    exact: bool
-    sample_rate: int
-    max_frames: int
-    samples: int
-    live_samples: int
-    current_bytes: float
-    peak_bytes: float
-    allocated_bytes: float
-    allocated_count: float
-    profiler_memory: int
-    foreign_hooks: bool
+def __getattr__(name: str) -> Any:
+    """``sampler.SamplerStats`` and ``sampler.LiveBlock``, the dataclasses of
+    :mod:`mprofile_ipy.sampler_records`, imported on first use."""
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from . import sampler_records
+
+    value = getattr(sampler_records, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 def _check_int(name: str, value: object) -> int:
@@ -251,6 +258,8 @@ def get_stats() -> SamplerStats:
 
 
 def _stats_of(s: Any) -> SamplerStats:
+    from .sampler_records import SamplerStats
+
     return SamplerStats(
         tracing=bool(s.tracing),
         exact=bool(s.exact),
@@ -273,6 +282,20 @@ def _u64(ptr: Any, count: int) -> list[int]:
     return memoryview(ffi.buffer(ptr, count * 8)).cast("Q").tolist()
 
 
+def _domains() -> dict[int, int]:
+    """Fill ``_DOMAIN_OF_ALLOCATOR`` from the model's constants (first snapshot only)."""
+    from .model import NATIVE_DOMAIN, NUMPY_DOMAIN, Allocator
+
+    _DOMAIN_OF_ALLOCATOR.update({
+        Allocator.RAW: 0,
+        Allocator.MEM: 0,
+        Allocator.OBJ: 0,
+        Allocator.NUMPY: NUMPY_DOMAIN,
+        Allocator.NATIVE: NATIVE_DOMAIN,
+    })
+    return _DOMAIN_OF_ALLOCATOR
+
+
 def _read_snapshot(snap: Any) -> tuple[list[tuple], list[tuple], list[int], list[int]]:
     """Raw traces and per-traceback allocation totals out of a native snapshot, and the
     thread label (:func:`set_thread_label`) of each trace and of each allocated entry."""
@@ -280,6 +303,7 @@ def _read_snapshot(snap: Any) -> tuple[list[tuple], list[tuple], list[int], list
     ntb = lib.mp_snapshot_ntracebacks(snap)
     nrefs = lib.mp_snapshot_nframe_refs(snap)
     nframes = lib.mp_snapshot_nframes(snap)
+    domain_of = _DOMAIN_OF_ALLOCATOR or _domains()
     flat = _u64(lib.mp_snapshot_traces(snap), 4 * ntraces)
     tbs = _u64(lib.mp_snapshot_tracebacks(snap), 4 * ntb)
     alloc = (
@@ -324,7 +348,7 @@ def _read_snapshot(snap: Any) -> tuple[list[tuple], list[tuple], list[int], list
         size, tb, allocator, thread = flat[i : i + 4]
         tb_frames, total = tracebacks[tb]
         traces.append(
-            (_DOMAIN_OF_ALLOCATOR.get(allocator, 0), size, tb_frames, total, allocator, thread)
+            (domain_of.get(allocator, 0), size, tb_frames, total, allocator, thread)
         )
         trace_labels.append(tb_labels[tb])
     # (frames, total_nframe, count estimate, size estimate, samples, size variance)
@@ -363,6 +387,7 @@ def take_snapshot() -> Snapshot:
             raise RuntimeError(
                 "the profiler must be tracing to take a snapshot; call start() first"
             )
+        from .model import Snapshot  # the model and its modules load here, paused
         snap = lib.mp_snapshot_take()
         if snap == ffi.NULL:
             raise MemoryError("not enough memory to copy the sampler's tables")
@@ -394,24 +419,6 @@ def take_snapshot() -> Snapshot:
         )
 
 
-@dataclass(frozen=True)
-class LiveBlock:
-    """One sampled block that is still alive, with the address the allocator returned.
-
-    ``frames`` are raw frames, most recent first, exactly as in a raw trace
-    (``docs/architecture.md``). ``allocator`` is a :class:`mprofile_ipy.model.Allocator`
-    value; for Python objects the address is the start of the block, which lies before
-    ``id(obj)`` by the object's GC header and pre-header.
-    """
-
-    address: int
-    size: int
-    allocator: int
-    domain: int
-    thread_id: int
-    frames: tuple
-
-
 def live_blocks() -> list[LiveBlock]:
     """Every sampled block still alive, with its address (for tools that map blocks to
     objects, e.g. to ask why something is still alive).
@@ -430,6 +437,8 @@ def live_blocks() -> list[LiveBlock]:
             addresses = _u64(lib.mp_snapshot_addresses(snap), len(traces))
         finally:
             lib.mp_snapshot_free(snap)
+        from .sampler_records import LiveBlock
+
         return [
             LiveBlock(address=addr, size=t[1], allocator=t[4], domain=t[0], thread_id=t[5],
                       frames=t[2])
@@ -453,10 +462,12 @@ def get_object_traceback(obj: object) -> Traceback | None:
             traces = _read_snapshot(snap)[0]
         finally:
             lib.mp_snapshot_free(snap)
-    if not traces:
-        return None
-    _, _, frames, total, _, _ = traces[0]
-    return Traceback(frames, total)
+        if not traces:
+            return None
+        from .model import Traceback
+
+        _, _, frames, total, _, _ = traces[0]
+        return Traceback(frames, total)
 
 
 @atexit.register

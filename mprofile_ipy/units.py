@@ -8,9 +8,6 @@ writes it exactly as :mod:`tracemalloc` does in ``Statistic.__str__`` (``"5120 B
 
 from __future__ import annotations
 
-import re
-from fractions import Fraction
-
 __all__ = ["format_size", "format_size_tracemalloc", "parse_size"]
 
 # Units are matched case-insensitively. IEC names (KiB) and bare letters (k, K) are powers
@@ -22,7 +19,10 @@ for _power, _letter in enumerate("kmgtpe", start=1):
     _UNITS[_letter + "ib"] = 1024**_power
     _UNITS[_letter + "b"] = 1000**_power
 
-_SIZE_RE = re.compile(r"\s*(\d+(?:_\d+)*(?:\.\d*)?|\.\d+)\s*([A-Za-z]*)\s*\Z")
+# Compiled on the first size given as a string: `start()` with an int rate (the usual
+# case) then loads neither `re` nor `fractions` (see "Import cost" in docs/architecture.md).
+_SIZE_PATTERN = r"\s*(\d+(?:_\d+)*(?:\.\d*)?|\.\d+)\s*([A-Za-z]*)\s*\Z"
+_size_re = None
 
 _ACCEPTED = (
     "a non-negative int or a string such as '131072', '64KiB', '64 KiB', '128k' (KiB), "
@@ -48,7 +48,12 @@ def parse_size(value: int | str) -> int:
         if value < 0:
             raise ValueError(f"size must not be negative, got {value}")
         return int(value)
-    match = _SIZE_RE.match(value)
+    global _size_re
+    if _size_re is None:
+        import re
+
+        _size_re = re.compile(_SIZE_PATTERN)
+    match = _size_re.match(value)
     if match is None:
         if value.strip().startswith("-"):
             raise ValueError(f"size must not be negative, got {value!r}")
@@ -60,6 +65,8 @@ def parse_size(value: int | str) -> int:
             f"unknown size unit {unit!r} in {value!r}; use B, k/KiB, M/MiB, G/GiB, T/TiB "
             "(powers of 1024) or kB, MB, GB, TB (powers of 1000)"
         )
+    from fractions import Fraction  # exact decimals: "1.1MB" is 1,100,000 bytes
+
     amount = Fraction(number.replace("_", "")) * factor
     if factor == 1 and amount.denominator != 1:
         raise ValueError(f"a size in bytes must be a whole number, got {value!r}")
