@@ -6,11 +6,16 @@ works as tracemalloc does, at a few percent of the cost. In IPython,
 
 The public surface is what ``__all__`` lists: the tracemalloc-compatible API, the model
 (``Snapshot``, ``Statistic``, ...), the results of the magics (``ProfileResult``,
-``DiffResult``, imported on first use), the loaders (``load_snapshot``, ``load_pprof``) and
-the errors, the memory budget (``set_budget("4GB")``, ``get_budget()``, ``with
-memory_budget("2GB"): ...``) and ``load_postmortem()`` (what a killed kernel was doing).
-Everything else (``aggregate``, ``report``, ``renderers``, ``ipython``,
-``attribution``, ``native_capture``, ...) is internal and may change between releases.
+``DiffResult``), the loaders (``load_snapshot``, ``load_pprof``) and the errors, the memory
+budget (``set_budget("4GB")``, ``get_budget()``, ``with memory_budget("2GB"): ...``) and
+``load_postmortem()`` (what a killed kernel was doing). Everything else (``aggregate``,
+``report``, ``renderers``, ``ipython``, ``attribution``, ``native_capture``, ...) is
+internal and may change between releases.
+
+Importing the package and ``start()`` load only the sampler: every other public name is
+imported when first used (PEP 562 ``__getattr__``), because in a script each module loaded
+is more objects for every full collection of the cyclic GC to traverse while the profiled
+code runs (docs/architecture.md, "Import cost").
 """
 
 from __future__ import annotations
