@@ -7,6 +7,7 @@ configuration, and every accuracy site, shows up with numbers, and that the JSON
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -151,6 +152,22 @@ def test_floor_counts_the_allocator_calls_of_a_workload(tmp_path: Path) -> None:
     # AND nearly everything allocated is freed again (the workload keeps nothing)
     assert abs(counts["frees"] - counts["allocs"]) < 0.05 * counts["allocs"]
     assert counts["domains"]["obj"]["malloc"] > counts["domains"]["raw"]["malloc"]
+
+
+def test_callgrind_children_load_bytecode_not_source() -> None:
+    # GIVEN the harness WHEN it prepares the children (which never write bytecode)
+    import mprofile_ipy
+
+    cg = load_callgrind_module()
+    folders = cg.precompile()
+    # THEN the package it finds (the one the children import) has a current .pyc for every
+    # module, so no child compiles source (which would create the ast module's types)
+    package = Path(mprofile_ipy.__file__).parent
+    assert [Path(f).resolve() for f in folders] == [package.resolve()]
+    for module in ("__init__", "sampler", "model", "renderers/text"):
+        source = package / f"{module}.py"
+        cached = Path(importlib.util.cache_from_source(str(source)))
+        assert cached.exists() and cached.stat().st_mtime >= source.stat().st_mtime, module
 
 
 @pytest.mark.timeout(600)
