@@ -387,14 +387,19 @@ def take_snapshot() -> Snapshot:
             raise RuntimeError(
                 "the profiler must be tracing to take a snapshot; call start() first"
             )
-        from .model import Snapshot  # the model and its modules load here, paused
         snap = lib.mp_snapshot_take()
         if snap == ffi.NULL:
             raise MemoryError("not enough memory to copy the sampler's tables")
+        # The model loads (first snapshot) only now that the tables are copied: the objects
+        # its modules create may reuse blocks that user code freed to CPython's free lists
+        # (a dict, a tuple), which the sampler, seeing no allocator call, would still count
+        # at the user's line; in exact mode this snapshot would then differ from
+        # tracemalloc's (docs/architecture.md, "Import cost").
         try:
             traces, allocated, trace_labels, allocated_labels = _read_snapshot(snap)
         finally:
             lib.mp_snapshot_free(snap)
+        from .model import Snapshot
         stats = get_stats()
         meta = _meta()
         if any(trace_labels) or any(allocated_labels):
