@@ -12,7 +12,7 @@ from cffi import FFI
 
 ROOT = Path(__file__).resolve().parent.parent
 NATIVE = ROOT / "native"
-SOURCES = ["sampler.c", "table.c", "stacks.c", "hooks.c", "api.c",
+SOURCES = ["state.c", "sampler.c", "table.c", "stacks.c", "hooks.c", "api.c",
            "capture_common.c", "numpy_handler.c", "native_hooks.c", "fork.c"]
 
 ffibuilder = FFI()

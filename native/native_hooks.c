@@ -49,13 +49,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* This file's part of the process state (state.h): mp_state.native. */
+#define NAT mp_state.native
+
 #if defined(__linux__) && defined(__GLIBC__) && (defined(__x86_64__) || defined(__aarch64__))
 #  define NC_SUPPORTED 1
 #else
 #  define NC_SUPPORTED 0   /* elsewhere: entry points report "unsupported", nothing else */
 #endif
 
-static int g_native_on = 0;            /* wrappers sample; relaxed reads */
 
 #if NC_SUPPORTED
 
@@ -78,7 +80,7 @@ static int g_native_on = 0;            /* wrappers sample; relaxed reads */
 #define NC_R_SYM(info) ELF64_R_SYM(info)
 
 static inline int native_sampling(void) {
-    return __atomic_load_n(&g_native_on, __ATOMIC_RELAXED);
+    return __atomic_load_n(&NAT.on, __ATOMIC_RELAXED);
 }
 
 /* ---- the wrappers ------------------------------------------------------------------------- */
@@ -286,34 +288,6 @@ static int is_our_wrapper(const nc_hook_t *h, void *value) {
 
 /* ---- patching ------------------------------------------------------------------------------ */
 
-static pthread_mutex_t g_patch_lock = PTHREAD_MUTEX_INITIALIZER;
-
-/* Everything below is protected by g_patch_lock. */
-static int g_installed = 0;
-static unsigned long long g_seen_adds = 0, g_seen_subs = 0;
-static uint64_t g_scans = 0, g_failures = 0;
-
-/* Original slot values: open addressing on the slot address. */
-typedef struct {
-    void **slot;
-    void *orig;
-} nc_saved_t;
-static nc_saved_t *g_saved = NULL;
-static size_t g_saved_cap = 0, g_saved_n = 0;
-
-/* Objects already patched, so a rescan only parses new ones. `witness` is one slot we
- * wrote: if it no longer holds our wrapper, the object at that address was replaced. */
-typedef struct {
-    uintptr_t base;
-    const void *phdr;
-    uint64_t name_hash;
-    void **witness;
-    void *witness_value;
-    int python;
-    uint64_t slots;
-} nc_object_t;
-static nc_object_t *g_objects = NULL;
-static size_t g_objects_n = 0, g_objects_cap = 0;
 
 static size_t saved_index(void **slot, size_t cap) {
     uint64_t h = ((uint64_t)(uintptr_t)slot >> 3) * 0x9E3779B97F4A7C15ull;
@@ -321,41 +295,41 @@ static size_t saved_index(void **slot, size_t cap) {
 }
 
 static int saved_put(void **slot, void *orig) {
-    if ((g_saved_n + 1) * 2 > g_saved_cap) {
-        size_t ncap = g_saved_cap ? g_saved_cap * 2 : 1024;
+    if ((NAT.saved.count + 1) * 2 > NAT.saved.cap) {
+        size_t ncap = NAT.saved.cap ? NAT.saved.cap * 2 : 1024;
         nc_saved_t *ns = calloc(ncap, sizeof(nc_saved_t));
         if (ns == NULL) return -1;
-        for (size_t i = 0; i < g_saved_cap; i++) {
-            if (g_saved[i].slot == NULL) continue;
-            size_t j = saved_index(g_saved[i].slot, ncap);
+        for (size_t i = 0; i < NAT.saved.cap; i++) {
+            if (NAT.saved.slots[i].slot == NULL) continue;
+            size_t j = saved_index(NAT.saved.slots[i].slot, ncap);
             while (ns[j].slot != NULL) j = (j + 1) & (ncap - 1);
-            ns[j] = g_saved[i];
+            ns[j] = NAT.saved.slots[i];
         }
-        free(g_saved);
-        g_saved = ns;
-        g_saved_cap = ncap;
+        free(NAT.saved.slots);
+        NAT.saved.slots = ns;
+        NAT.saved.cap = ncap;
     }
-    size_t i = saved_index(slot, g_saved_cap);
-    while (g_saved[i].slot != NULL && g_saved[i].slot != slot) i = (i + 1) & (g_saved_cap - 1);
-    if (g_saved[i].slot == NULL) g_saved_n++;
-    g_saved[i].slot = slot;
-    g_saved[i].orig = orig;
+    size_t i = saved_index(slot, NAT.saved.cap);
+    while (NAT.saved.slots[i].slot != NULL && NAT.saved.slots[i].slot != slot) i = (i + 1) & (NAT.saved.cap - 1);
+    if (NAT.saved.slots[i].slot == NULL) NAT.saved.count++;
+    NAT.saved.slots[i].slot = slot;
+    NAT.saved.slots[i].orig = orig;
     return 0;
 }
 
 static void *saved_get(void **slot) {
-    if (g_saved_cap == 0) return NULL;
-    size_t i = saved_index(slot, g_saved_cap);
-    while (g_saved[i].slot != NULL) {
-        if (g_saved[i].slot == slot) return g_saved[i].orig;
-        i = (i + 1) & (g_saved_cap - 1);
+    if (NAT.saved.cap == 0) return NULL;
+    size_t i = saved_index(slot, NAT.saved.cap);
+    while (NAT.saved.slots[i].slot != NULL) {
+        if (NAT.saved.slots[i].slot == slot) return NAT.saved.slots[i].orig;
+        i = (i + 1) & (NAT.saved.cap - 1);
     }
     return NULL;
 }
 
 static nc_object_t *find_object(uintptr_t base, const void *phdr) {
-    for (size_t i = 0; i < g_objects_n; i++)
-        if (g_objects[i].base == base && g_objects[i].phdr == phdr) return &g_objects[i];
+    for (size_t i = 0; i < NAT.objects.count; i++)
+        if (NAT.objects.slots[i].base == base && NAT.objects.slots[i].phdr == phdr) return &NAT.objects.slots[i];
     return NULL;
 }
 
@@ -428,7 +402,7 @@ static uint64_t process_relocs(nc_scan_t *s, uintptr_t base, const ElfW(Rela) *r
         void *cur = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
         if (!s->maps_loaded) {
             if (nc_maps_load(&s->maps) != 0) {
-                g_failures++;
+                NAT.failures++;
                 return touched;
             }
             s->maps_loaded = 1;
@@ -437,7 +411,7 @@ static uint64_t process_relocs(nc_scan_t *s, uintptr_t base, const ElfW(Rela) *r
             if (!is_our_wrapper(h, cur)) continue;
             void *orig = saved_get(slot);
             if (orig == NULL || is_our_wrapper(h, orig)) orig = h->real;
-            if (nc_write_pointer(&s->maps, slot, orig) != 0) g_failures++;
+            if (nc_write_pointer(&s->maps, slot, orig) != 0) NAT.failures++;
             else touched++;
             continue;
         }
@@ -446,7 +420,7 @@ static uint64_t process_relocs(nc_scan_t *s, uintptr_t base, const ElfW(Rela) *r
         if (cur != want) {
             if (is_our_wrapper(h, cur) || saved_put(slot, cur) != 0 ||
                 nc_write_pointer(&s->maps, slot, want) != 0) {
-                g_failures++;
+                NAT.failures++;
                 continue;
             }
         }
@@ -518,14 +492,14 @@ static int scan_object(struct dl_phdr_info *info, size_t size, void *arg) {
                                   kind, &witness, &witness_value);
     if (s->restore) return 0;
     if (known == NULL) {
-        if (g_objects_n == g_objects_cap) {
-            size_t ncap = g_objects_cap ? g_objects_cap * 2 : 256;
-            nc_object_t *no = realloc(g_objects, ncap * sizeof(nc_object_t));
+        if (NAT.objects.count == NAT.objects.cap) {
+            size_t ncap = NAT.objects.cap ? NAT.objects.cap * 2 : 256;
+            nc_object_t *no = realloc(NAT.objects.slots, ncap * sizeof(nc_object_t));
             if (no == NULL) return 0;
-            g_objects = no;
-            g_objects_cap = ncap;
+            NAT.objects.slots = no;
+            NAT.objects.cap = ncap;
         }
-        known = &g_objects[g_objects_n++];
+        known = &NAT.objects.slots[NAT.objects.count++];
     }
     *known = (nc_object_t){base, info->dlpi_phdr, name_hash, witness, witness_value,
                            kind == OBJ_PYTHON, touched};
@@ -538,7 +512,7 @@ static const char *object_of(const void *addr) {
     return info.dli_fname;
 }
 
-/* g_patch_lock held. */
+/* native.patch_lock held. */
 static void scan_locked(int restore) {
     nc_scan_t s;
     memset(&s, 0, sizeof(s));
@@ -550,9 +524,9 @@ static void scan_locked(int restore) {
     s.allocator = object_of((const void *)malloc);
     dl_iterate_phdr(scan_object, &s);
     if (s.maps_loaded) nc_maps_free(&s.maps);
-    g_seen_adds = s.adds;
-    g_seen_subs = s.subs;
-    g_scans++;
+    NAT.seen_adds = s.adds;
+    NAT.seen_subs = s.subs;
+    NAT.scans++;
 }
 
 static int read_counters(struct dl_phdr_info *info, size_t size, void *arg) {
@@ -568,13 +542,13 @@ static int read_counters(struct dl_phdr_info *info, size_t size, void *arg) {
 
 /* Patch objects loaded since the last scan. */
 static void rescan_if_changed(void) {
-    pthread_mutex_lock(&g_patch_lock);
-    if (g_installed) {
+    pthread_mutex_lock(&NAT.patch_lock);
+    if (NAT.installed) {
         unsigned long long c[2] = {0, 0};
         dl_iterate_phdr(read_counters, c);
-        if (c[0] != g_seen_adds || c[1] != g_seen_subs || c[0] == ~0ull) scan_locked(0);
+        if (c[0] != NAT.seen_adds || c[1] != NAT.seen_subs || c[0] == ~0ull) scan_locked(0);
     }
-    pthread_mutex_unlock(&g_patch_lock);
+    pthread_mutex_unlock(&NAT.patch_lock);
 }
 
 /* dlopen of a bare name as the original caller would: see the file comment. */
@@ -612,9 +586,9 @@ static void *dlopen_as(const char *file, int mode, const void *caller) {
     return h != NULL ? h : dlopen(file, mode);
 }
 
-/* fork(): fork.c takes g_patch_lock first and releases it last. */
-void nc_patch_fork_lock(void) { pthread_mutex_lock(&g_patch_lock); }
-void nc_patch_fork_unlock(void) { pthread_mutex_unlock(&g_patch_lock); }
+/* fork(): fork.c takes native.patch_lock first and releases it last. */
+void nc_patch_fork_lock(void) { pthread_mutex_lock(&NAT.patch_lock); }
+void nc_patch_fork_unlock(void) { pthread_mutex_unlock(&NAT.patch_lock); }
 
 static void *h_dlopen(const char *file, int mode) {
     const void *caller = __builtin_return_address(0);
@@ -633,11 +607,11 @@ void nc_patch_fork_unlock(void) {}
 
 int mp_native_install(void) {
 #if NC_SUPPORTED
-    pthread_mutex_lock(&g_patch_lock);
-    __atomic_store_n(&g_native_on, 1, __ATOMIC_RELAXED);
-    g_installed = 1;
+    pthread_mutex_lock(&NAT.patch_lock);
+    __atomic_store_n(&NAT.on, 1, __ATOMIC_RELAXED);
+    NAT.installed = 1;
     scan_locked(0);
-    pthread_mutex_unlock(&g_patch_lock);
+    pthread_mutex_unlock(&NAT.patch_lock);
     return 0;
 #else
     mp_set_error("native mode needs Linux with glibc on x86-64 or aarch64");
@@ -653,20 +627,20 @@ int mp_native_rescan(void) {
 }
 
 int mp_native_uninstall(void) {
-    __atomic_store_n(&g_native_on, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&NAT.on, 0, __ATOMIC_RELAXED);
 #if NC_SUPPORTED
-    pthread_mutex_lock(&g_patch_lock);
-    if (g_installed) {
+    pthread_mutex_lock(&NAT.patch_lock);
+    if (NAT.installed) {
         scan_locked(1);
-        g_installed = 0;
-        free(g_saved);
-        g_saved = NULL;
-        g_saved_cap = g_saved_n = 0;
-        free(g_objects);
-        g_objects = NULL;
-        g_objects_n = g_objects_cap = 0;
+        NAT.installed = 0;
+        free(NAT.saved.slots);
+        NAT.saved.slots = NULL;
+        NAT.saved.cap = NAT.saved.count = 0;
+        free(NAT.objects.slots);
+        NAT.objects.slots = NULL;
+        NAT.objects.count = NAT.objects.cap = 0;
     }
-    pthread_mutex_unlock(&g_patch_lock);
+    pthread_mutex_unlock(&NAT.patch_lock);
 #endif
     nc_purge_allocator(MP_ALLOC_NATIVE);
     return 0;
@@ -676,17 +650,17 @@ void nc_native_status(nc_native_status_t *out) {
     memset(out, 0, sizeof(*out));
     out->supported = NC_SUPPORTED;
 #if NC_SUPPORTED
-    pthread_mutex_lock(&g_patch_lock);
-    out->installed = g_installed;
-    for (size_t i = 0; i < g_objects_n; i++) {
-        if (g_objects[i].slots == 0) continue;
-        if (g_objects[i].python) out->python_objects++;
+    pthread_mutex_lock(&NAT.patch_lock);
+    out->installed = NAT.installed;
+    for (size_t i = 0; i < NAT.objects.count; i++) {
+        if (NAT.objects.slots[i].slots == 0) continue;
+        if (NAT.objects.slots[i].python) out->python_objects++;
         else out->objects++;
-        out->slots += g_objects[i].slots;
+        out->slots += NAT.objects.slots[i].slots;
     }
-    out->failures = g_failures;
-    out->scans = g_scans;
-    pthread_mutex_unlock(&g_patch_lock);
+    out->failures = NAT.failures;
+    out->scans = NAT.scans;
+    pthread_mutex_unlock(&NAT.patch_lock);
 #endif
 }
 
