@@ -45,12 +45,6 @@ static int holds_gil(void) {
 #endif
 }
 
-static inline uint64_t mix(const void *p) {
-    return ((uint64_t)(uintptr_t)p >> 3) * 0x9E3779B97F4A7C15ull;
-}
-static inline size_t index_home(const void *p) {
-    return (size_t)(mix(p) >> 40) & (NC_INDEX_CAP - 1);
-}
 static void filter_add_locked(const void *p) {
     mp_filter_add(CAP.fmap, NC_FILTER_BITS, p);
 }
@@ -59,13 +53,19 @@ static void filter_remove_locked(const void *p) {
     mp_filter_remove(CAP.fmap, NC_FILTER_BITS, p);
 }
 
+/* The index (htable.h, fixed capacity NC_INDEX_CAP): pointer -> position in CAP.pending
+ * + 1, 0 an empty slot. */
+#define PIDX_MASK ((size_t)NC_INDEX_CAP - 1)
+#define PIDX_EMPTY(e) (*(e) == 0)
+#define PIDX_CLEAR(e) (*(e) = 0)
+#define PIDX_HASH(p) (mp_hash_ptr(p) >> 40)
+#define PIDX_ENTRY_HASH(e) PIDX_HASH(CAP.pending[*(e) - 1].ptr)
+#define PIDX_MATCH(e, p) (CAP.pending[*(e) - 1].ptr == (p))
+MP_HTABLE_FUNCS(pidx, uint16_t, const void *, PIDX_EMPTY, PIDX_CLEAR, PIDX_ENTRY_HASH,
+                PIDX_HASH, PIDX_MATCH);
+
 static size_t find_slot_locked(const void *p) {
-    size_t i = index_home(p);
-    while (CAP.index[i] != 0) {
-        if (CAP.pending[CAP.index[i] - 1].ptr == p) return i;
-        i = (i + 1) & (NC_INDEX_CAP - 1);
-    }
-    return SIZE_MAX;
+    return pidx_find(CAP.index, PIDX_MASK, p);
 }
 
 static void set_count_locked(int n) {
@@ -74,17 +74,16 @@ static void set_count_locked(int n) {
 
 /* Returns 0, or -1 when the list is full. */
 static int pending_add_locked(const nc_pending_t *e) {
-    size_t slot = find_slot_locked(e->ptr);
-    if (slot != SIZE_MAX) {              /* the address came back without a free we saw */
+    int found;
+    size_t slot = pidx_probe(CAP.index, PIDX_MASK, e->ptr, &found);
+    if (found) {                         /* the address came back without a free we saw */
         CAP.pending[CAP.index[slot] - 1] = *e;
         return 0;
     }
     int n = CAP.pending_count;
     if (n == NC_PENDING_MAX) return -1;
     CAP.pending[n] = *e;
-    size_t i = index_home(e->ptr);
-    while (CAP.index[i] != 0) i = (i + 1) & (NC_INDEX_CAP - 1);
-    CAP.index[i] = (uint16_t)(n + 1);
+    CAP.index[slot] = (uint16_t)(n + 1);   /* the empty slot the probe ended at */
     filter_add_locked(e->ptr);
     set_count_locked(n + 1);
     return 0;
@@ -94,20 +93,7 @@ static int pending_add_locked(const nc_pending_t *e) {
 static void pending_remove_locked(size_t slot) {
     int pos = CAP.index[slot] - 1;
     filter_remove_locked(CAP.pending[pos].ptr);
-    /* Backward-shift deletion (no tombstones): pull later entries of the run into the hole
-     * unless their home lies cyclically in (hole, j]. */
-    size_t hole = slot, j = slot;
-    for (;;) {
-        j = (j + 1) & (NC_INDEX_CAP - 1);
-        if (CAP.index[j] == 0) break;
-        size_t home = index_home(CAP.pending[CAP.index[j] - 1].ptr);
-        int stays = hole <= j ? (hole < home && home <= j) : (hole < home || home <= j);
-        if (!stays) {
-            CAP.index[hole] = CAP.index[j];
-            hole = j;
-        }
-    }
-    CAP.index[hole] = 0;
+    pidx_remove_at(CAP.index, PIDX_MASK, slot);
     int last = CAP.pending_count - 1;
     if (pos != last) {
         size_t moved = find_slot_locked(CAP.pending[last].ptr);

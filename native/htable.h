@@ -58,10 +58,17 @@ static inline uint64_t mp_hash_ptr(const void *p) {
     return ((uint64_t)(uintptr_t)p >> 3) * 0x9E3779B97F4A7C15ull;
 }
 
+/* An empty asm that makes the home slot opaque to the compiler (no instruction). Without
+ * it GCC 12 folds the home's `& mask` into the loop's `(i + 1) & mask` and enters every
+ * probe loop with a jump: one instruction more per lookup, insert and probe than the
+ * hand-written tables this file replaced (measured on the live table with callgrind). */
+#define MP_HTABLE_HOME_BARRIER(i) __asm__("" : "+r"(i))
+
 #define MP_HTABLE_FUNCS(P, entry_t, key_t, IS_EMPTY, CLEAR, ENTRY_HASH, KEY_HASH, MATCH)  \
     static inline size_t P##_probe(const entry_t *slots, size_t mask, key_t key,          \
                                    int *found) {                                          \
         size_t i = (size_t)(KEY_HASH(key)) & mask;                                        \
+        MP_HTABLE_HOME_BARRIER(i);                                                        \
         while (!IS_EMPTY(&slots[i])) {                                                    \
             if (MATCH(&slots[i], key)) {                                                  \
                 *found = 1;                                                               \
@@ -72,13 +79,19 @@ static inline uint64_t mp_hash_ptr(const void *p) {
         *found = 0;                                                                       \
         return i;                                                                         \
     }                                                                                     \
+    /* The lookup alone (no `found` flag to return). */                                   \
     static inline size_t P##_find(const entry_t *slots, size_t mask, key_t key) {         \
-        int found;                                                                        \
-        size_t i = P##_probe(slots, mask, key, &found);                                   \
-        return found ? i : SIZE_MAX;                                                      \
+        size_t i = (size_t)(KEY_HASH(key)) & mask;                                        \
+        MP_HTABLE_HOME_BARRIER(i);                                                        \
+        while (!IS_EMPTY(&slots[i])) {                                                    \
+            if (MATCH(&slots[i], key)) return i;                                          \
+            i = (i + 1) & mask;                                                           \
+        }                                                                                 \
+        return SIZE_MAX;                                                                  \
     }                                                                                     \
     static inline size_t P##_place(entry_t *slots, size_t mask, const entry_t *e) {       \
         size_t i = (size_t)(ENTRY_HASH(e)) & mask;                                        \
+        MP_HTABLE_HOME_BARRIER(i);                                                        \
         while (!IS_EMPTY(&slots[i])) i = (i + 1) & mask;                                  \
         slots[i] = *e;                                                                    \
         return i;                                                                         \
@@ -104,7 +117,10 @@ static inline uint64_t mp_hash_ptr(const void *p) {
         for (size_t i = 0; i < oldcap; i++)                                               \
             if (!IS_EMPTY(&old[i])) (void)P##_place(slots, mask, &old[i]);                \
     }                                                                                     \
-    static inline int P##_resize_slots(entry_t **slots, size_t *cap, size_t ncap) {       \
+    /* Out of line: inlined, the grow path's registers would be saved and restored on     \
+     * every insert and remove of the live table, fast path included (8 instructions). */  \
+    static __attribute__((noinline, unused)) int P##_resize_slots(entry_t **slots,        \
+                                                                  size_t *cap, size_t ncap) { \
         entry_t *ns = mp_os_alloc(ncap * sizeof(entry_t));                                \
         if (ns == NULL) return -1;                                                        \
         P##_rehash(*slots, *cap, ns, ncap - 1);                                           \

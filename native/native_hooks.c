@@ -289,48 +289,65 @@ static int is_our_wrapper(const nc_hook_t *h, void *value) {
 /* ---- patching ------------------------------------------------------------------------------ */
 
 
-static size_t saved_index(void **slot, size_t cap) {
-    uint64_t h = ((uint64_t)(uintptr_t)slot >> 3) * 0x9E3779B97F4A7C15ull;
-    return (size_t)(h >> 20) & (cap - 1);
-}
+/* Original slot values (htable.h): slot address -> value, NULL slot an empty entry. */
+#define SAVED_EMPTY(e) ((e)->slot == NULL)
+#define SAVED_CLEAR(e) ((e)->slot = NULL)
+#define SAVED_HASH(slot) (mp_hash_ptr(slot) >> 20)
+#define SAVED_ENTRY_HASH(e) SAVED_HASH((e)->slot)
+#define SAVED_MATCH(e, s) ((e)->slot == (s))
+MP_HTABLE_FUNCS(saved, nc_saved_t, void **, SAVED_EMPTY, SAVED_CLEAR, SAVED_ENTRY_HASH,
+                SAVED_HASH, SAVED_MATCH);
 
 static int saved_put(void **slot, void *orig) {
-    if ((NAT.saved.count + 1) * 2 > NAT.saved.cap) {
-        size_t ncap = NAT.saved.cap ? NAT.saved.cap * 2 : 1024;
-        nc_saved_t *ns = calloc(ncap, sizeof(nc_saved_t));
-        if (ns == NULL) return -1;
-        for (size_t i = 0; i < NAT.saved.cap; i++) {
-            if (NAT.saved.slots[i].slot == NULL) continue;
-            size_t j = saved_index(NAT.saved.slots[i].slot, ncap);
-            while (ns[j].slot != NULL) j = (j + 1) & (ncap - 1);
-            ns[j] = NAT.saved.slots[i];
-        }
-        free(NAT.saved.slots);
-        NAT.saved.slots = ns;
-        NAT.saved.cap = ncap;
-    }
-    size_t i = saved_index(slot, NAT.saved.cap);
-    while (NAT.saved.slots[i].slot != NULL && NAT.saved.slots[i].slot != slot) i = (i + 1) & (NAT.saved.cap - 1);
-    if (NAT.saved.slots[i].slot == NULL) NAT.saved.count++;
-    NAT.saved.slots[i].slot = slot;
-    NAT.saved.slots[i].orig = orig;
+    if ((NAT.saved.count + 1) * 2 > NAT.saved.cap &&                      /* load <= 1/2 */
+        MP_HTABLE_RESIZE(saved, &NAT.saved, NAT.saved.cap ? NAT.saved.cap * 2 : 1024) != 0)
+        return -1;
+    int found;
+    size_t i = saved_probe(NAT.saved.slots, NAT.saved.cap - 1, slot, &found);
+    if (!found) NAT.saved.count++;
+    NAT.saved.slots[i] = (nc_saved_t){slot, orig};
     return 0;
 }
 
 static void *saved_get(void **slot) {
     if (NAT.saved.cap == 0) return NULL;
-    size_t i = saved_index(slot, NAT.saved.cap);
-    while (NAT.saved.slots[i].slot != NULL) {
-        if (NAT.saved.slots[i].slot == slot) return NAT.saved.slots[i].orig;
-        i = (i + 1) & (NAT.saved.cap - 1);
-    }
-    return NULL;
+    size_t i = saved_find(NAT.saved.slots, NAT.saved.cap - 1, slot);
+    return i == SIZE_MAX ? NULL : NAT.saved.slots[i].orig;
 }
 
+/* Patched objects (htable.h): (base, phdr) -> record, NULL phdr an empty entry. */
+typedef struct {
+    uintptr_t base;
+    const void *phdr;
+} obj_key_t;
+static inline uint64_t obj_hash(uintptr_t base, const void *phdr) {
+    return mp_hash_ptr((const void *)(base ^ (uintptr_t)phdr)) >> 20;
+}
+#define OBJ_EMPTY(e) ((e)->phdr == NULL)
+#define OBJ_CLEAR(e) ((e)->phdr = NULL)
+#define OBJ_HASH(k) obj_hash((k)->base, (k)->phdr)
+#define OBJ_MATCH(e, k) ((e)->base == (k)->base && (e)->phdr == (k)->phdr)
+MP_HTABLE_FUNCS(objects, nc_object_t, const obj_key_t *, OBJ_EMPTY, OBJ_CLEAR, OBJ_HASH,
+                OBJ_HASH, OBJ_MATCH);
+
 static nc_object_t *find_object(uintptr_t base, const void *phdr) {
-    for (size_t i = 0; i < NAT.objects.count; i++)
-        if (NAT.objects.slots[i].base == base && NAT.objects.slots[i].phdr == phdr) return &NAT.objects.slots[i];
-    return NULL;
+    if (NAT.objects.cap == 0) return NULL;
+    obj_key_t key = {base, phdr};
+    size_t i = objects_find(NAT.objects.slots, NAT.objects.cap - 1, &key);
+    return i == SIZE_MAX ? NULL : &NAT.objects.slots[i];
+}
+
+/* A new record for the object (base, phdr), not in the table yet; NULL without memory. */
+static nc_object_t *add_object(uintptr_t base, const void *phdr) {
+    if ((NAT.objects.count + 1) * 2 > NAT.objects.cap &&                  /* load <= 1/2 */
+        MP_HTABLE_RESIZE(objects, &NAT.objects, NAT.objects.cap ? NAT.objects.cap * 2 : 256) != 0)
+        return NULL;
+    obj_key_t key = {base, phdr};
+    int found;
+    size_t i = objects_probe(NAT.objects.slots, NAT.objects.cap - 1, &key, &found);
+    if (!found) NAT.objects.count++;
+    NAT.objects.slots[i] = (nc_object_t){.base = base, .phdr = phdr};
+    return &NAT.objects.slots[i];
 }
 
 enum { OBJ_SKIP = 0, OBJ_LIBRARY = 1, OBJ_PYTHON = 2 };
@@ -492,14 +509,8 @@ static int scan_object(struct dl_phdr_info *info, size_t size, void *arg) {
                                   kind, &witness, &witness_value);
     if (s->restore) return 0;
     if (known == NULL) {
-        if (NAT.objects.count == NAT.objects.cap) {
-            size_t ncap = NAT.objects.cap ? NAT.objects.cap * 2 : 256;
-            nc_object_t *no = realloc(NAT.objects.slots, ncap * sizeof(nc_object_t));
-            if (no == NULL) return 0;
-            NAT.objects.slots = no;
-            NAT.objects.cap = ncap;
-        }
-        known = &NAT.objects.slots[NAT.objects.count++];
+        known = add_object(base, info->dlpi_phdr);
+        if (known == NULL) return 0;
     }
     *known = (nc_object_t){base, info->dlpi_phdr, name_hash, witness, witness_value,
                            kind == OBJ_PYTHON, touched};
@@ -633,12 +644,10 @@ int mp_native_uninstall(void) {
     if (NAT.installed) {
         scan_locked(1);
         NAT.installed = 0;
-        free(NAT.saved.slots);
-        NAT.saved.slots = NULL;
-        NAT.saved.cap = NAT.saved.count = 0;
-        free(NAT.objects.slots);
-        NAT.objects.slots = NULL;
-        NAT.objects.count = NAT.objects.cap = 0;
+        mp_os_free(NAT.saved.slots, NAT.saved.cap * sizeof(nc_saved_t));
+        NAT.saved = (nc_saved_table_t){NULL, 0, 0};
+        mp_os_free(NAT.objects.slots, NAT.objects.cap * sizeof(nc_object_t));
+        NAT.objects = (nc_object_table_t){NULL, 0, 0};
     }
     pthread_mutex_unlock(&NAT.patch_lock);
 #endif
@@ -652,8 +661,8 @@ void nc_native_status(nc_native_status_t *out) {
 #if NC_SUPPORTED
     pthread_mutex_lock(&NAT.patch_lock);
     out->installed = NAT.installed;
-    for (size_t i = 0; i < NAT.objects.count; i++) {
-        if (NAT.objects.slots[i].slots == 0) continue;
+    for (size_t i = 0; i < NAT.objects.cap; i++) {
+        if (OBJ_EMPTY(&NAT.objects.slots[i]) || NAT.objects.slots[i].slots == 0) continue;
         if (NAT.objects.slots[i].python) out->python_objects++;
         else out->objects++;
         out->slots += NAT.objects.slots[i].slots;

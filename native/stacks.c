@@ -35,12 +35,6 @@
 #  undef Py_BUILD_CORE
 #endif
 
-/* ---- interned frames: dense arrays + open-addressing index (ids + 1, 0 = empty) ------- */
-/* ST.f_codes[id] holds a strong reference, or NULL once the frame is resolved (ST.f_res[id]):
- * see "Letting code objects go" below. */
-
-/* ---- interned tracebacks --------------------------------------------------------------- */
-
 static int reserve(void **arr, size_t *cap, size_t need, size_t elem) {
     if (need <= *cap) return 0;
     size_t ncap = *cap ? *cap : 256;
@@ -52,38 +46,59 @@ static int reserve(void **arr, size_t *cap, size_t need, size_t elem) {
     return 0;
 }
 
+/* ---- interned frames: dense arrays + a hash index (htable.h) of ids + 1, 0 = empty ----- */
+/* ST.f_codes[id] holds a strong reference, or NULL once the frame is resolved
+ * (ST.f_res[id]) and has left the index: see "Letting code objects go" below. So every
+ * id in the index has its code object, from which its hash is computed again. */
+
 static uint32_t hash_frame(const PyObject *code, int32_t lasti) {
     uint64_t h = ((uint64_t)(uintptr_t)code >> 4) * 0x9E3779B97F4A7C15ull;
     h ^= (uint64_t)(uint32_t)lasti * 0xC2B2AE3D27D4EB4Full;
     return (uint32_t)(h ^ (h >> 32));
 }
 
+typedef struct {
+    PyObject *code;
+    int32_t lasti;
+    uint32_t hash;
+} frame_key_t;
+
+#define IDX_EMPTY(e) (*(e) == 0)
+#define IDX_CLEAR(e) (*(e) = 0)
+#define FRAME_ENTRY_HASH(e) hash_frame(ST.f_codes[*(e) - 1], ST.f_lasti[*(e) - 1])
+#define FRAME_KEY_HASH(k) ((k)->hash)
+#define FRAME_MATCH(e, k) (ST.f_codes[*(e) - 1] == (k)->code && ST.f_lasti[*(e) - 1] == (k)->lasti)
+MP_HTABLE_FUNCS(fidx, uint32_t, const frame_key_t *, IDX_EMPTY, IDX_CLEAR, FRAME_ENTRY_HASH,
+                FRAME_KEY_HASH, FRAME_MATCH);
+
 static int rebuild_frame_index(size_t ncap) {
     uint32_t *idx = mp_os_alloc(ncap * sizeof(uint32_t));
     if (idx == NULL) return -1;
+    size_t n = 0;
     for (size_t id = 0; id < ST.f_count; id++) {
         if (ST.f_codes[id] == NULL) continue;     /* resolved: never looked up again */
-        size_t i = hash_frame(ST.f_codes[id], ST.f_lasti[id]) & (ncap - 1);
-        while (idx[i]) i = (i + 1) & (ncap - 1);
-        idx[i] = (uint32_t)id + 1;
+        uint32_t e = (uint32_t)id + 1;
+        (void)fidx_place(idx, ncap - 1, &e);
+        n++;
     }
     mp_os_free(ST.f_index.slots, ST.f_index.cap * sizeof(uint32_t));
     ST.f_index.slots = idx;
     ST.f_index.cap = ncap;
+    ST.f_index.count = n;
     return 0;
 }
 
 /* Returns the frame id, or UINT32_MAX when out of memory. */
 static uint32_t intern_frame_locked(PyObject *code, int32_t lasti) {
+    /* Load <= 1/2, counted over every frame ever interned (resolved ones included), so
+     * that the index grows at the same points, and reports the same memory, as always. */
     if ((ST.f_count + 1) * 2 > ST.f_index.cap &&
         rebuild_frame_index(ST.f_index.cap ? ST.f_index.cap * 2 : 1024) != 0)
         return UINT32_MAX;
-    size_t i = hash_frame(code, lasti) & (ST.f_index.cap - 1);
-    while (ST.f_index.slots[i]) {
-        uint32_t id = ST.f_index.slots[i] - 1;
-        if (ST.f_codes[id] == code && ST.f_lasti[id] == lasti) return id;
-        i = (i + 1) & (ST.f_index.cap - 1);
-    }
+    frame_key_t key = {code, lasti, hash_frame(code, lasti)};
+    int found;
+    size_t i = fidx_probe(ST.f_index.slots, ST.f_index.cap - 1, &key, &found);
+    if (found) return ST.f_index.slots[i] - 1;
     size_t c1 = ST.f_cap, c2 = ST.f_cap, c3 = ST.f_cap;
     if (reserve((void **)&ST.f_codes, &c1, ST.f_count + 1, sizeof(PyObject *)) != 0 ||
         reserve((void **)&ST.f_lasti, &c2, ST.f_count + 1, sizeof(int32_t)) != 0 ||
@@ -96,11 +111,24 @@ static uint32_t intern_frame_locked(PyObject *code, int32_t lasti) {
     ST.f_codes[ST.f_count] = code;
     ST.f_lasti[ST.f_count] = lasti;
     ST.f_res[ST.f_count] = NULL;
-    ST.f_index.slots[i] = (uint32_t)ST.f_count + 1;
+    ST.f_index.slots[i] = (uint32_t)ST.f_count + 1;   /* the empty slot the probe ended at */
+    ST.f_index.count++;
     if (ST.f_count + 1 >= 2 * ST.compacted_at + 4096)
         __atomic_store_n(&ST.compact_wanted, 1, __ATOMIC_RELAXED);
     return (uint32_t)ST.f_count++;
 }
+
+/* A resolved frame leaves the index (compaction, table.lock held), *before* its code
+ * pointer is cleared: the entries its removal shifts are rehashed from their codes. */
+static void unindex_frame_locked(uint32_t id) {
+    frame_key_t key = {ST.f_codes[id], ST.f_lasti[id], hash_frame(ST.f_codes[id], ST.f_lasti[id])};
+    size_t i = fidx_find(ST.f_index.slots, ST.f_index.cap - 1, &key);
+    if (i == SIZE_MAX || ST.f_index.slots[i] != id + 1) return;
+    fidx_remove_at(ST.f_index.slots, ST.f_index.cap - 1, i);
+    ST.f_index.count--;
+}
+
+/* ---- interned tracebacks: a dense array + a hash index of ids + 1 ----------------------- */
 
 static uint32_t hash_frames(const uint32_t *ids, uint32_t n, uint32_t total,
                             uint32_t label) {
@@ -109,43 +137,43 @@ static uint32_t hash_frames(const uint32_t *ids, uint32_t n, uint32_t total,
     return (uint32_t)(h ^ (h >> 32));
 }
 
-static int rebuild_tb_index(size_t ncap) {
-    uint32_t *idx = mp_os_alloc(ncap * sizeof(uint32_t));
-    if (idx == NULL) return -1;
-    for (size_t id = 0; id < ST.tb_count; id++) {
-        size_t i = ST.tbs[id].hash & (ncap - 1);
-        while (idx[i]) i = (i + 1) & (ncap - 1);
-        idx[i] = (uint32_t)id + 1;
-    }
-    mp_os_free(ST.tb_index.slots, ST.tb_index.cap * sizeof(uint32_t));
-    ST.tb_index.slots = idx;
-    ST.tb_index.cap = ncap;
-    return 0;
+/* A traceback's identity is (frames, total depth, label). */
+typedef struct {
+    const uint32_t *ids;
+    uint32_t n, total, label, hash;
+} tb_key_t;
+
+static inline int tb_matches(uint32_t entry, const tb_key_t *k) {
+    const mp_tb_t *t = &ST.tbs[entry - 1];
+    return t->hash == k->hash && t->nframes == k->n && t->total == k->total &&
+           t->label == k->label &&
+           memcmp(&ST.tb_refs[t->first], k->ids, k->n * sizeof(uint32_t)) == 0;
 }
 
-/* A traceback's identity is (frames, total depth, label). */
+#define TB_ENTRY_HASH(e) (ST.tbs[*(e) - 1].hash)
+#define TB_KEY_HASH(k) ((k)->hash)
+#define TB_MATCH(e, k) tb_matches(*(e), (k))
+MP_HTABLE_FUNCS(tbidx, uint32_t, const tb_key_t *, IDX_EMPTY, IDX_CLEAR, TB_ENTRY_HASH,
+                TB_KEY_HASH, TB_MATCH);
+
 static uint32_t intern_tb_locked(const uint32_t *ids, uint32_t n, uint32_t total,
                                  uint32_t label) {
-    if ((ST.tb_count + 1) * 2 > ST.tb_index.cap &&
-        rebuild_tb_index(ST.tb_index.cap ? ST.tb_index.cap * 2 : 1024) != 0)
+    if ((ST.tb_count + 1) * 2 > ST.tb_index.cap &&                       /* load <= 1/2 */
+        MP_HTABLE_RESIZE(tbidx, &ST.tb_index, ST.tb_index.cap ? ST.tb_index.cap * 2 : 1024) != 0)
         return MP_NO_STACK_TB;
-    uint32_t h = hash_frames(ids, n, total, label);
-    size_t i = h & (ST.tb_index.cap - 1);
-    while (ST.tb_index.slots[i]) {
-        mp_tb_t *t = &ST.tbs[ST.tb_index.slots[i] - 1];
-        if (t->hash == h && t->nframes == n && t->total == total && t->label == label &&
-            memcmp(&ST.tb_refs[t->first], ids, n * sizeof(uint32_t)) == 0)
-            return ST.tb_index.slots[i] - 1;
-        i = (i + 1) & (ST.tb_index.cap - 1);
-    }
+    tb_key_t key = {ids, n, total, label, hash_frames(ids, n, total, label)};
+    int found;
+    size_t i = tbidx_probe(ST.tb_index.slots, ST.tb_index.cap - 1, &key, &found);
+    if (found) return ST.tb_index.slots[i] - 1;
     if (reserve((void **)&ST.tbs, &ST.tb_cap, ST.tb_count + 1, sizeof(mp_tb_t)) != 0 ||
         reserve((void **)&ST.tb_refs, &ST.refs_cap, ST.refs_count + n, sizeof(uint32_t)) != 0)
         return MP_NO_STACK_TB;
     memcpy(&ST.tb_refs[ST.refs_count], ids, n * sizeof(uint32_t));
     ST.tbs[ST.tb_count] =
-        (mp_tb_t){(uint32_t)ST.refs_count, n, total, h, label, 0.0, 0.0, 0.0, 0.0};
+        (mp_tb_t){(uint32_t)ST.refs_count, n, total, key.hash, label, 0.0, 0.0, 0.0, 0.0};
     ST.refs_count += n;
-    ST.tb_index.slots[i] = (uint32_t)ST.tb_count + 1;
+    ST.tb_index.slots[i] = (uint32_t)ST.tb_count + 1;   /* the empty slot the probe ended at */
+    ST.tb_index.count++;
     return (uint32_t)ST.tb_count++;
 }
 
@@ -255,7 +283,7 @@ PyObject **mp_intern_detach_locked(size_t *ncodes, size_t *bytes) {
     ST.compacted_at = 0;
     mp_os_free(ST.f_index.slots, ST.f_index.cap * sizeof(uint32_t));
     ST.f_index.slots = NULL;
-    ST.f_index.cap = 0;
+    ST.f_index.cap = ST.f_index.count = 0;
     mp_os_free(ST.tbs, ST.tb_cap * sizeof(mp_tb_t));
     ST.tbs = NULL;
     ST.tb_count = ST.tb_cap = 0;
@@ -264,7 +292,7 @@ PyObject **mp_intern_detach_locked(size_t *ncodes, size_t *bytes) {
     ST.refs_count = ST.refs_cap = 0;
     mp_os_free(ST.tb_index.slots, ST.tb_index.cap * sizeof(uint32_t));
     ST.tb_index.slots = NULL;
-    ST.tb_index.cap = 0;
+    ST.tb_index.cap = ST.tb_index.count = 0;
     return codes;
 }
 
@@ -424,6 +452,19 @@ typedef struct {
     mp_resolved_t *res;
 } mp_candidate_t;
 
+/* Compaction's temporary set: code object -> our references to it (htable.h). */
+typedef struct {
+    PyObject *code;      /* NULL: empty */
+    uint32_t count;
+} code_count_t;
+#define CODES_EMPTY(e) ((e)->code == NULL)
+#define CODES_CLEAR(e) ((e)->code = NULL)
+#define CODES_HASH(c) hash_frame((c), 0)
+#define CODES_ENTRY_HASH(e) CODES_HASH((e)->code)
+#define CODES_MATCH(e, c) ((e)->code == (c))
+MP_HTABLE_FUNCS(codes, code_count_t, PyObject *, CODES_EMPTY, CODES_CLEAR, CODES_ENTRY_HASH,
+                CODES_HASH, CODES_MATCH);
+
 /* One round; returns the number of code objects released. */
 static size_t compact_round(int force);
 
@@ -442,36 +483,34 @@ static size_t compact_round(int force) {
         mp_unlock();
         return 0;
     }
-    /* (1) Our references per code object, in a temporary table keyed by address. */
+    /* (1) Our references per code object, in a temporary set keyed by address. */
     size_t cap = 1;
     while (cap < 2 * n) cap <<= 1;
-    PyObject **keys = calloc(cap, sizeof(PyObject *));
-    uint32_t *counts = calloc(cap, sizeof(uint32_t));
+    code_count_t *counts = mp_os_alloc(cap * sizeof(code_count_t));
     mp_candidate_t *cand = malloc(n * sizeof(mp_candidate_t));
     size_t ncand = 0;
     uint64_t epoch = ST.clear_epoch;
-    if (keys && counts && cand) {
+    if (counts && cand) {
         for (size_t id = 0; id < n; id++) {
             PyObject *c = ST.f_codes[id];
             if (c == NULL) continue;
-            size_t i = hash_frame(c, 0) & (cap - 1);
-            while (keys[i] != NULL && keys[i] != c) i = (i + 1) & (cap - 1);
-            keys[i] = c;
-            counts[i]++;
+            int found;
+            size_t i = codes_probe(counts, cap - 1, c, &found);
+            counts[i].code = c;
+            counts[i].count++;
         }
         for (size_t id = 0; id < n; id++) {
             PyObject *c = ST.f_codes[id];
             if (c == NULL) continue;
-            size_t i = hash_frame(c, 0) & (cap - 1);
-            while (keys[i] != c) i = (i + 1) & (cap - 1);
-            if ((size_t)Py_REFCNT(c) == counts[i]) cand[ncand++] = (mp_candidate_t){(uint32_t)id, c, NULL};
+            size_t i = codes_find(counts, cap - 1, c);
+            if ((size_t)Py_REFCNT(c) == counts[i].count)
+                cand[ncand++] = (mp_candidate_t){(uint32_t)id, c, NULL};
         }
     }
     ST.compacted_at = n;
     __atomic_store_n(&ST.compact_wanted, 0, __ATOMIC_RELAXED);
     mp_unlock();
-    free(keys);
-    free(counts);
+    mp_os_free(counts, cap * sizeof(code_count_t));
     if (ncand == 0) {
         free(cand);
         return 0;
@@ -509,6 +548,10 @@ static size_t compact_round(int force) {
     if (ST.clear_epoch == epoch) {
         ST.names = names;
         for (size_t k = 0; k < ncand && cand[k].res != NULL; k++) {
+            /* Resolved already by a compaction nested in (2) (a collection it triggered
+             * ran Python code): that one dropped the reference. */
+            if (ST.f_codes[cand[k].id] != cand[k].code) continue;
+            unindex_frame_locked(cand[k].id);
             ST.f_res[cand[k].id] = cand[k].res;
             ST.f_codes[cand[k].id] = NULL;
             cand[ndrop++].code = cand[k].code;
@@ -522,8 +565,9 @@ static size_t compact_round(int force) {
     return ndrop;
 }
 
-/* From the record path, table.lock not held: interning doubled, so let the main thread compact
- * at its next eval-breaker check (Py_AddPendingCall needs no GIL and allocates nothing). */
+/* From the record path, table.lock not held: interning doubled, so let the main thread
+ * compact at its next eval-breaker check (Py_AddPendingCall needs no GIL and allocates
+ * nothing). */
 static int compact_pending(void *arg) {
     (void)arg;
     mp_intern_compact(0);

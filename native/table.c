@@ -65,10 +65,6 @@ void *mp_os_realloc(void *p, size_t old_bytes, size_t new_bytes) {
 #endif
 }
 
-static inline uint64_t mix_ptr(uintptr_t p) {
-    return ((uint64_t)p >> 3) * 0x9E3779B97F4A7C15ull;
-}
-
 static void filter_add_locked(uintptr_t p) {
     mp_filter_add(TBL.filter_map, MP_FILTER_BITS, (const void *)p);
 }
@@ -77,33 +73,19 @@ static void filter_remove_locked(uintptr_t p) {
     mp_filter_remove(TBL.filter_map, MP_FILTER_BITS, (const void *)p);
 }
 
-static inline size_t slot_of(uintptr_t p, size_t cap) {
-    return (size_t)(mix_ptr(p) >> 17) & (cap - 1);
-}
-
-static int resize_locked(size_t ncap) {
-    mp_live_t *ns = mp_os_alloc(ncap * sizeof(mp_live_t));
-    if (ns == NULL) return -1;
-    for (size_t i = 0; i < TBL.live.cap; i++) {
-        if (TBL.live.slots[i].ptr == 0) continue;
-        size_t j = slot_of(TBL.live.slots[i].ptr, ncap);
-        while (ns[j].ptr != 0) j = (j + 1) & (ncap - 1);
-        ns[j] = TBL.live.slots[i];
-    }
-    mp_os_free(TBL.live.slots, TBL.live.cap * sizeof(mp_live_t));
-    TBL.live.slots = ns;
-    TBL.live.cap = ncap;
-    return 0;
-}
+/* The live table (htable.h): ptr -> record, ptr 0 an empty slot, home slot from bits 17
+ * and up of the address's multiplicative hash. */
+#define LIVE_EMPTY(e) ((e)->ptr == 0)
+#define LIVE_CLEAR(e) ((e)->ptr = 0)
+#define LIVE_HASH(p) (mp_hash_ptr((const void *)(p)) >> 17)
+#define LIVE_ENTRY_HASH(e) LIVE_HASH((e)->ptr)
+#define LIVE_MATCH(e, p) ((e)->ptr == (p))
+MP_HTABLE_FUNCS(live, mp_live_t, uintptr_t, LIVE_EMPTY, LIVE_CLEAR, LIVE_ENTRY_HASH, LIVE_HASH,
+                LIVE_MATCH);
 
 static size_t find_slot_locked(uintptr_t p) {
     if (TBL.live.cap == 0) return SIZE_MAX;
-    size_t i = slot_of(p, TBL.live.cap);
-    while (TBL.live.slots[i].ptr != 0) {
-        if (TBL.live.slots[i].ptr == p) return i;
-        i = (i + 1) & (TBL.live.cap - 1);
-    }
-    return SIZE_MAX;
+    return live_find(TBL.live.slots, TBL.live.cap - 1, p);
 }
 
 int mp_table_insert_locked(const mp_live_t *rec, mp_live_t *replaced) {
@@ -115,11 +97,10 @@ int mp_table_insert_locked(const mp_live_t *rec, mp_live_t *replaced) {
         TBL.live.slots[i] = *rec;
         return 1;
     }
-    if ((TBL.live.count + 1) * 4 > TBL.live.cap * 3 && resize_locked(TBL.live.cap ? TBL.live.cap * 2 : 1024) != 0)
-        return -1;                                                         /* load <= 3/4 */
-    i = slot_of(rec->ptr, TBL.live.cap);
-    while (TBL.live.slots[i].ptr != 0) i = (i + 1) & (TBL.live.cap - 1);
-    TBL.live.slots[i] = *rec;
+    if ((TBL.live.count + 1) * 4 > TBL.live.cap * 3 &&                     /* load <= 3/4 */
+        MP_HTABLE_RESIZE(live, &TBL.live, TBL.live.cap ? TBL.live.cap * 2 : 1024) != 0)
+        return -1;
+    (void)live_place(TBL.live.slots, TBL.live.cap - 1, rec);
     TBL.live.count++;
     filter_add_locked(rec->ptr);
     return 0;
@@ -129,25 +110,13 @@ int mp_table_take_locked(uintptr_t p, mp_live_t *out) {
     size_t i = find_slot_locked(p);
     if (i == SIZE_MAX) return 0;
     if (out) *out = TBL.live.slots[i];
-    /* Backward-shift deletion: pull later entries of the probe run into the hole. */
-    size_t hole = i, j = i;
-    for (;;) {
-        j = (j + 1) & (TBL.live.cap - 1);
-        if (TBL.live.slots[j].ptr == 0) break;
-        size_t home = slot_of(TBL.live.slots[j].ptr, TBL.live.cap);
-        /* Move j into the hole unless its home lies cyclically in (hole, j]. */
-        int stays = (hole <= j) ? (hole < home && home <= j) : (hole < home || home <= j);
-        if (!stays) {
-            TBL.live.slots[hole] = TBL.live.slots[j];
-            hole = j;
-        }
-    }
-    TBL.live.slots[hole].ptr = 0;
+    live_remove_at(TBL.live.slots, TBL.live.cap - 1, i);
     TBL.live.count--;
     filter_remove_locked(p);
     /* Give memory back after a peak (load < 1/8; halving keeps the cost amortized). If
      * the smaller array cannot be had, the large one simply stays. */
-    if (TBL.live.cap > 1024 && TBL.live.count * 8 < TBL.live.cap) (void)resize_locked(TBL.live.cap / 2);
+    if (TBL.live.cap > 1024 && TBL.live.count * 8 < TBL.live.cap)
+        (void)MP_HTABLE_RESIZE(live, &TBL.live, TBL.live.cap / 2);
     return 1;
 }
 
