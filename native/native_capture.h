@@ -1,10 +1,10 @@
-/* native_capture.h: what capture_common.c, numpy_handler.c and native_hooks.c share
+/* native_capture.h: what capture_common.c, numpy_handler.c and native mode share
  * (not seen by cffi; their entry points are at the end of mprofile.h).
  *
  * Two sources of memory that CPython's allocator hooks never see:
  *  - NumPy array data (numpy_handler.c): NumPy's default data-memory handler (NEP 49) is
  *    wrapped in place, so every context and thread that uses it is covered.
- *  - Native mode (native_hooks.c): the malloc/mmap family imported by extension libraries,
+ *  - Native mode (native_mode.h): the malloc/mmap family imported by extension libraries,
  *    redirected in their GOT (the ELF relocation slots the dynamic linker filled).
  * Both record through the sampler's own paths (mp_should_sample, mp_record_alloc,
  * mp_record_free, ...). capture_common.c adds what both need: recording a sample made by a
@@ -81,7 +81,7 @@ void nc_purge_allocator(int allocator);
 /* numpy_handler.c: what the status report shows. */
 void nc_numpy_status(int *installed, unsigned int *feature, const char **name);
 
-/* native_hooks.c: what the status report shows. */
+/* got_patch.c: what the status report shows. */
 typedef struct {
     int supported, installed;
     uint64_t objects, python_objects, slots, failures, scans;

@@ -1,11 +1,11 @@
-/* native_hooks.c: native mode, the malloc/mmap family called by extension libraries.
+/* got_patch.c: native mode's patching of the loaded objects' import slots.
  *
  * How: every loaded shared object calls libc's allocator through its own import slots
  * (the GOT entries that the dynamic linker filled for R_*_JUMP_SLOT and R_*_GLOB_DAT
- * relocations). Native mode rewrites those slots, for the functions in g_hooks, to point
- * at wrappers that call the real function and then ask the sampler (mp_should_sample, the
- * same per-thread byte countdown as the PyMem hooks) whether the block is a sample.
- * Nothing is rewritten in the code itself, and the process keeps running throughout.
+ * relocations). Native mode rewrites those slots, for the functions in nc_hooks
+ * (native_wrappers.c), to point at wrappers that call the real function and then ask the
+ * sampler whether the block is a sample. Nothing is rewritten in the code itself, and the
+ * process keeps running throughout.
  *
  * Which objects (classify()):
  *  - extension libraries (everything below): all the hooks, so their malloc, calloc,
@@ -24,50 +24,26 @@
  * Libraries loaded later are patched when they are loaded: dlopen is hooked and, once it
  * returns, objects the loader added since the last scan are patched (dl_iterate_phdr's
  * add/sub counters say whether anything changed). Python's imports call dlopen from
- * libpython, so every extension module and its dependencies are covered.
- *
- * dlopen and the caller's search path: glibc searches a bare library name in the calling
- * object's RPATH/RUNPATH, and finds the caller from the return address. From inside our
- * hook the caller would be this module, so for a bare name the hook first asks whether it
- * is already loaded (RTLD_NOLOAD), then searches the original caller's own directories
- * (dlinfo RTLD_DI_SERINFO on the caller's link map) and opens the file found by its path;
- * the system directories and ld.so.cache are left to dlopen itself.
+ * libpython, so every extension module and its dependencies are covered (a bare library
+ * name is searched as its caller would: dlopen_search.c).
  *
  * Safety. Slots are written with one aligned pointer store; a read-only (RELRO) page is
  * made writable for that store and put back (nc_write_pointer). Patching runs inside
  * dl_iterate_phdr's callback, which holds the loader's lock, so no object can be unloaded
  * under us. Uninstall puts back the value each slot had, where the slot still holds our
- * hook. The wrappers stay valid forever (this module is never unloaded): a function
- * pointer someone copied from a patched slot keeps working, and after uninstall it only
- * passes through. Every wrapper calls the real function inside the reentrancy guard, so an
- * allocator that calls mmap through its own patched slot is not counted twice, and NumPy's
- * handler (which holds the guard) is not counted again here.
+ * hook (the wrappers stay valid forever: native_wrappers.c).
  */
-#include "native_capture.h"
+#include "native_mode.h"
 
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-
-/* This file's part of the process state (state.h): mp_state.native. */
-#define NAT mp_state.native
-
-#if defined(__linux__) && defined(__GLIBC__) && (defined(__x86_64__) || defined(__aarch64__))
-#  define NC_SUPPORTED 1
-#else
-#  define NC_SUPPORTED 0   /* elsewhere: entry points report "unsupported", nothing else */
-#endif
-
 
 #if NC_SUPPORTED
 
 #include <dlfcn.h>
 #include <elf.h>
 #include <link.h>
-#include <malloc.h>
-#include <stdarg.h>
-#include <sys/mman.h>
-#include <unistd.h>
 
 #if defined(__x86_64__)
 #  define NC_R_JUMP_SLOT R_X86_64_JUMP_SLOT
@@ -79,215 +55,8 @@
 #define NC_R_TYPE(info) ELF64_R_TYPE(info)
 #define NC_R_SYM(info) ELF64_R_SYM(info)
 
-static inline int native_sampling(void) {
-    return __atomic_load_n(&NAT.on, __ATOMIC_RELAXED);
-}
-
-/* ---- the wrappers ------------------------------------------------------------------------- */
-
-static inline void sample(void *p, size_t size) {
-    if (native_sampling() && mp_should_sample(size)) nc_record(p, size, MP_ALLOC_NATIVE);
-}
-
-/* The wrappers of functions that return a new block of `size` bytes (or NULL), generated
- * from one list: X(name, parameters, arguments). Each calls the real function inside the
- * reentrancy guard, then offers the block to the sampler. */
-#define NC_PLAIN_ALLOCATORS(X)                                                    \
-    X(malloc, (size_t size), (size))                                             \
-    X(valloc, (size_t size), (size))                                             \
-    X(pvalloc, (size_t size), (size))                                            \
-    X(memalign, (size_t align, size_t size), (align, size))                      \
-    X(aligned_alloc, (size_t align, size_t size), (align, size))
-
-#define NC_DEFINE_PLAIN(name, params, args)                                       \
-    static void *h_##name params {                                                \
-        mp_enter();                                                               \
-        void *p = name args;                                                      \
-        mp_leave();                                                               \
-        if (p != NULL) sample(p, size);                                           \
-        return p;                                                                 \
-    }
-NC_PLAIN_ALLOCATORS(NC_DEFINE_PLAIN)
-
-static void *h_calloc(size_t nelem, size_t elsize) {
-    size_t size;
-    if (__builtin_mul_overflow(nelem, elsize, &size)) size = SIZE_MAX;
-    mp_enter();
-    void *p = calloc(nelem, elsize);
-    mp_leave();
-    if (p != NULL) sample(p, size);
-    return p;
-}
-
-/* A realloc is the free of the old block and an allocation of `size` bytes, as in the
- * PyMem hooks: the old record goes before the call (after it, the address may already be
- * another thread's), and comes back if the call fails. */
-static void *h_realloc(void *ptr, size_t size) {
-    mp_live_t saved;
-    int had = nc_take(ptr, &saved);
-    mp_enter();
-    void *p = realloc(ptr, size);
-    mp_leave();
-    if (p == NULL) {
-        /* realloc(p, 0) freed p; any other failure left it alive. */
-        if (had && size != 0) mp_record_restore(&saved);
-        return NULL;
-    }
-    sample(p, size);
-    return p;
-}
-
-static void *h_reallocarray(void *ptr, size_t nelem, size_t elsize) {
-    size_t size;
-    if (__builtin_mul_overflow(nelem, elsize, &size)) {
-        return reallocarray(ptr, nelem, elsize);   /* fails with ENOMEM, ptr untouched */
-    }
-    return h_realloc(ptr, size);
-}
-
-static void h_free(void *ptr) {
-    nc_forget(ptr);
-    free(ptr);
-}
-
-static int h_posix_memalign(void **out, size_t align, size_t size) {
-    mp_enter();
-    int rc = posix_memalign(out, align, size);
-    mp_leave();
-    if (rc == 0 && *out != NULL) sample(*out, size);
-    return rc;
-}
-
-static size_t page_round(size_t n) {
-    size_t page = (size_t)sysconf(_SC_PAGESIZE);
-    return n > SIZE_MAX - page ? SIZE_MAX : (n + page - 1) & ~(page - 1);
-}
-
-/* Anonymous memory that can be used (not PROT_NONE address space reserved for later, not
- * MAP_NORESERVE arenas) is an allocation; file mappings are page cache, not counted. */
-static void *h_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off) {
-    mp_enter();
-    void *p = mmap(addr, len, prot, flags, fd, off);
-    mp_leave();
-    if (p == MAP_FAILED) return p;
-    if (flags & MAP_FIXED) nc_forget(p);        /* replaced whatever was mapped there */
-    if ((flags & MAP_ANONYMOUS) && prot != PROT_NONE && !(flags & MAP_NORESERVE)) sample(p, len);
-    return p;
-}
-
-/* munmap of a sampled region from its start: the record goes, or shrinks to the part
- * still mapped. An unmap that starts inside a region is not seen (the region stays
- * reported until its start is unmapped). */
-static int h_munmap(void *addr, size_t len) {
-    mp_live_t saved;
-    int had = nc_take(addr, &saved);
-    int rc = munmap(addr, len);
-    if (had) {
-        size_t gone = page_round(len);
-        if (rc != 0) {
-            mp_record_restore(&saved);
-        } else if (gone < page_round((size_t)saved.size)) {
-            saved.ptr += gone;
-            saved.size -= gone;
-            mp_record_restore(&saved);
-        }
-    }
-    return rc;
-}
-
-/* mremap: like realloc for a sampled region; a region we never sampled may be a file
- * mapping, so its new size is not sampled either. */
-static void *h_mremap(void *old, size_t old_size, size_t new_size, int flags, ...) {
-    void *new_address = NULL;
-    if (flags & MREMAP_FIXED) {
-        va_list ap;
-        va_start(ap, flags);
-        new_address = va_arg(ap, void *);
-        va_end(ap);
-    }
-    mp_live_t saved;
-    int had = nc_take(old, &saved);
-    mp_enter();
-    void *p = (flags & MREMAP_FIXED) ? mremap(old, old_size, new_size, flags, new_address)
-                                     : mremap(old, old_size, new_size, flags);
-    mp_leave();
-    if (p == MAP_FAILED) {
-        if (had) mp_record_restore(&saved);
-        return p;
-    }
-    if (had) sample(p, new_size);
-    return p;
-}
-
-/* The interpreter's own free/realloc: only forget blocks a library allocated. */
-static void py_free(void *ptr) {
-    nc_forget(ptr);
-    free(ptr);
-}
-
-static void *py_realloc(void *ptr, size_t size) {
-    mp_live_t saved;
-    int had = nc_take(ptr, &saved);
-    void *p = realloc(ptr, size);
-    if (p == NULL && had && size != 0) mp_record_restore(&saved);
-    return p;
-}
-
-static void *h_dlopen(const char *file, int mode);
-static void *h_dlsym(void *handle, const char *name);
-
-/* The hooked functions, declared once for patching, restoring and the status report. */
-typedef struct {
-    const char *name;
-    void *library;   /* wrapper used in extension libraries */
-    void *python;    /* wrapper used in the interpreter's objects, NULL: left alone */
-    void *real;      /* put back when a slot's original value is unknown */
-} nc_hook_t;
-
-#define NC_PLAIN_HOOK(name, params, args) {#name, (void *)h_##name, NULL, (void *)name},
-static const nc_hook_t g_hooks[] = {
-    NC_PLAIN_ALLOCATORS(NC_PLAIN_HOOK)
-    {"calloc", (void *)h_calloc, NULL, (void *)calloc},
-    {"realloc", (void *)h_realloc, (void *)py_realloc, (void *)realloc},
-    {"reallocarray", (void *)h_reallocarray, NULL, (void *)reallocarray},
-    {"free", (void *)h_free, (void *)py_free, (void *)free},
-    {"posix_memalign", (void *)h_posix_memalign, NULL, (void *)posix_memalign},
-    {"mmap", (void *)h_mmap, NULL, (void *)mmap},
-    {"mmap64", (void *)h_mmap, NULL, (void *)mmap},
-    {"munmap", (void *)h_munmap, NULL, (void *)munmap},
-    {"mremap", (void *)h_mremap, NULL, (void *)mremap},
-    {"dlopen", (void *)h_dlopen, (void *)h_dlopen, (void *)dlopen},
-    {"dlsym", (void *)h_dlsym, NULL, (void *)dlsym},
-};
-#define NC_NHOOKS (sizeof(g_hooks) / sizeof(g_hooks[0]))
-
-static const nc_hook_t *find_hook(const char *name) {
-    for (size_t i = 0; i < NC_NHOOKS; i++)
-        if (name[0] == g_hooks[i].name[0] && strcmp(name, g_hooks[i].name) == 0)
-            return &g_hooks[i];
-    return NULL;
-}
-
-/* dlsym: a library that looks an allocator function up by name (ctypes: `libc.malloc`)
- * calls it through the pointer it got, not through an import slot. When dlsym answers
- * with the very function we wrap, it gets the wrapper instead; another library's own
- * malloc (jemalloc linked into an extension) is returned as it is. Names we do not wrap
- * and RTLD_NEXT (whose answer depends on the calling object, which from here would be this
- * module) go straight to dlsym, as a tail call that keeps the caller's return address. */
-static void *h_dlsym(void *handle, const char *name) {
-    const nc_hook_t *h = (handle != RTLD_NEXT && name != NULL) ? find_hook(name) : NULL;
-    if (h == NULL || h->library == (void *)h_dlopen || h->library == (void *)h_dlsym)
-        return dlsym(handle, name);
-    void *p = dlsym(handle, name);
-    return p == h->real ? h->library : p;
-}
-
-static int is_our_wrapper(const nc_hook_t *h, void *value) {
-    return value != NULL && (value == h->library || value == h->python);
-}
-
-/* ---- patching ------------------------------------------------------------------------------ */
-
+/* The tables and scans below run with NAT.patch_lock held (the entry points at the end
+ * and nc_rescan_if_changed take it). */
 
 /* Original slot values (htable.h): slot address -> value, NULL slot an empty entry. */
 #define SAVED_EMPTY(e) ((e)->slot == NULL)
@@ -340,7 +109,8 @@ static nc_object_t *find_object(uintptr_t base, const void *phdr) {
 /* A new record for the object (base, phdr), not in the table yet; NULL without memory. */
 static nc_object_t *add_object(uintptr_t base, const void *phdr) {
     if ((NAT.objects.count + 1) * 2 > NAT.objects.cap &&                  /* load <= 1/2 */
-        MP_HTABLE_RESIZE(objects, &NAT.objects, NAT.objects.cap ? NAT.objects.cap * 2 : 256) != 0)
+        MP_HTABLE_RESIZE(objects, &NAT.objects,
+                         NAT.objects.cap ? NAT.objects.cap * 2 : 256) != 0)
         return NULL;
     obj_key_t key = {base, phdr};
     int found;
@@ -413,7 +183,7 @@ static uint64_t process_relocs(nc_scan_t *s, uintptr_t base, const ElfW(Rela) *r
         if (symi == 0) continue;
         const ElfW(Sym) *sym = &symtab[symi];
         if (sym->st_shndx != SHN_UNDEF) continue;    /* the object's own definition */
-        const nc_hook_t *h = find_hook(strtab + sym->st_name);
+        const nc_hook_t *h = nc_find_hook(strtab + sym->st_name);
         if (h == NULL) continue;
         void **slot = (void **)(base + rel[i].r_offset);
         void *cur = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
@@ -425,9 +195,9 @@ static uint64_t process_relocs(nc_scan_t *s, uintptr_t base, const ElfW(Rela) *r
             s->maps_loaded = 1;
         }
         if (s->restore) {
-            if (!is_our_wrapper(h, cur)) continue;
+            if (!nc_is_our_wrapper(h, cur)) continue;
             void *orig = saved_get(slot);
-            if (orig == NULL || is_our_wrapper(h, orig)) orig = h->real;
+            if (orig == NULL || nc_is_our_wrapper(h, orig)) orig = h->real;
             if (nc_write_pointer(&s->maps, slot, orig) != 0) NAT.failures++;
             else touched++;
             continue;
@@ -435,7 +205,7 @@ static uint64_t process_relocs(nc_scan_t *s, uintptr_t base, const ElfW(Rela) *r
         void *want = kind == OBJ_PYTHON ? h->python : h->library;
         if (want == NULL) continue;
         if (cur != want) {
-            if (is_our_wrapper(h, cur) || saved_put(slot, cur) != 0 ||
+            if (nc_is_our_wrapper(h, cur) || saved_put(slot, cur) != 0 ||
                 nc_write_pointer(&s->maps, slot, want) != 0) {
                 NAT.failures++;
                 continue;
@@ -528,7 +298,7 @@ static void scan_locked(int restore) {
     nc_scan_t s;
     memset(&s, 0, sizeof(s));
     s.restore = restore;
-    s.self = object_of((const void *)h_malloc);
+    s.self = object_of((const void *)scan_locked);   /* any function of this module */
     /* A malloc replacement loaded first (LD_PRELOAD jemalloc/tcmalloc/mimalloc) is an
      * allocator, not a client: its own mmap calls carve arenas for blocks that are already
      * counted where they were asked for. libc is skipped by name anyway. */
@@ -552,7 +322,7 @@ static int read_counters(struct dl_phdr_info *info, size_t size, void *arg) {
 }
 
 /* Patch objects loaded since the last scan. */
-static void rescan_if_changed(void) {
+void nc_rescan_if_changed(void) {
     pthread_mutex_lock(&NAT.patch_lock);
     if (NAT.installed) {
         unsigned long long c[2] = {0, 0};
@@ -562,59 +332,16 @@ static void rescan_if_changed(void) {
     pthread_mutex_unlock(&NAT.patch_lock);
 }
 
-/* dlopen of a bare name as the original caller would: see the file comment. */
-static void *dlopen_as(const char *file, int mode, const void *caller) {
-    void *h = dlopen(file, mode | RTLD_NOLOAD);       /* already loaded: no search at all */
-    if (h != NULL) return h;
-    Dl_info info;
-    struct link_map *lm = NULL;
-    if (dladdr1(caller, &info, (void **)&lm, RTLD_DL_LINKMAP) != 0 && lm != NULL) {
-        Dl_serinfo size;
-        if (dlinfo(lm, RTLD_DI_SERINFOSIZE, &size) == 0 && size.dls_size > 0) {
-            Dl_serinfo *si = malloc(size.dls_size);
-            if (si != NULL) {
-                si->dls_size = size.dls_size;
-                si->dls_cnt = size.dls_cnt;
-                if (dlinfo(lm, RTLD_DI_SERINFO, si) == 0) {
-                    size_t flen = strlen(file);
-                    for (unsigned int i = 0; i < si->dls_cnt && h == NULL; i++) {
-                        const Dl_serpath *sp = &si->dls_serpath[i];
-                        if (sp->dls_flags & LA_SER_DEFAULT) continue;   /* left to dlopen */
-                        size_t dlen = strlen(sp->dls_name);
-                        char *path = malloc(dlen + flen + 2);
-                        if (path == NULL) continue;
-                        memcpy(path, sp->dls_name, dlen);
-                        path[dlen] = '/';
-                        memcpy(path + dlen + 1, file, flen + 1);
-                        if (access(path, F_OK) == 0) h = dlopen(path, mode);
-                        free(path);
-                    }
-                }
-                free(si);
-            }
-        }
-    }
-    return h != NULL ? h : dlopen(file, mode);
-}
-
 /* fork(): fork.c takes native.patch_lock first and releases it last. */
 void nc_patch_fork_lock(void) { pthread_mutex_lock(&NAT.patch_lock); }
 void nc_patch_fork_unlock(void) { pthread_mutex_unlock(&NAT.patch_lock); }
-
-static void *h_dlopen(const char *file, int mode) {
-    const void *caller = __builtin_return_address(0);
-    void *h = (file == NULL || strchr(file, '/') != NULL) ? dlopen(file, mode)
-                                                          : dlopen_as(file, mode, caller);
-    if (h != NULL) rescan_if_changed();
-    return h;
-}
 
 #else
 void nc_patch_fork_lock(void) {}
 void nc_patch_fork_unlock(void) {}
 #endif  /* NC_SUPPORTED */
 
-/* ---- entry points ------------------------------------------------------------------------- */
+/* ---- entry points ----------------------------------------------------------------------- */
 
 int mp_native_install(void) {
 #if NC_SUPPORTED
@@ -632,7 +359,7 @@ int mp_native_install(void) {
 
 int mp_native_rescan(void) {
 #if NC_SUPPORTED
-    rescan_if_changed();
+    nc_rescan_if_changed();
 #endif
     return 0;
 }
@@ -673,16 +400,3 @@ void nc_native_status(nc_native_status_t *out) {
 #endif
 }
 
-/* ---- test entry points ------------------------------------------------------------------- */
-
-/* The wrapper native mode would put in a slot for `name`, NULL if none: lets the tests
- * check that a library's slot really points at it. */
-void *mp_native_hook_address(const char *name) {
-#if NC_SUPPORTED
-    const nc_hook_t *h = find_hook(name);
-    return h ? h->library : NULL;
-#else
-    (void)name;
-    return NULL;
-#endif
-}
