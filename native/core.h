@@ -2,9 +2,10 @@
  *
  * Threading model, in one place:
  *  - table.lock (mp_state.table.lock, a pthread mutex; state.h) protects the live-pointer
- *    table, the interned frames and tracebacks, and the counters. It is held only for short, non-allocating
- *    work (our own tables grow with libc malloc, which no hook of ours intercepts), never
- *    while calling the wrapped allocator, and never while calling into Python.
+ *    table, the interned frames and tracebacks, and the counters. It is held only for
+ *    short, non-allocating work (our own tables grow with mmap, mp_os_alloc, which no
+ *    hook of ours intercepts), never while calling the wrapped allocator, and never while
+ *    calling into Python.
  *  - The GIL is never *taken* inside an allocator hook. MEM and OBJ hooks always run with
  *    it held (CPython's rule); RAW hooks may not, and then record no Python stack.
  *  - Per-thread sampling state lives in thread-local storage and needs no lock.
@@ -19,10 +20,11 @@
 #include <string.h>
 
 /* Every symbol declared from here on is internal to the extension. Saying so lets the
- * compiler address our globals directly (one RIP-relative load) instead of through the
- * GOT (a load of the address, then the value): one instruction less on every hook's fast
- * path. Only PyInit_* (declared by cffi with PyMODINIT_FUNC) is exported. CPython's own
- * headers stay outside, above: their symbols live in the interpreter. */
+ * compiler address our state (mp_state, state.h) directly (one RIP-relative load) instead
+ * of through the GOT (a load of the address, then the value): one instruction less on
+ * every hook's fast path. Only PyInit_* (declared by cffi with PyMODINIT_FUNC) is
+ * exported. CPython's own headers stay outside, above: their symbols live in the
+ * interpreter. */
 #pragma GCC visibility push(hidden)
 
 #include "mprofile.h"

@@ -24,11 +24,12 @@
  * after MP_RETIRE_GRACE_NS, long after any thread that read the old function pointer has
  * left. Only the newest layer samples.
  *
- * Layer records live in static storage and are written only while their slot is neither
- * installed nor (within the grace period) retired, before the store that publishes them
- * (PyMem_SetAllocator, an external call: the compiler cannot move the record's stores past
- * it; x86-64 keeps stores in order). Hooks read them with the same number of instructions
- * as a read through ctx (RIP-relative loads instead of loads off a register).
+ * Layer records live in static storage (mp_state.hooks) and are written only while their
+ * slot is neither installed nor (within the grace period) retired, before the store that
+ * publishes them (PyMem_SetAllocator, an external call: the compiler cannot move the
+ * record's stores past it; x86-64 keeps stores in order). Hooks read them with the same
+ * number of instructions as a read through ctx (RIP-relative loads instead of loads off a
+ * register).
  */
 #include "core.h"
 

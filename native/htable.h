@@ -17,23 +17,23 @@
  * is the hash of the key held in the occupied slot `e`, KEY_HASH(k) the hash of key `k`
  * (the two must agree), and MATCH(e, k) says whether occupied slot `e` holds key `k`.
  * These are macros or static inline functions, so each instance compiles to the loop a
- * hand-written table would have: the live table's lookup on the free path is exactly the
- * code it was before this file existed. An entry may be an index into the owner's own
- * arrays (stacks.c's indexes store id + 1), its hash and key then read from there.
+ * hand-written table would have: the live table's lookup and removal execute exactly the
+ * instructions they did before this file existed, its insert fewer (callgrind). An entry
+ * may be an index into the owner's own arrays (stacks.c's indexes store id + 1), its hash
+ * and key then read from there.
  *
- * The instance gets, as static inline functions (unused ones cost nothing):
+ * The instance gets these functions (unused ones cost nothing):
  *   prefix_probe(slots, mask, key, &found)  the slot holding `key`, or the empty slot that
  *                                            ends its run (where it would be inserted)
  *   prefix_find(slots, mask, key)           the slot holding `key`, or SIZE_MAX
  *   prefix_place(slots, mask, &entry)       store an entry whose key is known to be absent
  *   prefix_remove_at(slots, mask, i)        empty slot i, with backward shift
  *   prefix_rehash(old, oldcap, slots, mask) place every entry of `old` into `slots`
- *   prefix_resize(table, ncap)              for an mp_htable of this entry type (below):
- *                                            move into a new zero-filled array of ncap
- *                                            slots (mp_os_alloc); -1 and the table as it
- *                                            was when the memory cannot be had
- * `mask` is capacity - 1. Growth and shrink policies (load limits) stay with each owner:
- * they decide the memory the profiler reports, which this file must not change.
+ * and, for a table declared with MP_HTABLE_TYPE, MP_HTABLE_RESIZE(prefix, &table, ncap):
+ * move into a new zero-filled array of ncap slots (mp_os_alloc, out of line); -1, and
+ * the table as it was, when the memory cannot be had. `mask` is capacity - 1. Growth and
+ * shrink policies (load limits) stay with each owner: they decide the memory the profiler
+ * reports, which this file must not change.
  *
  * None of this locks or allocates through a hooked allocator: the owner holds its lock.
  */
@@ -132,6 +132,7 @@ static inline uint64_t mp_hash_ptr(const void *p) {
     struct P##_unused_ /* swallows the instantiation's semicolon */
 
 /* For a table declared with MP_HTABLE_TYPE: resize it in place. */
-#define MP_HTABLE_RESIZE(P, table, ncap) P##_resize_slots(&(table)->slots, &(table)->cap, (ncap))
+#define MP_HTABLE_RESIZE(P, table, ncap) \
+    P##_resize_slots(&(table)->slots, &(table)->cap, (ncap))
 
 #endif

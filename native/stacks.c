@@ -67,7 +67,8 @@ typedef struct {
 #define IDX_CLEAR(e) (*(e) = 0)
 #define FRAME_ENTRY_HASH(e) hash_frame(ST.f_codes[*(e) - 1], ST.f_lasti[*(e) - 1])
 #define FRAME_KEY_HASH(k) ((k)->hash)
-#define FRAME_MATCH(e, k) (ST.f_codes[*(e) - 1] == (k)->code && ST.f_lasti[*(e) - 1] == (k)->lasti)
+#define FRAME_MATCH(e, k) \
+    (ST.f_codes[*(e) - 1] == (k)->code && ST.f_lasti[*(e) - 1] == (k)->lasti)
 MP_HTABLE_FUNCS(fidx, uint32_t, const frame_key_t *, IDX_EMPTY, IDX_CLEAR, FRAME_ENTRY_HASH,
                 FRAME_KEY_HASH, FRAME_MATCH);
 
@@ -121,7 +122,9 @@ static uint32_t intern_frame_locked(PyObject *code, int32_t lasti) {
 /* A resolved frame leaves the index (compaction, table.lock held), *before* its code
  * pointer is cleared: the entries its removal shifts are rehashed from their codes. */
 static void unindex_frame_locked(uint32_t id) {
-    frame_key_t key = {ST.f_codes[id], ST.f_lasti[id], hash_frame(ST.f_codes[id], ST.f_lasti[id])};
+    if (ST.f_index.cap == 0) return;
+    frame_key_t key = {ST.f_codes[id], ST.f_lasti[id],
+                       hash_frame(ST.f_codes[id], ST.f_lasti[id])};
     size_t i = fidx_find(ST.f_index.slots, ST.f_index.cap - 1, &key);
     if (i == SIZE_MAX || ST.f_index.slots[i] != id + 1) return;
     fidx_remove_at(ST.f_index.slots, ST.f_index.cap - 1, i);
@@ -159,7 +162,8 @@ MP_HTABLE_FUNCS(tbidx, uint32_t, const tb_key_t *, IDX_EMPTY, IDX_CLEAR, TB_ENTR
 static uint32_t intern_tb_locked(const uint32_t *ids, uint32_t n, uint32_t total,
                                  uint32_t label) {
     if ((ST.tb_count + 1) * 2 > ST.tb_index.cap &&                       /* load <= 1/2 */
-        MP_HTABLE_RESIZE(tbidx, &ST.tb_index, ST.tb_index.cap ? ST.tb_index.cap * 2 : 1024) != 0)
+        MP_HTABLE_RESIZE(tbidx, &ST.tb_index,
+                         ST.tb_index.cap ? ST.tb_index.cap * 2 : 1024) != 0)
         return MP_NO_STACK_TB;
     tb_key_t key = {ids, n, total, label, hash_frames(ids, n, total, label)};
     int found;

@@ -4,10 +4,10 @@
  * on every free of the process. Instead a filter sits in front of it (core.h): one byte
  * per 16-byte bucket of addresses, the number of live sampled pointers in it (kept under
  * table.lock). A free whose byte is 0 cannot be a sampled pointer and returns after one
- * relaxed load and no lock. The map is 256 KiB, indexed by address bits, so frees of nearby blocks
- * read the same cache lines (a 2 MiB counter array indexed by a hash cost a cache miss per
- * free). With L live samples, about L / 2^18 of the unsampled frees take the lock for
- * nothing (2% at 5,000 live samples).
+ * relaxed load and no lock. The map is 256 KiB, indexed by address bits, so frees of
+ * nearby blocks read the same cache lines (a 2 MiB counter array indexed by a hash cost a
+ * cache miss per free). With L live samples, about L / 2^18 of the unsampled frees take
+ * the lock for nothing (2% at 5,000 live samples). The table itself is htable.h's.
  *
  * Why the lock-free read is safe: a pointer cannot be freed by one thread while another
  * thread is inserting it, because insertion happens before malloc returns it, and removal
