@@ -45,7 +45,10 @@ static inline size_t mul_or_max(size_t nelem, size_t elsize) {
  * X(name, parameters, arguments, the block's size). The wrapper h_<name> calls <name>
  * inside the reentrancy guard, then offers the block to the sampler; its hooks-table
  * entry (below) patches extension libraries only (the interpreter's allocations are the
- * PyMem hooks'). */
+ * PyMem hooks'). GCC knows these as builtins that touch no memory of ours and drops the
+ * guard's increment around them (so did the hand-written wrappers): harmless, because
+ * the real allocator is libc's, or a replacement this module never patches, so nothing
+ * it calls comes back through one of our slots. */
 #define NC_ALLOCATORS(X)                                                                  \
     X(malloc, (size_t size), (size), size)                                                \
     X(calloc, (size_t nelem, size_t elsize), (nelem, elsize), mul_or_max(nelem, elsize))   \
