@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import sampler as _sampler
 from .errors import (
     BudgetError,
     FileFormatError,
@@ -58,7 +59,12 @@ from .sampler import (
     reset_peak,
     start,
     stop,
-    take_snapshot,
+)
+from .sampler import (
+    _get_object_traceback as _get_object_traceback,
+)
+from .sampler import (
+    _get_traces as _get_traces,
 )
 from .storage import load_snapshot
 
@@ -113,6 +119,22 @@ __all__ = [
     "take_snapshot",
     "unload_ipython_extension",
 ]
+
+
+def take_snapshot() -> Snapshot:
+    """A snapshot of the sampled allocations that are still alive (tracemalloc's
+    ``take_snapshot``; see :func:`mprofile_ipy.sampler.take_snapshot`).
+
+    As in tracemalloc, it asks the module's own ``is_tracing()``, ``_get_traces()`` and
+    ``get_traceback_limit()``: code that replaces them (tracemalloc's tests do, with
+    ``mock.patch.object``) gets a snapshot of what they return. Otherwise the sampler's
+    snapshot, which carries more than the raw traces (function names, threads, estimates).
+    """
+    if not is_tracing():
+        raise RuntimeError(_sampler.NOT_TRACING)
+    if _get_traces is _sampler._get_traces and get_traceback_limit is _sampler.get_traceback_limit:
+        return _sampler.take_snapshot()
+    return Snapshot(_get_traces(), get_traceback_limit())
 
 
 #: Public names imported on first use (they pull in the report layer or protobuf).
