@@ -20,6 +20,7 @@ code runs (docs/architecture.md, "Import cost").
 
 from __future__ import annotations
 
+from . import sampler as _sampler
 from .errors import (
     BudgetError,
     FileFormatError,
@@ -46,7 +47,12 @@ from .sampler import (
     reset_peak,
     start,
     stop,
-    take_snapshot,
+)
+from .sampler import (
+    _get_object_traceback as _get_object_traceback,
+)
+from .sampler import (
+    _get_traces as _get_traces,
 )
 
 # typing.TYPE_CHECKING without importing typing at run time (type checkers take it as
@@ -128,6 +134,24 @@ __all__ = [
     "take_snapshot",
     "unload_ipython_extension",
 ]
+
+
+def take_snapshot() -> Snapshot:
+    """A snapshot of the sampled allocations that are still alive (tracemalloc's
+    ``take_snapshot``; see :func:`mprofile_ipy.sampler.take_snapshot`).
+
+    As in tracemalloc, it asks the module's own ``is_tracing()``, ``_get_traces()`` and
+    ``get_traceback_limit()``: code that replaces them (tracemalloc's tests do, with
+    ``mock.patch.object``) gets a snapshot of what they return. Otherwise the sampler's
+    snapshot, which carries more than the raw traces (function names, threads, estimates).
+    """
+    if not is_tracing():
+        raise RuntimeError(_sampler.NOT_TRACING)
+    if _get_traces is _sampler._get_traces and get_traceback_limit is _sampler.get_traceback_limit:
+        return _sampler.take_snapshot()
+    from .model import Snapshot  # a module-level name here is lazy (__getattr__)
+
+    return Snapshot(_get_traces(), get_traceback_limit())
 
 
 #: Public names imported on first use, and the module that defines each. Importing the

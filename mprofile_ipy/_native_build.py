@@ -12,8 +12,9 @@ from cffi import FFI
 
 ROOT = Path(__file__).resolve().parent.parent
 NATIVE = ROOT / "native"
-SOURCES = ["sampler.c", "table.c", "stacks.c", "hooks.c", "api.c",
-           "capture_common.c", "numpy_handler.c", "native_hooks.c", "fork.c"]
+SOURCES = ["state.c", "sampler.c", "table.c", "stacks.c", "hooks.c", "api.c",
+           "capture_common.c", "numpy_handler.c", "native_wrappers.c", "got_patch.c",
+           "dlopen_search.c", "fork.c"]
 
 ffibuilder = FFI()
 ffibuilder.cdef((NATIVE / "mprofile.h").read_text())

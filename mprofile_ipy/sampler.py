@@ -33,6 +33,10 @@ if TYPE_CHECKING:
     from .sampler_records import LiveBlock, SamplerStats
 
 DEFAULT_SAMPLE_RATE = 128 * 1024
+#: Sets the rate of ``start()`` without ``sample_rate`` (as ``TCMALLOC_SAMPLE_PARAMETER``
+#: does for tcmalloc): ``MPROFILE_IPY_SAMPLE_RATE=1`` runs code written for tracemalloc,
+#: unchanged, in exact mode. The magics keep their own ``--rate``.
+RATE_ENV_VAR = "MPROFILE_IPY_SAMPLE_RATE"
 DEFAULT_MAX_FRAMES = 128
 MAX_FRAMES_LIMIT: int = lib.mp_max_frames_limit()
 SUPPORTED_PYTHONS = ((3, 10), (3, 11), (3, 12), (3, 13))
@@ -106,8 +110,9 @@ def start(
     ``max_frames`` limits each traceback (1..1024; tracemalloc's ``nframe``, so
     ``start(25)`` works as it does for tracemalloc). ``sample_rate`` is the mean number of
     bytes between samples (an int or a size such as ``"64KiB"``); 0 or 1 traces every
-    allocation, exactly as tracemalloc does; None means the default, 128 KiB (or, while
-    tracing, the current rate). ``seed`` makes the sampling reproducible; without it
+    allocation, exactly as tracemalloc does; None means the default, 128 KiB or the size
+    in the environment variable ``MPROFILE_IPY_SAMPLE_RATE`` (or, while tracing, the
+    current rate). ``seed`` makes the sampling reproducible; without it
     every start draws fresh samples (the seed comes from the operating system).
 
     NumPy array data is always captured (domain ``NUMPY_DOMAIN``). ``native=True`` also
@@ -132,7 +137,7 @@ def start(
         raise ValueError(f"max_frames must be between 1 and {MAX_FRAMES_LIMIT}, "
                          f"got {max_frames}{hint}")
     if sample_rate is None:
-        sample_rate = _stats().sample_rate if is_tracing() else DEFAULT_SAMPLE_RATE
+        sample_rate = _stats().sample_rate if is_tracing() else _default_rate()
     try:
         rate = parse_size(sample_rate)
     except (TypeError, ValueError) as exc:
@@ -158,6 +163,17 @@ def start(
                 stop()
             raise
         _settings["native"] = native
+
+
+def _default_rate() -> int:
+    """``DEFAULT_SAMPLE_RATE``, or the size in ``$MPROFILE_IPY_SAMPLE_RATE`` when set."""
+    text = os.environ.get(RATE_ENV_VAR, "").strip()
+    if not text:
+        return DEFAULT_SAMPLE_RATE
+    try:
+        return parse_size(text)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{RATE_ENV_VAR}={text!r}: {exc}") from None
 
 
 def paused() -> Any:
@@ -376,6 +392,48 @@ def _meta() -> dict[str, Any]:
     }
 
 
+#: ``take_snapshot()`` while not tracing: tracemalloc's exact words, because code written
+#: for tracemalloc (its own test suite among it) compares them.
+NOT_TRACING = "the tracemalloc module must be tracing memory allocations to take a snapshot"
+
+
+def _get_traces() -> list[tuple]:
+    """tracemalloc's private ``_get_traces()``: the sampled live blocks in its raw format.
+
+    A list of ``(domain, size, frames, total_nframe)`` where ``frames`` is a tuple of
+    ``(filename, lineno)`` pairs, most recent first, and traces with the same traceback
+    share one ``frames`` tuple, as in tracemalloc. For code written against tracemalloc's
+    internals (its own tests use it); our snapshots carry more (function names, the thread,
+    the estimates), so :func:`take_snapshot` does not go through this. Empty when not
+    tracing.
+    """
+    if not is_tracing():
+        return []
+    with paused():
+        snap = lib.mp_snapshot_take()
+        if snap == ffi.NULL:
+            raise MemoryError("not enough memory to copy the sampler's tables")
+        try:
+            traces = _read_snapshot(snap)[0]
+        finally:
+            lib.mp_snapshot_free(snap)
+        pairs: dict[int, tuple] = {}  # id of a shared frames tuple -> its short form
+        out = []
+        for domain, size, frames, total, *_ in traces:
+            short = pairs.get(id(frames))
+            if short is None:
+                short = pairs[id(frames)] = tuple((f[0], f[1]) for f in frames)
+            out.append((domain, size, short, total))
+        return out
+
+
+def _get_object_traceback(obj: object) -> tuple | None:
+    """tracemalloc's private ``_get_object_traceback()``: the raw ``(filename, lineno)``
+    frames, most recent first, of the sampled block holding ``obj``, or None."""
+    traceback = get_object_traceback(obj)
+    return None if traceback is None else tuple((f[0], f[1]) for f in traceback.raw_frames)
+
+
 def take_snapshot() -> Snapshot:
     """A snapshot of the sampled allocations that are still alive.
 
@@ -384,9 +442,7 @@ def take_snapshot() -> Snapshot:
     """
     with paused():
         if not is_tracing():
-            raise RuntimeError(
-                "the profiler must be tracing to take a snapshot; call start() first"
-            )
+            raise RuntimeError(NOT_TRACING)
         snap = lib.mp_snapshot_take()
         if snap == ffi.NULL:
             raise MemoryError("not enough memory to copy the sampler's tables")

@@ -15,7 +15,8 @@ Layout (``version`` 2), one JSON object::
      "tracebacks": [[frame id, ...], ...],        # raw order: most recent frame first
      "traces": {"domain": [...], "size": [...], "traceback": [...],
                 "total_nframe": [...], "allocator": [...], "thread_id": [...]},
-     "allocated": null | [[traceback id, total_nframe, count, size, ...], ...]}
+     "allocated": null | [[traceback id, total_nframe, count, size, ...], ...],
+     "attributes": {name: JSON value, ...}}      # optional: set by the user on the snapshot
 
 Trace columns are parallel lists; ``allocator``/``thread_id`` are absent when every trace
 is a 4-tuple and hold ``null`` where a trace is shorter (4- or 5-tuples), so each raw trace
@@ -26,7 +27,9 @@ label and the process index of each trace, ``null`` where a trace is shorter) an
 allocation totals of 8 and 9 fields (their label and process); ``meta.labels`` names the
 labels and ``meta.processes`` the processes. A file is written as version 3 only when it
 uses them, so files without labels stay readable by older versions, and a file that has
-them is never read by a version that would silently drop them.
+them is never read by a version that would silently drop them. ``attributes`` (any
+version) holds public attributes the user set on the snapshot (tracemalloc's pickled
+snapshots keep them too); a reader that does not know the key ignores it.
 
 Loading is bounded and complete. The file may inflate to at most ``MAX_INFLATED_BYTES``
 and declare at most ``MAX_TRACES`` traces (``load_snapshot(max_bytes=, max_traces=)``
@@ -180,7 +183,34 @@ def _encode(snapshot: Snapshot) -> dict[str, Any]:
         "tracebacks": tables.traceback_rows,
         "traces": columns,
         "allocated": allocated,
+        **({"attributes": attributes} if (attributes := _user_attributes(snapshot)) else {}),
     }
+
+
+#: Instance attributes a Snapshot sets itself; any other public one is the user's.
+_OWN_ATTRIBUTES = frozenset({"traces", "traceback_limit", "meta"})
+
+
+def _user_attributes(snapshot: Snapshot) -> dict[str, Any]:
+    """Attributes the user set on the snapshot (``snapshot.note = "..."``): they are saved
+    and set again by the loader, as tracemalloc's pickled snapshots keep them."""
+    return {name: value for name, value in vars(snapshot).items()
+            if not name.startswith("_") and name not in _OWN_ATTRIBUTES}
+
+
+def _set_user_attributes(snapshot: Snapshot, attributes: Any, check: _Checker) -> None:
+    """Set the saved user attributes on a loaded snapshot. Only plain public names that
+    are not the class's own (a file must not replace ``statistics`` or ``traces``)."""
+    if attributes is None:
+        return
+    if not isinstance(attributes, dict):
+        raise check.error("'attributes' must be an object")
+    for name, value in attributes.items():
+        if (not name.isidentifier() or name.startswith("_") or name in _OWN_ATTRIBUTES
+                or hasattr(Snapshot, name)):
+            raise check.error(f"'attributes' may not set {_short(name)}: not a free "
+                              "attribute name of a snapshot")
+        setattr(snapshot, name, value)
 
 
 def save_snapshot(snapshot: Snapshot, filename: str | os.PathLike | IO[bytes]) -> None:
@@ -197,7 +227,8 @@ def save_snapshot(snapshot: Snapshot, filename: str | os.PathLike | IO[bytes]) -
     except (TypeError, ValueError) as exc:
         raise TypeError(
             f"cannot save this snapshot: {exc} (meta must hold only JSON values: str keys, "
-            "str, int, float, bool, None, lists and dicts)"
+            "str, int, float, bool, None, lists and dicts; so must the attributes set on "
+            "the snapshot)"
         ) from exc
     data = gzip.compress(text.encode("utf-8"), compresslevel=1, mtime=0)
     if hasattr(filename, "write"):
@@ -560,6 +591,7 @@ def _decode(doc: Any, error: Any, max_traces: int) -> Snapshot:
         rate = check.int(doc["sample_rate"], "sample_rate", 0, MAX_SAMPLE_RATE)
         snapshot = Snapshot(traces, limit, sample_rate=rate, allocated=allocated, meta=meta,
                             counts=counts)
+        _set_user_attributes(snapshot, doc.get("attributes"), check)
     except KeyError as exc:
         raise error(f"the field {exc.args[0]!r} is missing") from exc
     except (TypeError, ValueError, IndexError) as exc:

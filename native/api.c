@@ -2,8 +2,8 @@
  *
  * cffi releases the GIL around every call, so each entry point that touches Python state
  * (installing allocators, reference counts, code objects) takes it back with
- * PyGILState_Ensure first. Code objects are DECREF'd only after g_lock is released: a
- * DECREF can free memory, and a free re-enters our hooks, which may take g_lock.
+ * PyGILState_Ensure first. Code objects are DECREF'd only after table.lock is released: a
+ * DECREF can free memory, and a free re-enters our hooks, which may take table.lock.
  */
 #include "core.h"
 
@@ -42,12 +42,12 @@ static uint64_t os_seed(void) {
     return seed;
 }
 
-/* Drop every trace, interned frame and counter. GIL held, g_lock not held. */
+/* Drop every trace, interned frame and counter. GIL held, table.lock not held. */
 static void clear_state(void) {
     size_t ncodes = 0, bytes = 0;
     mp_lock();
     mp_table_clear_locked();
-    memset(&g_counters, 0, sizeof(g_counters));
+    memset(&mp_state.table.counters, 0, sizeof(mp_state.table.counters));
     PyObject **codes = mp_intern_detach_locked(&ncodes, &bytes);
     mp_unlock();
     for (size_t i = 0; i < ncodes; i++) Py_XDECREF(codes[i]);
@@ -65,29 +65,29 @@ int mp_start(int64_t sample_rate, int max_frames, uint64_t seed, int use_seed) {
     }
     PyGILState_STATE gil = PyGILState_Ensure();
     int rc = 0;
-    if (__atomic_load_n(&g_enabled, __ATOMIC_RELAXED)) {
+    if (__atomic_load_n(&mp_state.config.enabled, __ATOMIC_RELAXED)) {
         /* Already tracing: like tracemalloc, only the traceback limit may change. */
-        int64_t cur = g_sample_rate <= 1 ? 1 : g_sample_rate;
+        int64_t cur = mp_state.config.sample_rate <= 1 ? 1 : mp_state.config.sample_rate;
         int64_t req = sample_rate <= 1 ? 1 : sample_rate;
         if (cur != req) {
             snprintf(t_error, sizeof(t_error),
                      "already tracing with sample_rate=%lld; call stop() before changing it",
-                     (long long)g_sample_rate);
+                     (long long)mp_state.config.sample_rate);
             rc = -1;
         } else {
-            __atomic_store_n(&g_max_frames, max_frames, __ATOMIC_RELAXED);
+            __atomic_store_n(&mp_state.config.max_frames, max_frames, __ATOMIC_RELAXED);
         }
         PyGILState_Release(gil);
         return rc;
     }
     clear_state();
     if (!use_seed) seed = os_seed();
-    __atomic_store_n(&g_max_frames, max_frames, __ATOMIC_RELAXED);
+    __atomic_store_n(&mp_state.config.max_frames, max_frames, __ATOMIC_RELAXED);
     mp_sampler_configure(sample_rate, seed);
     if (mp_hooks_install() != 0) {
         rc = -1;
     } else {
-        __atomic_store_n(&g_enabled, 1, __ATOMIC_RELEASE);
+        __atomic_store_n(&mp_state.config.enabled, 1, __ATOMIC_RELEASE);
     }
     PyGILState_Release(gil);
     return rc;
@@ -95,7 +95,7 @@ int mp_start(int64_t sample_rate, int max_frames, uint64_t seed, int use_seed) {
 
 int mp_stop(void) {
     PyGILState_STATE gil = PyGILState_Ensure();
-    __atomic_store_n(&g_enabled, 0, __ATOMIC_RELEASE);
+    __atomic_store_n(&mp_state.config.enabled, 0, __ATOMIC_RELEASE);
     mp_hooks_uninstall();
     clear_state();
     PyGILState_Release(gil);
@@ -111,7 +111,7 @@ int mp_clear(void) {
 
 void mp_reset_peak(void) {
     mp_lock();
-    g_counters.peak_bytes = g_counters.current_bytes;
+    mp_state.table.counters.peak_bytes = mp_state.table.counters.current_bytes;
     mp_unlock();
 }
 
@@ -119,18 +119,18 @@ void mp_get_stats(mp_stats_t *out) {
     PyGILState_STATE gil = PyGILState_Ensure();
     mp_intern_compact(0);   /* what the profiler keeps alive: only what it must */
     memset(out, 0, sizeof(*out));
-    out->tracing = __atomic_load_n(&g_enabled, __ATOMIC_RELAXED);
-    out->exact = g_exact;
-    out->sample_rate = g_sample_rate;
-    out->max_frames = g_max_frames;
+    out->tracing = __atomic_load_n(&mp_state.config.enabled, __ATOMIC_RELAXED);
+    out->exact = mp_state.config.exact;
+    out->sample_rate = mp_state.config.sample_rate;
+    out->max_frames = mp_state.config.max_frames;
     out->foreign_hooks = out->tracing ? mp_hooks_foreign() : 0;
     mp_lock();
-    out->samples = g_counters.samples;
+    out->samples = mp_state.table.counters.samples;
     out->live_samples = mp_table_count_locked();
-    out->current_bytes = g_counters.current_bytes;
-    out->peak_bytes = g_counters.peak_bytes;
-    out->alloc_bytes = g_counters.alloc_bytes;
-    out->alloc_count = g_counters.alloc_count;
+    out->current_bytes = mp_state.table.counters.current_bytes;
+    out->peak_bytes = mp_state.table.counters.peak_bytes;
+    out->alloc_bytes = mp_state.table.counters.alloc_bytes;
+    out->alloc_count = mp_state.table.counters.alloc_count;
     out->profiler_memory = mp_table_memory_locked() + mp_intern_memory_locked();
     mp_unlock();
     PyGILState_Release(gil);

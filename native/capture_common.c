@@ -24,34 +24,16 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-uint64_t g_nc_main_thread = 0;           /* written with the GIL held, read relaxed */
+/* This file's part of the process state (state.h): mp_state.capture. */
+#define CAP mp_state.capture
 
 /* ---- deferred samples ------------------------------------------------------------------ */
 
-#define NC_PENDING_MAX 4096       /* beyond that, samples are recorded without a stack */
-#define NC_INDEX_CAP 8192         /* open addressing over g_pending; load <= 1/2 */
-#define NC_FILTER_BITS 14
-
-typedef struct {
-    void *ptr;
-    size_t size;
-    int allocator;
-    uint32_t generation;   /* g_generation when sampled: a restart drops older samples */
-} nc_pending_t;
 
 /* The deferred samples: a dense array (drained in order), an index on the pointer, and a
  * filter in front of both, so that the frees of other threads while a long native call
  * keeps samples waiting cost one relaxed load each, as in table.c. All but the filter's
- * bits are protected by g_pending_lock. */
-static pthread_mutex_t g_pending_lock = PTHREAD_MUTEX_INITIALIZER;
-static nc_pending_t g_pending[NC_PENDING_MAX];
-static uint16_t g_index[NC_INDEX_CAP];                   /* position + 1; 0 = empty */
-/* Pending pointers per bucket (core.h's counting filter): lock-free reads. */
-static uint8_t g_fmap[1u << NC_FILTER_BITS] __attribute__((aligned(64)));
-static int g_pending_scheduled = 0;                       /* a pending call is queued */
-int g_nc_pending_count = 0;                               /* written under the lock */
-uint64_t g_nc_deferred = 0;                               /* atomic counters (status only) */
-uint64_t g_nc_deferred_nostack = 0;
+ * bits are protected by capture.pending_lock. */
 
 /* The calling thread holds the GIL (the same test stacks.c makes before reading frames). */
 static int holds_gil(void) {
@@ -63,46 +45,45 @@ static int holds_gil(void) {
 #endif
 }
 
-static inline uint64_t mix(const void *p) {
-    return ((uint64_t)(uintptr_t)p >> 3) * 0x9E3779B97F4A7C15ull;
-}
-static inline size_t index_home(const void *p) {
-    return (size_t)(mix(p) >> 40) & (NC_INDEX_CAP - 1);
-}
 static void filter_add_locked(const void *p) {
-    mp_filter_add(g_fmap, NC_FILTER_BITS, p);
+    mp_filter_add(CAP.fmap, NC_FILTER_BITS, p);
 }
 
 static void filter_remove_locked(const void *p) {
-    mp_filter_remove(g_fmap, NC_FILTER_BITS, p);
+    mp_filter_remove(CAP.fmap, NC_FILTER_BITS, p);
 }
 
+/* The index (htable.h, fixed capacity NC_INDEX_CAP): pointer -> position in CAP.pending
+ * + 1, 0 an empty slot. */
+#define PIDX_MASK ((size_t)NC_INDEX_CAP - 1)
+#define PIDX_EMPTY(e) (*(e) == 0)
+#define PIDX_CLEAR(e) (*(e) = 0)
+#define PIDX_HASH(p) (mp_hash_ptr(p) >> 40)
+#define PIDX_ENTRY_HASH(e) PIDX_HASH(CAP.pending[*(e) - 1].ptr)
+#define PIDX_MATCH(e, p) (CAP.pending[*(e) - 1].ptr == (p))
+MP_HTABLE_FUNCS(pidx, uint16_t, const void *, PIDX_EMPTY, PIDX_CLEAR, PIDX_ENTRY_HASH,
+                PIDX_HASH, PIDX_MATCH);
+
 static size_t find_slot_locked(const void *p) {
-    size_t i = index_home(p);
-    while (g_index[i] != 0) {
-        if (g_pending[g_index[i] - 1].ptr == p) return i;
-        i = (i + 1) & (NC_INDEX_CAP - 1);
-    }
-    return SIZE_MAX;
+    return pidx_find(CAP.index, PIDX_MASK, p);
 }
 
 static void set_count_locked(int n) {
-    __atomic_store_n(&g_nc_pending_count, n, __ATOMIC_RELAXED);
+    __atomic_store_n(&CAP.pending_count, n, __ATOMIC_RELAXED);
 }
 
 /* Returns 0, or -1 when the list is full. */
 static int pending_add_locked(const nc_pending_t *e) {
-    size_t slot = find_slot_locked(e->ptr);
-    if (slot != SIZE_MAX) {              /* the address came back without a free we saw */
-        g_pending[g_index[slot] - 1] = *e;
+    int found;
+    size_t slot = pidx_probe(CAP.index, PIDX_MASK, e->ptr, &found);
+    if (found) {                         /* the address came back without a free we saw */
+        CAP.pending[CAP.index[slot] - 1] = *e;
         return 0;
     }
-    int n = g_nc_pending_count;
+    int n = CAP.pending_count;
     if (n == NC_PENDING_MAX) return -1;
-    g_pending[n] = *e;
-    size_t i = index_home(e->ptr);
-    while (g_index[i] != 0) i = (i + 1) & (NC_INDEX_CAP - 1);
-    g_index[i] = (uint16_t)(n + 1);
+    CAP.pending[n] = *e;
+    CAP.index[slot] = (uint16_t)(n + 1);   /* the empty slot the probe ended at */
     filter_add_locked(e->ptr);
     set_count_locked(n + 1);
     return 0;
@@ -110,48 +91,35 @@ static int pending_add_locked(const nc_pending_t *e) {
 
 /* Remove the entry at index slot `slot`; the last entry moves into its place. */
 static void pending_remove_locked(size_t slot) {
-    int pos = g_index[slot] - 1;
-    filter_remove_locked(g_pending[pos].ptr);
-    /* Backward-shift deletion (no tombstones): pull later entries of the run into the hole
-     * unless their home lies cyclically in (hole, j]. */
-    size_t hole = slot, j = slot;
-    for (;;) {
-        j = (j + 1) & (NC_INDEX_CAP - 1);
-        if (g_index[j] == 0) break;
-        size_t home = index_home(g_pending[g_index[j] - 1].ptr);
-        int stays = hole <= j ? (hole < home && home <= j) : (hole < home || home <= j);
-        if (!stays) {
-            g_index[hole] = g_index[j];
-            hole = j;
-        }
-    }
-    g_index[hole] = 0;
-    int last = g_nc_pending_count - 1;
+    int pos = CAP.index[slot] - 1;
+    filter_remove_locked(CAP.pending[pos].ptr);
+    pidx_remove_at(CAP.index, PIDX_MASK, slot);
+    int last = CAP.pending_count - 1;
     if (pos != last) {
-        size_t moved = find_slot_locked(g_pending[last].ptr);
-        g_pending[pos] = g_pending[last];
-        g_index[moved] = (uint16_t)(pos + 1);
+        size_t moved = find_slot_locked(CAP.pending[last].ptr);
+        CAP.pending[pos] = CAP.pending[last];
+        CAP.index[moved] = (uint16_t)(pos + 1);
     }
     set_count_locked(last);
 }
 
 static void pending_clear_locked(void) {
-    memset(g_index, 0, sizeof(g_index));
-    mp_filter_clear(g_fmap, NC_FILTER_BITS);
+    memset(CAP.index, 0, sizeof(CAP.index));
+    mp_filter_clear(CAP.fmap, NC_FILTER_BITS);
     set_count_locked(0);
 }
 
 /* Record every waiting sample now. `with_stack`: we are the main thread, GIL held, back in
  * the interpreter; otherwise the samples go without a stack. Recording happens under
- * g_pending_lock: a free that finds the lock taken waits, then finds the block in the
+ * capture.pending_lock: a free that finds the lock taken waits, then finds the block in the
  * table (nc_forget asks the list first, the table second). */
 static void record_all_locked(int with_stack) {
-    uint32_t gen = __atomic_load_n(&g_generation, __ATOMIC_RELAXED);
-    int on = __atomic_load_n(&g_enabled, __ATOMIC_RELAXED);
-    for (int i = 0; i < g_nc_pending_count; i++) {
-        if (!on || g_pending[i].generation != gen) continue;
-        mp_record_alloc(g_pending[i].ptr, g_pending[i].size, g_pending[i].allocator);
-        __atomic_add_fetch(with_stack ? &g_nc_deferred : &g_nc_deferred_nostack, 1,
+    uint32_t gen = __atomic_load_n(&mp_state.config.generation, __ATOMIC_RELAXED);
+    int on = __atomic_load_n(&mp_state.config.enabled, __ATOMIC_RELAXED);
+    for (int i = 0; i < CAP.pending_count; i++) {
+        if (!on || CAP.pending[i].generation != gen) continue;
+        mp_record_alloc(CAP.pending[i].ptr, CAP.pending[i].size, CAP.pending[i].allocator);
+        __atomic_add_fetch(with_stack ? &CAP.deferred : &CAP.deferred_nostack, 1,
                            __ATOMIC_RELAXED);
     }
     pending_clear_locked();
@@ -160,63 +128,64 @@ static void record_all_locked(int with_stack) {
 /* The pending call: the main thread, GIL held, back in the interpreter. */
 static int drain_pending(void *arg) {
     (void)arg;
-    pthread_mutex_lock(&g_pending_lock);
-    g_pending_scheduled = 0;
+    pthread_mutex_lock(&CAP.pending_lock);
+    CAP.pending_scheduled = 0;
     record_all_locked(1);
-    pthread_mutex_unlock(&g_pending_lock);
+    pthread_mutex_unlock(&CAP.pending_lock);
     return 0;
 }
 
 void nc_record(void *ptr, size_t size, int allocator) {
-    uint64_t main_thread = __atomic_load_n(&g_nc_main_thread, __ATOMIC_RELAXED);
+    uint64_t main_thread = __atomic_load_n(&CAP.main_thread, __ATOMIC_RELAXED);
     if (holds_gil() || main_thread == 0 || mp_thread_ident() != main_thread ||
         PyGILState_GetThisThreadState() == NULL) {
         mp_record_alloc(ptr, size, allocator);   /* with a stack if the GIL is held */
         return;
     }
-    nc_pending_t e = {ptr, size, allocator, __atomic_load_n(&g_generation, __ATOMIC_RELAXED)};
+    nc_pending_t e = {ptr, size, allocator,
+                      __atomic_load_n(&mp_state.config.generation, __ATOMIC_RELAXED)};
     int schedule = 0, full;
-    pthread_mutex_lock(&g_pending_lock);
+    pthread_mutex_lock(&CAP.pending_lock);
     full = pending_add_locked(&e) != 0;
-    if (!full && !g_pending_scheduled) g_pending_scheduled = schedule = 1;
-    pthread_mutex_unlock(&g_pending_lock);
+    if (!full && !CAP.pending_scheduled) CAP.pending_scheduled = schedule = 1;
+    pthread_mutex_unlock(&CAP.pending_lock);
     if (full) {
         mp_record_alloc(ptr, size, allocator);
-        __atomic_add_fetch(&g_nc_deferred_nostack, 1, __ATOMIC_RELAXED);
+        __atomic_add_fetch(&CAP.deferred_nostack, 1, __ATOMIC_RELAXED);
         return;
     }
     if (schedule && Py_AddPendingCall(drain_pending, NULL) != 0) {
         /* The interpreter's queue is full or it is finalizing: record everything waiting
          * now, without a stack, rather than let it wait for a call that will not come. */
-        pthread_mutex_lock(&g_pending_lock);
-        g_pending_scheduled = 0;
+        pthread_mutex_lock(&CAP.pending_lock);
+        CAP.pending_scheduled = 0;
         record_all_locked(0);
-        pthread_mutex_unlock(&g_pending_lock);
+        pthread_mutex_unlock(&CAP.pending_lock);
     }
 }
 
 int nc_pending_forget_slow(void *ptr) {
-    if (!mp_filter_test(g_fmap, NC_FILTER_BITS, ptr)) return 0;
+    if (!mp_filter_test(CAP.fmap, NC_FILTER_BITS, ptr)) return 0;
     int found = 0;
-    pthread_mutex_lock(&g_pending_lock);
+    pthread_mutex_lock(&CAP.pending_lock);
     size_t slot = find_slot_locked(ptr);
     if (slot != SIZE_MAX) {
         pending_remove_locked(slot);
         found = 1;
     }
-    pthread_mutex_unlock(&g_pending_lock);
+    pthread_mutex_unlock(&CAP.pending_lock);
     return found;
 }
 
 /* fork() (fork.c calls these in its lock order): the child must not inherit
- * g_pending_lock held by a thread that is gone, nor samples whose pending call was queued
- * in the parent. */
-void nc_pending_fork_lock(void) { pthread_mutex_lock(&g_pending_lock); }
-void nc_pending_fork_parent(void) { pthread_mutex_unlock(&g_pending_lock); }
+ * capture.pending_lock held by a thread that is gone, nor samples whose pending call was
+ * queued in the parent. */
+void nc_pending_fork_lock(void) { pthread_mutex_lock(&CAP.pending_lock); }
+void nc_pending_fork_parent(void) { pthread_mutex_unlock(&CAP.pending_lock); }
 void nc_pending_fork_child(void) {
-    g_pending_scheduled = 0;
+    CAP.pending_scheduled = 0;
     pending_clear_locked();
-    pthread_mutex_unlock(&g_pending_lock);
+    pthread_mutex_unlock(&CAP.pending_lock);
 }
 
 /* ---- writing pointers into possibly read-only pages --------------------------------------- */
@@ -334,26 +303,27 @@ void nc_purge_allocator(int allocator) {
             if (live[i].allocator != (uint32_t)allocator) continue;
             if (mp_table_take_locked(live[i].ptr, &gone)) {
                 /* the same adjustment as mp_record_take, under the lock we already hold */
-                g_counters.current_bytes -= gone.weight * (double)gone.size;
-                if (g_counters.current_bytes < 0.5) g_counters.current_bytes = 0.0;
+                mp_state.table.counters.current_bytes -= gone.weight * (double)gone.size;
+                if (mp_state.table.counters.current_bytes < 0.5)
+                    mp_state.table.counters.current_bytes = 0.0;
             }
         }
         free(live);
     }
     mp_unlock();
     mp_leave();
-    pthread_mutex_lock(&g_pending_lock);
+    pthread_mutex_lock(&CAP.pending_lock);
     /* Downwards: the entry that moves into a removed place was already looked at. */
-    for (int i = g_nc_pending_count - 1; i >= 0; i--)
-        if (g_pending[i].allocator == allocator)
-            pending_remove_locked(find_slot_locked(g_pending[i].ptr));
-    pthread_mutex_unlock(&g_pending_lock);
+    for (int i = CAP.pending_count - 1; i >= 0; i--)
+        if (CAP.pending[i].allocator == allocator)
+            pending_remove_locked(find_slot_locked(CAP.pending[i].ptr));
+    pthread_mutex_unlock(&CAP.pending_lock);
 }
 
 /* ---- entry points (mprofile.h) ------------------------------------------------------------ */
 
 void mp_capture_set_main_thread(uint64_t thread_ident) {
-    __atomic_store_n(&g_nc_main_thread, thread_ident, __ATOMIC_RELAXED);
+    __atomic_store_n(&CAP.main_thread, thread_ident, __ATOMIC_RELAXED);
 }
 
 void mp_capture_status(mp_capture_status_t *out) {
@@ -370,7 +340,7 @@ void mp_capture_status(mp_capture_status_t *out) {
     out->native_slots = ns.slots;
     out->native_failures = ns.failures;
     out->native_scans = ns.scans;
-    out->deferred = __atomic_load_n(&g_nc_deferred, __ATOMIC_RELAXED);
-    out->deferred_nostack = __atomic_load_n(&g_nc_deferred_nostack, __ATOMIC_RELAXED);
-    out->pending = (uint64_t)__atomic_load_n(&g_nc_pending_count, __ATOMIC_RELAXED);
+    out->deferred = __atomic_load_n(&CAP.deferred, __ATOMIC_RELAXED);
+    out->deferred_nostack = __atomic_load_n(&CAP.deferred_nostack, __ATOMIC_RELAXED);
+    out->pending = (uint64_t)__atomic_load_n(&CAP.pending_count, __ATOMIC_RELAXED);
 }

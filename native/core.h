@@ -1,14 +1,15 @@
 /* core.h: what the native sampler's files share with each other (not seen by cffi).
  *
  * Threading model, in one place:
- *  - g_lock (a pthread mutex, table.c) protects the live-pointer table, the interned
- *    frames and tracebacks, and the counters. It is held only for short, non-allocating
- *    work (our own tables grow with libc malloc, which no hook of ours intercepts), never
- *    while calling the wrapped allocator, and never while calling into Python.
+ *  - table.lock (mp_state.table.lock, a pthread mutex; state.h) protects the live-pointer
+ *    table, the interned frames and tracebacks, and the counters. It is held only for
+ *    short, non-allocating work (our own tables grow with mmap, mp_os_alloc, which no
+ *    hook of ours intercepts), never while calling the wrapped allocator, and never while
+ *    calling into Python.
  *  - The GIL is never *taken* inside an allocator hook. MEM and OBJ hooks always run with
  *    it held (CPython's rule); RAW hooks may not, and then record no Python stack.
  *  - Per-thread sampling state lives in thread-local storage and needs no lock.
- *  - Functions named *_locked must be called with g_lock held.
+ *  - Functions named *_locked must be called with table.lock held.
  */
 #ifndef MPROFILE_CORE_H
 #define MPROFILE_CORE_H
@@ -19,37 +20,32 @@
 #include <string.h>
 
 /* Every symbol declared from here on is internal to the extension. Saying so lets the
- * compiler address our globals directly (one RIP-relative load) instead of through the
- * GOT (a load of the address, then the value): one instruction less on every hook's fast
- * path. Only PyInit_* (declared by cffi with PyMODINIT_FUNC) is exported. CPython's own
- * headers stay outside, above: their symbols live in the interpreter. */
+ * compiler address our state (mp_state, state.h) directly (one RIP-relative load) instead
+ * of through the GOT (a load of the address, then the value): one instruction less on
+ * every hook's fast path. Only PyInit_* (declared by cffi with PyMODINIT_FUNC) is
+ * exported. CPython's own headers stay outside, above: their symbols live in the
+ * interpreter. */
 #pragma GCC visibility push(hidden)
 
 #include "mprofile.h"
+#include "state.h"     /* mp_state: every process-wide variable, one struct */
 
 /* Allocator codes, the same numbers as mprofile_ipy.model.Allocator. */
 enum { MP_ALLOC_RAW = 0, MP_ALLOC_MEM = 1, MP_ALLOC_OBJ = 2, MP_ALLOC_NUMPY = 3,
        MP_ALLOC_NATIVE = 4 };
 
-#define MP_MAX_FRAMES_LIMIT 1024
 #define MP_NO_STACK_TB 0u          /* traceback id 0: an allocation with no Python frame */
 
 /* ---- sampler.c: per-thread countdown ------------------------------------------------ */
 
-/* Global switches read on every allocation without a lock (relaxed atomics). */
-extern int g_enabled;              /* sampling on */
-extern int g_exact;                /* every allocation is a sample */
-extern int64_t g_sample_rate;
-extern int g_max_frames;
-
 typedef struct {
     int64_t countdown;    /* bytes until the next sample point */
     uint64_t rng;         /* xorshift64* state */
-    uint32_t generation;  /* g_generation this state was drawn for */
+    uint32_t generation;  /* mp_state.config.generation this state was drawn for */
     int busy;             /* reentrancy depth: >0 while inside a hook or the profiler */
     uint32_t probe;       /* 1 while hooks.c probes which of its layers are reachable */
     int32_t pause;        /* pauses of the profiler's Python code (mp_pause_alloc) ... */
-    uint32_t pause_gen;   /* ... counted only while this equals g_generation */
+    uint32_t pause_gen;   /* ... counted only while this equals mp_state.config.generation */
     uint32_t label;       /* mp_set_thread_label: part of every traceback this thread
                            * records (0: none); reset to 0 in a fork child */
 } mp_tls_t;
@@ -70,18 +66,14 @@ static inline void mp_leave(void) { t_state.busy--; }
 
 void mp_sampler_configure(int64_t rate, uint64_t seed);  /* new generation, GIL held */
 int mp_sample_slow(mp_tls_t *t, size_t size);            /* countdown crossed or stale */
-extern uint32_t g_generation;
-/* 1 when the PyMem hooks of this session may skip the generation check (sampler.c says
- * when that is exact); set by mp_sampler_configure, GIL held. */
-extern int g_unchecked_ok;
 
 /* The hot-path decision: is this allocation of `size` bytes a sample? One subtraction and
  * a compare on the calling thread's countdown; everything else is out of line. */
 static inline int mp_should_sample_t(mp_tls_t *t, size_t size) {
-    if (t->busy || !__atomic_load_n(&g_enabled, __ATOMIC_RELAXED)) return 0;
+    if (t->busy || !__atomic_load_n(&mp_state.config.enabled, __ATOMIC_RELAXED)) return 0;
     int64_t s = size > (size_t)INT64_MAX ? INT64_MAX : (int64_t)size;
-    if (t->countdown > s && !__atomic_load_n(&g_exact, __ATOMIC_RELAXED) &&
-        t->generation == __atomic_load_n(&g_generation, __ATOMIC_RELAXED)) {
+    if (t->countdown > s && !__atomic_load_n(&mp_state.config.exact, __ATOMIC_RELAXED) &&
+        t->generation == __atomic_load_n(&mp_state.config.generation, __ATOMIC_RELAXED)) {
         t->countdown -= s;
         return 0;
     }
@@ -95,7 +87,7 @@ static inline int mp_should_sample(size_t size) { return mp_should_sample_t(&t_s
  * allocation certainly is not a sample, and then its bytes are already charged to the
  * countdown. It skips the busy/enabled/exact checks of mp_should_sample_t on purpose:
  *  - exact mode keeps the countdown at 0 (mp_sample_slow never draws a gap), and a
- *    restart bumps g_generation, so neither can take this path by mistake;
+ *    restart bumps mp_state.config.generation, so neither can take this path by mistake;
  *  - a busy thread (the profiler's own work) may charge its bytes to the countdown: the
  *    gap is exponential, hence memoryless, so the user's bytes still see sample points
  *    at the same rate, and a point that falls inside busy work is dropped by the slow
@@ -107,14 +99,15 @@ static inline int mp_should_sample(size_t size) { return mp_should_sample_t(&t_s
 static inline int mp_fast_skip(size_t size) {
     mp_tls_t *t = &t_state;
     if ((uint64_t)t->countdown > size &&
-        t->generation == __atomic_load_n(&g_generation, __ATOMIC_RELAXED)) {
+        t->generation == __atomic_load_n(&mp_state.config.generation, __ATOMIC_RELAXED)) {
         t->countdown -= (int64_t)size;
         return 1;
     }
     return 0;
 }
 
-/* The same without the generation check, for the hooks installed while g_unchecked_ok:
+/* The same without the generation check, for the hooks installed while
+ * mp_state.config.unchecked_ok:
  * every countdown a thread can hold was then drawn at the current rate, so an old one is
  * as good as a new one (sampler.c, "Stale countdowns"). `size` <= MP_POOL_MAX.
  * On x86-64 it subtracts first and branches on the result, in one instruction on the
@@ -149,15 +142,6 @@ uint64_t mp_thread_ident(void);
 double mp_weight(uint64_t size);                         /* 1 / P(sampled) */
 
 /* ---- table.c: live pointers, counters, the free-path filter --------------------------- */
-
-typedef struct {
-    uintptr_t ptr;
-    uint64_t size;
-    uint64_t thread;
-    double weight;
-    uint32_t tb;
-    uint32_t allocator;
-} mp_live_t;
 
 void mp_lock(void);
 void mp_unlock(void);
@@ -214,10 +198,8 @@ static inline void mp_filter_clear(uint8_t *counts, unsigned nbits) {
 }
 
 /* The free-path filter of the live table: may `ptr` be a live sampled pointer? */
-#define MP_FILTER_BITS 18
-extern uint8_t g_filter_map[1u << MP_FILTER_BITS];
 static inline int mp_maybe_tracked(const void *ptr) {
-    return mp_filter_test(g_filter_map, MP_FILTER_BITS, ptr);
+    return mp_filter_test(mp_state.table.filter_map, MP_FILTER_BITS, ptr);
 }
 /* 0: inserted, 1: replaced a stale record (copied to *replaced), -1: out of memory */
 int mp_table_insert_locked(const mp_live_t *rec, mp_live_t *replaced);
@@ -228,13 +210,6 @@ size_t mp_table_count_locked(void);
 size_t mp_table_copy_locked(mp_live_t *out, size_t cap);
 uint64_t mp_table_memory_locked(void);
 
-/* Counters (estimates), protected by g_lock. */
-typedef struct {
-    uint64_t samples;
-    double current_bytes, peak_bytes, alloc_bytes, alloc_count;
-} mp_counters_t;
-extern mp_counters_t g_counters;
-
 /* ---- stacks.c: safe frame walk and interning ----------------------------------------- */
 
 /* Interns the calling thread's Python stack (if this thread holds the GIL) together with
@@ -243,12 +218,13 @@ extern mp_counters_t g_counters;
 uint32_t mp_capture_traceback_locked(void);
 void mp_tb_account_locked(uint32_t tb, double weight, uint64_t size);
 /* Detach all interned frames: returns an array of code objects the caller must DECREF
- * with the GIL held and *without* g_lock (a DECREF can free, which re-enters the hooks). */
+ * with the GIL held and *without* table.lock (a DECREF can free, which re-enters the
+ * hooks). */
 PyObject **mp_intern_detach_locked(size_t *ncodes, size_t *bytes);   /* mp_os_free(codes, bytes) */
 uint64_t mp_intern_memory_locked(void);
 
 /* A frame whose code object the profiler let go: its names and lines, kept in an arena. */
-typedef struct {
+typedef struct mp_resolved {
     const char *filename, *name;
     int32_t lineno, firstlineno;
 } mp_resolved_t;
@@ -257,12 +233,10 @@ typedef struct mp_names {
     uint64_t bytes;
     struct mp_names_chunk *chunks;
 } mp_names_t;
-extern mp_names_t *g_names;
 void mp_names_release(mp_names_t *n);          /* GIL held */
-void mp_intern_compact(int force);              /* GIL held, g_lock not held */
-extern int g_compact_wanted;
-void mp_intern_maybe_schedule_compact(void);    /* g_lock not held */
-/* Names and line of (code, lasti); GIL held, may allocate (never with g_lock held). */
+void mp_intern_compact(int force);              /* GIL held, table.lock not held */
+void mp_intern_maybe_schedule_compact(void);    /* table.lock not held */
+/* Names and line of (code, lasti); GIL held, may allocate (never with table.lock held). */
 void mp_resolve_frame(PyObject *code, int32_t lasti, mp_frame_info_t *out);
 
 typedef struct {

@@ -4,7 +4,8 @@
  * every lock is taken before fork() and released on both sides afterwards. All of them are
  * taken here, in one place, in the order every other path nests them:
  *
- *     g_patch_lock (native_hooks.c)  ->  g_pending_lock (capture_common.c)  ->  g_lock (table.c)
+ *     native.patch_lock  ->  capture.pending_lock  ->  table.lock
+ *     (got_patch.c)         (capture_common.c)         (table.c)   all in mp_state (state.h)
  *
  * and released in the reverse order. (Three handlers registered from three constructors
  * used to run in an order decided by the link order, which did not match this one: a rare

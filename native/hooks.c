@@ -24,11 +24,12 @@
  * after MP_RETIRE_GRACE_NS, long after any thread that read the old function pointer has
  * left. Only the newest layer samples.
  *
- * Layer records live in static storage and are written only while their slot is neither
- * installed nor (within the grace period) retired, before the store that publishes them
- * (PyMem_SetAllocator, an external call: the compiler cannot move the record's stores past
- * it; x86-64 keeps stores in order). Hooks read them with the same number of instructions
- * as a read through ctx (RIP-relative loads instead of loads off a register).
+ * Layer records live in static storage (mp_state.hooks) and are written only while their
+ * slot is neither installed nor (within the grace period) retired, before the store that
+ * publishes them (PyMem_SetAllocator, an external call: the compiler cannot move the
+ * record's stores past it; x86-64 keeps stores in order). Hooks read them with the same
+ * number of instructions as a read through ctx (RIP-relative loads instead of loads off a
+ * register).
  */
 #include "core.h"
 
@@ -37,65 +38,49 @@
 #include <string.h>
 #include <time.h>
 
-#define MP_MAX_LAYERS 8                        /* slots per domain (MP_FOR_EACH_SLOT) */
-#define MP_RETIRE_GRACE_NS 2000000000ll        /* 2 s before a retired slot is rewritten */
+/* This file's part of the process state (state.h): mp_state.hooks. */
+#define HK mp_state.hooks
+/* The counters are table.c's; the record paths below update them too, under table.lock. */
+#define CNT mp_state.table.counters
 
-typedef struct {
-    PyMemAllocatorEx prev;   /* the allocator this layer wraps; see "Layer records" above */
-} mp_layer_t;
+#define MP_RETIRE_GRACE_NS 2000000000ll        /* 2 s before a retired slot is rewritten */
 
 enum { SLOT_FREE = 0, SLOT_INSTALLED = 1, SLOT_RETIRED = 2 };
 
-/* Records: read by hooks without a lock; written only as explained above, GIL held. */
-static mp_layer_t g_layers[3][MP_MAX_LAYERS];
-/* 1 for the newest layer of a domain while sampling: relaxed loads in the slow paths. */
-static int g_active[3][MP_MAX_LAYERS];
-/* Bookkeeping, GIL held (start/stop/stats only). */
-static int g_slot_state[3][MP_MAX_LAYERS];
-static int g_slot_used[3][MP_MAX_LAYERS];        /* the record has been written once */
-static int64_t g_slot_retired_at[3][MP_MAX_LAYERS];
-static int g_top[3] = {-1, -1, -1};              /* the newest layer, -1 if none */
-/* Reachability probe: while the probing thread's t_state.probe is set, every slow path of
- * ours that it passes through marks its slot here. Written by that thread only. */
-static uint32_t g_probe_hits[3];
 
 static const PyMemAllocatorDomain mp_domains[3] = {
     PYMEM_DOMAIN_RAW, PYMEM_DOMAIN_MEM, PYMEM_DOMAIN_OBJ};
 static const int mp_domain_allocator[3] = {MP_ALLOC_RAW, MP_ALLOC_MEM, MP_ALLOC_OBJ};
 
 /* The budget's watermark (mprofile_ipy/budget.py). When the estimated live bytes reach
- * g_watermark, the record path (1) writes once to an eventfd, which wakes the watcher
+ * HK.watermark, the record path (1) writes once to an eventfd, which wakes the watcher
  * thread, and (2) schedules a pending call, which the main thread runs at its next
  * bytecode boundary, the way a signal handler runs: mprofile_ipy.budget._on_watermark()
  * checks the budget right there and stops the user's code before it allocates further,
  * without waiting for the watcher to get the GIL. Memory that grows faster than any poll
  * (calloc'ed blocks no page of which is touched yet) is stopped at the crossing.
  * write() on an eventfd and Py_AddPendingCall neither allocate nor need the GIL. The
- * three variables are protected by g_lock; the pending call is scheduled after it is
+ * three variables are protected by table.lock; the pending call is scheduled after it is
  * released. */
-static double g_watermark;
-static int g_watermark_fd = -1;
-static int g_watermark_call;       /* schedule the pending call too */
-static int g_watermark_fired;
 
 void mp_set_watermark(double bytes, int fd, int call_main) {
     mp_lock();
-    g_watermark = bytes;
-    g_watermark_fd = bytes > 0 ? fd : -1;
-    g_watermark_call = bytes > 0 && call_main;
-    g_watermark_fired = 0;
+    HK.watermark = bytes;
+    HK.watermark_fd = bytes > 0 ? fd : -1;
+    HK.watermark_call = bytes > 0 && call_main;
+    HK.watermark_fired = 0;
     mp_unlock();
 }
 
 /* 1 when this record crossed the watermark and the main thread must be asked. */
 static inline int watermark_check_locked(void) {
-    if (g_watermark_fd < 0 || g_watermark_fired || g_counters.current_bytes < g_watermark)
+    if (HK.watermark_fd < 0 || HK.watermark_fired || CNT.current_bytes < HK.watermark)
         return 0;
     uint64_t one = 1;
-    g_watermark_fired = 1;
-    ssize_t rc = write(g_watermark_fd, &one, sizeof one);
+    HK.watermark_fired = 1;
+    ssize_t rc = write(HK.watermark_fd, &one, sizeof one);
     (void)rc;   /* a full or closed eventfd: the watcher's poll still sees the crossing */
-    return g_watermark_call;
+    return HK.watermark_call;
 }
 
 /* Runs in the main thread with the GIL held (a pending call). The budget decides; the
@@ -150,22 +135,23 @@ void mp_record_alloc(void *ptr, size_t size, int allocator) {
     rec.tb = mp_capture_traceback_locked();
     mp_live_t stale;
     int rc = mp_table_insert_locked(&rec, &stale);
-    if (rc == 1) g_counters.current_bytes -= stale.weight * (double)stale.size;
+    if (rc == 1) CNT.current_bytes -= stale.weight * (double)stale.size;
     if (rc >= 0) {
         double est = rec.weight * (double)rec.size;
-        g_counters.samples++;
-        g_counters.current_bytes += est;
-        if (g_counters.current_bytes > g_counters.peak_bytes)
-            g_counters.peak_bytes = g_counters.current_bytes;
-        g_counters.alloc_bytes += est;
-        g_counters.alloc_count += rec.weight;
+        CNT.samples++;
+        CNT.current_bytes += est;
+        if (CNT.current_bytes > CNT.peak_bytes)
+            CNT.peak_bytes = CNT.current_bytes;
+        CNT.alloc_bytes += est;
+        CNT.alloc_count += rec.weight;
         mp_tb_account_locked(rec.tb, rec.weight, rec.size);
         call_main = watermark_check_locked();
     }
     mp_unlock();
     if (call_main) (void)Py_AddPendingCall(watermark_pending, NULL);   /* full queue: the
                                                                           watcher still runs */
-    if (__builtin_expect(__atomic_load_n(&g_compact_wanted, __ATOMIC_RELAXED), 0))
+    if (__builtin_expect(__atomic_load_n(&mp_state.stacks.compact_wanted, __ATOMIC_RELAXED),
+                         0))
         mp_intern_maybe_schedule_compact();
     mp_leave();
 }
@@ -174,8 +160,8 @@ int mp_record_take(void *ptr, mp_live_t *saved) {
     mp_lock();
     int had = mp_table_take_locked((uintptr_t)ptr, saved);
     if (had) {
-        g_counters.current_bytes -= saved->weight * (double)saved->size;
-        if (g_counters.current_bytes < 0.5) g_counters.current_bytes = 0.0;
+        CNT.current_bytes -= saved->weight * (double)saved->size;
+        if (CNT.current_bytes < 0.5) CNT.current_bytes = 0.0;
     }
     mp_unlock();
     return had;
@@ -190,8 +176,8 @@ void mp_record_restore(const mp_live_t *saved) {
     mp_live_t stale;
     mp_lock();
     int rc = mp_table_insert_locked(saved, &stale);
-    if (rc == 1) g_counters.current_bytes -= stale.weight * (double)stale.size;
-    if (rc >= 0) g_counters.current_bytes += saved->weight * (double)saved->size;
+    if (rc == 1) CNT.current_bytes -= stale.weight * (double)stale.size;
+    if (rc >= 0) CNT.current_bytes += saved->weight * (double)saved->size;
     mp_unlock();
 }
 
@@ -211,15 +197,29 @@ void mp_record_restore(const mp_live_t *saved) {
 #define MP_UNLIKELY(x) __builtin_expect(!!(x), 0)
 
 static inline int layer_active(int d, int k) {
-    return __atomic_load_n(&g_active[d][k], __ATOMIC_RELAXED);
+    return __atomic_load_n(&HK.active[d][k], __ATOMIC_RELAXED);
 }
 
 static inline void note_probe(int d, int k) {
-    if (MP_UNLIKELY(t_state.probe)) g_probe_hits[d] |= 1u << k;
+    if (MP_UNLIKELY(t_state.probe)) HK.probe_hits[d] |= 1u << k;
+}
+
+/* The slow paths' layer record, addressed from a base the compiler cannot share with
+ * their other accesses to mp_state (an empty asm makes it opaque; no instruction): shared,
+ * &mp_state stayed in a callee-saved register across the wrapped call, a push, a pop and
+ * a stack adjustment more per slow call than with separate arrays. The fast paths keep
+ * the plain address: there (d, k) are constants and the record is one RIP-relative load.
+ * hook_realloc_slow keeps it too: it has more values live across its call, and GCC 12
+ * spills one either way (about 2 instructions per call more than with separate arrays,
+ * measured with callgrind; it is not on the fast path). */
+static inline const mp_layer_t *layer_of(int d, int k) {
+    mp_layer_t (*layers)[MP_MAX_LAYERS] = HK.layers;
+    __asm__("" : "+r"(layers));
+    return &layers[d][k];
 }
 
 static MP_NOINLINE void *hook_malloc_slow(int d, int k, size_t size) {
-    const mp_layer_t *l = &g_layers[d][k];
+    const mp_layer_t *l = layer_of(d, k);
     void *p;
     note_probe(d, k);
     if (size <= MP_POOL_MAX) {
@@ -239,7 +239,7 @@ static MP_NOINLINE void *hook_malloc_slow(int d, int k, size_t size) {
 #define MP_SKIP(u, size) ((u) ? mp_fast_skip_unchecked(size) : mp_fast_skip(size))
 
 MP_INLINE void *hook_malloc(int d, int k, int u, size_t size) {
-    const mp_layer_t *l = &g_layers[d][k];
+    const mp_layer_t *l = &HK.layers[d][k];
     if (MP_LIKELY(size <= MP_POOL_MAX && MP_SKIP(u, size)))
         return l->prev.malloc(l->prev.ctx, size);
     return hook_malloc_slow(d, k, size);
@@ -247,7 +247,7 @@ MP_INLINE void *hook_malloc(int d, int k, int u, size_t size) {
 
 static MP_NOINLINE void *hook_calloc_slow(int d, int k, size_t nelem, size_t elsize,
                                           size_t size) {
-    const mp_layer_t *l = &g_layers[d][k];
+    const mp_layer_t *l = layer_of(d, k);
     void *p;
     note_probe(d, k);
     if (size <= MP_POOL_MAX) {
@@ -263,7 +263,7 @@ static MP_NOINLINE void *hook_calloc_slow(int d, int k, size_t nelem, size_t els
 }
 
 MP_INLINE void *hook_calloc(int d, int k, int u, size_t nelem, size_t elsize) {
-    const mp_layer_t *l = &g_layers[d][k];
+    const mp_layer_t *l = &HK.layers[d][k];
     size_t size;
     if (__builtin_mul_overflow(nelem, elsize, &size)) size = SIZE_MAX;
     if (MP_LIKELY(size <= MP_POOL_MAX && MP_SKIP(u, size)))
@@ -272,7 +272,7 @@ MP_INLINE void *hook_calloc(int d, int k, int u, size_t nelem, size_t elsize) {
 }
 
 static MP_NOINLINE void *hook_realloc_slow(int d, int k, void *ptr, size_t size) {
-    const mp_layer_t *l = &g_layers[d][k];
+    const mp_layer_t *l = &HK.layers[d][k];   /* not layer_of(): see there */
     mp_live_t saved;
     note_probe(d, k);
     /* Remove the old record *before* the real realloc: once it returns, the old address
@@ -290,8 +290,8 @@ static MP_NOINLINE void *hook_realloc_slow(int d, int k, void *ptr, size_t size)
     /* A realloc is a free of the old block and an allocation of `size` bytes, whether it
      * moved or not; the new block takes its chance like any other allocation (unless this
      * call is nested inside another hook, which accounts for it). */
-    if (!nested && layer_active(d, k) && __atomic_load_n(&g_enabled, __ATOMIC_RELAXED) &&
-        mp_should_sample(size))
+    if (!nested && layer_active(d, k) &&
+        __atomic_load_n(&mp_state.config.enabled, __ATOMIC_RELAXED) && mp_should_sample(size))
         mp_record_alloc(p, size, mp_domain_allocator[d]);
     return p;
 }
@@ -305,7 +305,7 @@ static MP_NOINLINE void *hook_realloc_slow(int d, int k, void *ptr, size_t size)
 MP_INLINE void *hook_realloc(int d, int k, int u, void *ptr, size_t size) {
     if (d != 0 && MP_LIKELY(!mp_maybe_tracked(ptr) && size <= MP_POOL_MAX &&
                             MP_SKIP(u, size))) {
-        const mp_layer_t *l = &g_layers[d][k];
+        const mp_layer_t *l = &HK.layers[d][k];
         mp_enter();
         void *p = l->prev.realloc(l->prev.ctx, ptr, size);
         mp_leave();
@@ -315,13 +315,13 @@ MP_INLINE void *hook_realloc(int d, int k, int u, void *ptr, size_t size) {
 }
 
 static MP_NOINLINE void hook_free_slow(int d, int k, void *ptr) {
-    const mp_layer_t *l = &g_layers[d][k];
+    const mp_layer_t *l = layer_of(d, k);
     if (ptr != NULL) mp_record_free(ptr);
     l->prev.free(l->prev.ctx, ptr);
 }
 
 MP_INLINE void hook_free(int d, int k, void *ptr) {
-    const mp_layer_t *l = &g_layers[d][k];
+    const mp_layer_t *l = &HK.layers[d][k];
     /* Every layer, active or not, forgets a freed sampled pointer: removal is idempotent,
      * and a stale record would be reported as alive forever. An unsampled free is one
      * filter load and a tail call. */
@@ -374,9 +374,14 @@ typedef struct {
                                     hook_realloc_##d##_##k, hook_free_##d##_##k},
 #define MP_UHOOK_FNS(d, k) [d][k] = {hook_umalloc_##d##_##k, hook_ucalloc_##d##_##k,     \
                                      hook_urealloc_##d##_##k, hook_free_##d##_##k},
-/* [0]: checked, [1]: unchecked (g_unchecked_ok) */
+/* [0]: checked, [1]: unchecked (mp_state.config.unchecked_ok) */
 static const mp_hook_fns_t g_hook_fns[2][3][MP_MAX_LAYERS] = {
     {MP_FOR_EACH_DOMAIN_SLOT(MP_HOOK_FNS)}, {MP_FOR_EACH_DOMAIN_SLOT(MP_UHOOK_FNS)}};
+
+/* The function set this session installs: [0] checked, [1] unchecked (sampler.c). */
+static int hook_set(void) {
+    return __atomic_load_n(&mp_state.config.unchecked_ok, __ATOMIC_RELAXED) ? 1 : 0;
+}
 
 /* Which of our slots does this allocator struct call first? -1 if none (a foreign one).
  * Decided by the function pointer alone: the ctx is the wrapped allocator's. */
@@ -390,7 +395,7 @@ static int slot_of_allocator(int d, const PyMemAllocatorEx *a) {
 /* Install our slot k of domain d on top, with the function set this session needs. */
 static void set_top(int d, int k, const PyMemAllocatorEx *wrapped) {
     const mp_hook_fns_t *f =
-        &g_hook_fns[__atomic_load_n(&g_unchecked_ok, __ATOMIC_RELAXED) ? 1 : 0][d][k];
+        &g_hook_fns[hook_set()][d][k];
     PyMemAllocatorEx hook = {wrapped->ctx, f->malloc, f->calloc, f->realloc, f->free};
     PyMem_SetAllocator(mp_domains[d], &hook);
 }
@@ -402,10 +407,10 @@ static int64_t now_ns(void) {
 }
 
 static void retire(int d, int k) {
-    __atomic_store_n(&g_active[d][k], 0, __ATOMIC_RELAXED);
-    g_slot_state[d][k] = SLOT_RETIRED;
-    g_slot_retired_at[d][k] = now_ns();
-    if (g_top[d] == k) g_top[d] = -1;
+    __atomic_store_n(&HK.active[d][k], 0, __ATOMIC_RELAXED);
+    HK.slot_state[d][k] = SLOT_RETIRED;
+    HK.slot_retired_at[d][k] = now_ns();
+    if (HK.top[d] == k) HK.top[d] = -1;
 }
 
 /* Retire the installed layers of domain d that no call can reach any more (another tool
@@ -415,11 +420,11 @@ static void retire(int d, int k) {
 static void retire_unreachable(int d) {
     uint32_t installed = 0;
     for (int k = 0; k < MP_MAX_LAYERS; k++)
-        if (g_slot_state[d][k] == SLOT_INSTALLED) installed |= 1u << k;
+        if (HK.slot_state[d][k] == SLOT_INSTALLED) installed |= 1u << k;
     if (installed == 0) return;
     PyMemAllocatorEx cur;
     PyMem_GetAllocator(mp_domains[d], &cur);
-    g_probe_hits[d] = 0;
+    HK.probe_hits[d] = 0;
     mp_enter();                 /* the probe itself is never a sample */
     t_state.probe = 1;
     void *p = cur.malloc(cur.ctx, MP_POOL_MAX + 64);
@@ -428,7 +433,7 @@ static void retire_unreachable(int d) {
     mp_leave();
     if (p == NULL) return;
     for (int k = 0; k < MP_MAX_LAYERS; k++)
-        if ((installed >> k & 1) && !(g_probe_hits[d] >> k & 1)) retire(d, k);
+        if ((installed >> k & 1) && !(HK.probe_hits[d] >> k & 1)) retire(d, k);
 }
 
 /* A slot for a new layer wrapping `prev`: a retired one that wrapped the very same
@@ -436,15 +441,15 @@ static void retire_unreachable(int d) {
  * than the grace period. -1 if none. */
 static int pick_slot(int d, const PyMemAllocatorEx *prev) {
     for (int k = 0; k < MP_MAX_LAYERS; k++)
-        if (g_slot_state[d][k] != SLOT_INSTALLED && g_slot_used[d][k] &&
-            memcmp(&g_layers[d][k].prev, prev, sizeof(*prev)) == 0)
+        if (HK.slot_state[d][k] != SLOT_INSTALLED && HK.slot_used[d][k] &&
+            memcmp(&HK.layers[d][k].prev, prev, sizeof(*prev)) == 0)
             return k;
     for (int k = 0; k < MP_MAX_LAYERS; k++)
-        if (g_slot_state[d][k] == SLOT_FREE && !g_slot_used[d][k]) return k;
+        if (HK.slot_state[d][k] == SLOT_FREE && !HK.slot_used[d][k]) return k;
     int64_t now = now_ns();
     for (int k = 0; k < MP_MAX_LAYERS; k++)
-        if (g_slot_state[d][k] == SLOT_RETIRED &&
-            now - g_slot_retired_at[d][k] >= MP_RETIRE_GRACE_NS)
+        if (HK.slot_state[d][k] == SLOT_RETIRED &&
+            now - HK.slot_retired_at[d][k] >= MP_RETIRE_GRACE_NS)
             return k;
     return -1;
 }
@@ -455,16 +460,15 @@ int mp_hooks_install(void) {
         PyMemAllocatorEx cur;
         PyMem_GetAllocator(mp_domains[d], &cur);
         int k = slot_of_allocator(d, &cur);
-        if (k >= 0 && g_slot_state[d][k] == SLOT_INSTALLED) {
+        if (k >= 0 && HK.slot_state[d][k] == SLOT_INSTALLED) {
             /* One of our layers is on top (a pass-through left by an earlier stop()). */
-            if (g_top[d] >= 0 && g_top[d] != k)
-                __atomic_store_n(&g_active[d][g_top[d]], 0, __ATOMIC_RELAXED);
-            g_top[d] = k;
-            __atomic_store_n(&g_active[d][k], 1, __ATOMIC_RELAXED);
+            if (HK.top[d] >= 0 && HK.top[d] != k)
+                __atomic_store_n(&HK.active[d][HK.top[d]], 0, __ATOMIC_RELAXED);
+            HK.top[d] = k;
+            __atomic_store_n(&HK.active[d][k], 1, __ATOMIC_RELAXED);
             /* Its functions may be the other set than this session needs: switch them
              * (the same layer either way, so any mix a thread sees is fine). */
-            if (cur.malloc != g_hook_fns[__atomic_load_n(&g_unchecked_ok,
-                                                         __ATOMIC_RELAXED) ? 1 : 0][d][k].malloc)
+            if (cur.malloc != g_hook_fns[hook_set()][d][k].malloc)
                 set_top(d, k, &cur);
             continue;
         }
@@ -474,16 +478,16 @@ int mp_hooks_install(void) {
                          "hooks; stop it (e.g. tracemalloc.stop()) and start again");
             return -1;
         }
-        if (g_top[d] >= 0)   /* buried under a foreign layer: a pass-through from now on */
-            __atomic_store_n(&g_active[d][g_top[d]], 0, __ATOMIC_RELAXED);
-        if (!g_slot_used[d][k] || memcmp(&g_layers[d][k].prev, &cur, sizeof(cur)) != 0) {
-            g_layers[d][k].prev = cur;      /* nobody can be inside this slot (see top) */
-            g_slot_used[d][k] = 1;
+        if (HK.top[d] >= 0)   /* buried under a foreign layer: a pass-through from now on */
+            __atomic_store_n(&HK.active[d][HK.top[d]], 0, __ATOMIC_RELAXED);
+        if (!HK.slot_used[d][k] || memcmp(&HK.layers[d][k].prev, &cur, sizeof(cur)) != 0) {
+            HK.layers[d][k].prev = cur;      /* nobody can be inside this slot (see top) */
+            HK.slot_used[d][k] = 1;
             __atomic_thread_fence(__ATOMIC_RELEASE);
         }
-        g_slot_state[d][k] = SLOT_INSTALLED;
-        g_top[d] = k;
-        __atomic_store_n(&g_active[d][k], 1, __ATOMIC_RELAXED);
+        HK.slot_state[d][k] = SLOT_INSTALLED;
+        HK.top[d] = k;
+        __atomic_store_n(&HK.active[d][k], 1, __ATOMIC_RELAXED);
         set_top(d, k, &cur);
     }
     return 0;
@@ -491,16 +495,16 @@ int mp_hooks_install(void) {
 
 void mp_hooks_uninstall(void) {
     for (int d = 0; d < 3; d++) {
-        if (g_top[d] >= 0) __atomic_store_n(&g_active[d][g_top[d]], 0, __ATOMIC_RELAXED);
-        g_top[d] = -1;
+        if (HK.top[d] >= 0) __atomic_store_n(&HK.active[d][HK.top[d]], 0, __ATOMIC_RELAXED);
+        HK.top[d] = -1;
         /* Unhook every layer of ours that is on top, newest first (a pass-through left
          * under a tool that has gone since is on top again now). */
         for (;;) {
             PyMemAllocatorEx cur;
             PyMem_GetAllocator(mp_domains[d], &cur);
             int k = slot_of_allocator(d, &cur);
-            if (k < 0 || g_slot_state[d][k] != SLOT_INSTALLED) break;
-            PyMem_SetAllocator(mp_domains[d], &g_layers[d][k].prev);
+            if (k < 0 || HK.slot_state[d][k] != SLOT_INSTALLED) break;
+            PyMem_SetAllocator(mp_domains[d], &HK.layers[d][k].prev);
             retire(d, k);
         }
         /* Someone else is on top: layers still reachable through them stay as
@@ -512,7 +516,7 @@ void mp_hooks_uninstall(void) {
 int mp_hooks_foreign(void) {
     /* True while sampling and another allocator sits on top of ours, or replaced it. */
     for (int d = 0; d < 3; d++) {
-        int top = g_top[d];
+        int top = HK.top[d];
         if (top < 0 || !layer_active(d, top)) continue;
         PyMemAllocatorEx cur;
         PyMem_GetAllocator(mp_domains[d], &cur);

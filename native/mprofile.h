@@ -81,7 +81,7 @@ void *mp_test_raw_realloc_nogil(void *ptr, size_t size);
 int mp_test_hooks_unchecked(void);
 
 /* ==== native capture: NumPy array data and native mode ===================================
- * (native/capture_common.c, numpy_handler.c, native_hooks.c; Python side:
+ * (native/capture_common.c, numpy_handler.c, native_mode.h; Python side:
  * mprofile_ipy/native_capture.py, which documents what each mode sees and misses.) */
 
 typedef struct {

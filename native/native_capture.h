@@ -1,20 +1,21 @@
-/* native_capture.h: what capture_common.c, numpy_handler.c and native_hooks.c share
+/* native_capture.h: what capture_common.c, numpy_handler.c and native mode share
  * (not seen by cffi; their entry points are at the end of mprofile.h).
  *
  * Two sources of memory that CPython's allocator hooks never see:
  *  - NumPy array data (numpy_handler.c): NumPy's default data-memory handler (NEP 49) is
  *    wrapped in place, so every context and thread that uses it is covered.
- *  - Native mode (native_hooks.c): the malloc/mmap family imported by extension libraries,
+ *  - Native mode (native_mode.h): the malloc/mmap family imported by extension libraries,
  *    redirected in their GOT (the ELF relocation slots the dynamic linker filled).
  * Both record through the sampler's own paths (mp_should_sample, mp_record_alloc,
  * mp_record_free, ...). capture_common.c adds what both need: recording a sample made by a
  * thread that released the GIL, forgetting a freed pointer, and writing a pointer into
  * memory that may be read-only (RELRO).
  *
- * Threading: g_pending_lock (capture_common.c) protects the deferred samples; it is taken
- * before g_lock, never after. Patching GOT slots is serialized by g_patch_lock
- * (native_hooks.c), always taken before the dynamic linker's own lock (dl_iterate_phdr).
- * The whole order, which fork.c follows: g_patch_lock, g_pending_lock, g_lock.
+ * Threading: capture.pending_lock protects the deferred samples; it is taken before
+ * table.lock, never after. Patching GOT slots is serialized by native.patch_lock (native
+ * mode), always taken before the dynamic linker's own lock (dl_iterate_phdr). The whole
+ * order, which fork.c follows: native.patch_lock, capture.pending_lock, table.lock (all
+ * three in mp_state, state.h).
  */
 #ifndef MPROFILE_NATIVE_CAPTURE_H
 #define MPROFILE_NATIVE_CAPTURE_H
@@ -32,20 +33,16 @@
  * called into the library. On other threads without the GIL: recorded with no stack. */
 void nc_record(void *ptr, size_t size, int allocator);
 
-/* Deferred samples not yet recorded; read without a lock on every free. */
-extern int g_nc_pending_count;
-extern uint64_t g_nc_deferred;           /* samples recorded when the main thread came back */
-extern uint64_t g_nc_deferred_nostack;   /* deferred samples recorded without a stack */
 int nc_pending_forget_slow(void *ptr);
 
 /* A block is being freed (or unmapped, or moved by realloc): drop its deferred sample. */
 static inline void nc_pending_forget(void *ptr) {
-    if (__atomic_load_n(&g_nc_pending_count, __ATOMIC_RELAXED) != 0)
+    if (__atomic_load_n(&mp_state.capture.pending_count, __ATOMIC_RELAXED) != 0)
         (void)nc_pending_forget_slow(ptr);
 }
 
 /* A block is being freed: forget it wherever it is recorded. The deferred list is asked
- * first: a sample moves from it to the table under g_pending_lock, so asking in this
+ * first: a sample moves from it to the table under capture.pending_lock, so asking in this
  * order cannot miss a sample that moves meanwhile. */
 static inline void nc_forget(void *ptr) {
     if (ptr == NULL) return;
@@ -84,7 +81,7 @@ void nc_purge_allocator(int allocator);
 /* numpy_handler.c: what the status report shows. */
 void nc_numpy_status(int *installed, unsigned int *feature, const char **name);
 
-/* native_hooks.c: what the status report shows. */
+/* got_patch.c: what the status report shows. */
 typedef struct {
     int supported, installed;
     uint64_t objects, python_objects, slots, failures, scans;
@@ -97,9 +94,6 @@ void nc_pending_fork_parent(void);
 void nc_pending_fork_child(void);
 void nc_patch_fork_lock(void);
 void nc_patch_fork_unlock(void);
-
-/* The thread that may defer samples (threading.main_thread()), 0 = none. */
-extern uint64_t g_nc_main_thread;
 
 #pragma GCC visibility pop
 

@@ -29,39 +29,19 @@
 
 #include <string.h>
 
-/* NEP 49's structs, version 1 (numpy/ndarraytypes.h), declared here so that building
- * needs no NumPy. */
-typedef struct {
-    void *ctx;
-    void *(*malloc)(void *ctx, size_t size);
-    void *(*calloc)(void *ctx, size_t nelem, size_t elsize);
-    void *(*realloc)(void *ctx, void *ptr, size_t new_size);
-    void (*free)(void *ctx, void *ptr, size_t size);
-} nc_np_allocator_t;
-
-typedef struct {
-    char name[127];
-    uint8_t version;
-    nc_np_allocator_t allocator;
-} nc_np_handler_t;
+/* This file's part of the process state (state.h): mp_state.numpy. */
+#define NP mp_state.numpy
 
 #define NC_NP_API_FEATURE_VERSION 211   /* PyArray_GetNDArrayCFeatureVersion */
 #define NC_NP_API_DEFAULT_HANDLER 306   /* PyDataMem_DefaultHandler (a PyObject **) */
 #define NC_NP_FEATURE_1_22 0x0000000f   /* NPY_1_22_API_VERSION: NEP 49 */
 
-/* Written with the GIL held by install/uninstall. g_np_orig is never cleared: a wrapper
- * already running on another thread keeps calling valid functions. */
-static nc_np_handler_t *g_np_handler = NULL;
-static nc_np_allocator_t g_np_orig;
-static int g_np_active = 0;            /* relaxed reads in the wrappers */
-static unsigned int g_np_feature = 0;
-static char g_np_name[128];
 
-static inline int np_sampling(void) { return __atomic_load_n(&g_np_active, __ATOMIC_RELAXED); }
+static inline int np_sampling(void) { return __atomic_load_n(&NP.active, __ATOMIC_RELAXED); }
 
 static void *np_malloc(void *ctx, size_t size) {
     mp_enter();
-    void *p = g_np_orig.malloc(ctx, size);
+    void *p = NP.orig.malloc(ctx, size);
     mp_leave();
     if (p != NULL && np_sampling() && mp_should_sample(size)) nc_record(p, size, MP_ALLOC_NUMPY);
     return p;
@@ -71,7 +51,7 @@ static void *np_calloc(void *ctx, size_t nelem, size_t elsize) {
     size_t size;
     if (__builtin_mul_overflow(nelem, elsize, &size)) size = SIZE_MAX;
     mp_enter();
-    void *p = g_np_orig.calloc(ctx, nelem, elsize);
+    void *p = NP.orig.calloc(ctx, nelem, elsize);
     mp_leave();
     if (p != NULL && np_sampling() && mp_should_sample(size)) nc_record(p, size, MP_ALLOC_NUMPY);
     return p;
@@ -83,7 +63,7 @@ static void *np_realloc(void *ctx, void *ptr, size_t size) {
      * already belong to another thread's block. */
     int had = nc_take(ptr, &saved);
     mp_enter();
-    void *p = g_np_orig.realloc(ctx, ptr, size);
+    void *p = NP.orig.realloc(ctx, ptr, size);
     mp_leave();
     if (p == NULL) {
         if (had) mp_record_restore(&saved);   /* failed: the old block is still alive */
@@ -95,7 +75,7 @@ static void *np_realloc(void *ctx, void *ptr, size_t size) {
 
 static void np_free(void *ctx, void *ptr, size_t size) {
     nc_forget(ptr);
-    g_np_orig.free(ctx, ptr, size);
+    NP.orig.free(ctx, ptr, size);
 }
 
 /* Store one of the handler's function pointers. The default handler is a non-const static
@@ -152,8 +132,8 @@ int mp_numpy_install(void) {
         goto done;
     }
     unsigned int (*feature)(void) = (unsigned int (*)(void))api[NC_NP_API_FEATURE_VERSION];
-    g_np_feature = feature();
-    if (g_np_feature < NC_NP_FEATURE_1_22) {
+    NP.feature = feature();
+    if (NP.feature < NC_NP_FEATURE_1_22) {
         mp_set_error("NumPy is older than 1.22 (no data-memory handler API): array data "
                      "is not seen; upgrade NumPy");
         goto done;
@@ -171,8 +151,8 @@ int mp_numpy_install(void) {
         goto done;
     }
     if (h->allocator.malloc == np_malloc) {       /* ours already */
-        g_np_handler = h;
-        __atomic_store_n(&g_np_active, 1, __ATOMIC_RELAXED);
+        NP.handler = h;
+        __atomic_store_n(&NP.active, 1, __ATOMIC_RELAXED);
         rc = 0;
         goto done;
     }
@@ -181,10 +161,10 @@ int mp_numpy_install(void) {
         mp_set_error("NumPy's default data-memory handler has empty functions");
         goto done;
     }
-    memcpy(g_np_name, h->name, sizeof(h->name));
-    g_np_name[sizeof(h->name)] = '\0';
-    g_np_orig = h->allocator;
-    __atomic_store_n(&g_np_active, 1, __ATOMIC_RELAXED);
+    memcpy(NP.name, h->name, sizeof(h->name));
+    NP.name[sizeof(h->name)] = '\0';
+    NP.orig = h->allocator;
+    __atomic_store_n(&NP.active, 1, __ATOMIC_RELAXED);
     nc_maps_t maps;
     const nc_maps_t *m = nc_maps_load(&maps) == 0 ? &maps : NULL;
     /* Frees first: from now on a block we record is always freed through our wrapper. */
@@ -193,7 +173,7 @@ int mp_numpy_install(void) {
     bad |= np_store(m, (void **)&h->allocator.calloc, (void *)np_calloc);
     bad |= np_store(m, (void **)&h->allocator.malloc, (void *)np_malloc);
     if (m != NULL) nc_maps_free(&maps);
-    g_np_handler = h;
+    NP.handler = h;
     if (bad) {
         mp_set_error("cannot write NumPy's data-memory handler (page not writable)");
         goto done;
@@ -208,23 +188,23 @@ done:
  * array data, whose frees we would no longer see. */
 int mp_numpy_uninstall(void) {
     PyGILState_STATE gil = PyGILState_Ensure();
-    __atomic_store_n(&g_np_active, 0, __ATOMIC_RELAXED);
-    nc_np_handler_t *h = g_np_handler;
+    __atomic_store_n(&NP.active, 0, __ATOMIC_RELAXED);
+    nc_np_handler_t *h = NP.handler;
     int rc = 0;
     if (h != NULL) {
         nc_maps_t maps;
         const nc_maps_t *m = nc_maps_load(&maps) == 0 ? &maps : NULL;
         /* Allocation functions first, frees last: the reverse of install. */
         if (h->allocator.malloc == np_malloc)
-            rc |= np_store(m, (void **)&h->allocator.malloc, (void *)g_np_orig.malloc);
+            rc |= np_store(m, (void **)&h->allocator.malloc, (void *)NP.orig.malloc);
         if (h->allocator.calloc == np_calloc)
-            rc |= np_store(m, (void **)&h->allocator.calloc, (void *)g_np_orig.calloc);
+            rc |= np_store(m, (void **)&h->allocator.calloc, (void *)NP.orig.calloc);
         if (h->allocator.realloc == np_realloc)
-            rc |= np_store(m, (void **)&h->allocator.realloc, (void *)g_np_orig.realloc);
+            rc |= np_store(m, (void **)&h->allocator.realloc, (void *)NP.orig.realloc);
         if (h->allocator.free == np_free)
-            rc |= np_store(m, (void **)&h->allocator.free, (void *)g_np_orig.free);
+            rc |= np_store(m, (void **)&h->allocator.free, (void *)NP.orig.free);
         if (m != NULL) nc_maps_free(&maps);
-        g_np_handler = NULL;
+        NP.handler = NULL;
     }
     nc_purge_allocator(MP_ALLOC_NUMPY);
     if (rc != 0) mp_set_error("cannot restore NumPy's data-memory handler");
@@ -234,9 +214,9 @@ int mp_numpy_uninstall(void) {
 
 /* For the status report (capture_common's caller fills the rest). */
 void nc_numpy_status(int *installed, unsigned int *feature, const char **name) {
-    nc_np_handler_t *h = g_np_handler;
+    nc_np_handler_t *h = NP.handler;
     *installed = h != NULL && h->allocator.malloc == np_malloc &&
-                 __atomic_load_n(&g_np_active, __ATOMIC_RELAXED);
-    *feature = g_np_feature;
-    *name = g_np_name;
+                 __atomic_load_n(&NP.active, __ATOMIC_RELAXED);
+    *feature = NP.feature;
+    *name = NP.name;
 }

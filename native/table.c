@@ -1,13 +1,13 @@
 /* table.c: the live sampled pointers, and the filter that keeps frees cheap.
  *
- * Every free must ask "was this pointer sampled?". Asking the table would take g_lock on
- * every free of the process. Instead a filter sits in front of it (core.h): one byte per
- * 16-byte bucket of addresses, the number of live sampled pointers in it (kept under
- * g_lock). A free whose byte is 0 cannot be a sampled pointer and returns after one relaxed
- * load and no lock. The map is 256 KiB, indexed by address bits, so frees of nearby blocks
- * read the same cache lines (a 2 MiB counter array indexed by a hash cost a cache miss per
- * free). With L live samples, about L / 2^18 of the unsampled frees take the lock for
- * nothing (2% at 5,000 live samples).
+ * Every free must ask "was this pointer sampled?". Asking the table would take table.lock
+ * on every free of the process. Instead a filter sits in front of it (core.h): one byte
+ * per 16-byte bucket of addresses, the number of live sampled pointers in it (kept under
+ * table.lock). A free whose byte is 0 cannot be a sampled pointer and returns after one
+ * relaxed load and no lock. The map is 256 KiB, indexed by address bits, so frees of
+ * nearby blocks read the same cache lines (a 2 MiB counter array indexed by a hash cost a
+ * cache miss per free). With L live samples, about L / 2^18 of the unsampled frees take
+ * the lock for nothing (2% at 5,000 live samples). The table itself is htable.h's.
  *
  * Why the lock-free read is safe: a pointer cannot be freed by one thread while another
  * thread is inserting it, because insertion happens before malloc returns it, and removal
@@ -21,21 +21,11 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
+/* This file's part of the process state (state.h): mp_state.table. */
+#define TBL mp_state.table
 
-/* Lock-free reads; written under g_lock. 8-byte aligned for mp_filter_clear's stores. */
-uint8_t g_filter_map[1u << MP_FILTER_BITS] __attribute__((aligned(64)));
-
-/* Open addressing with linear probing and backward-shift deletion (no tombstones).
- * Protected by g_lock. */
-static mp_live_t *g_slots = NULL;
-static size_t g_cap = 0;      /* power of two, or 0 */
-static size_t g_count = 0;
-
-mp_counters_t g_counters;      /* protected by g_lock */
-
-void mp_lock(void) { pthread_mutex_lock(&g_lock); }
-void mp_unlock(void) { pthread_mutex_unlock(&g_lock); }
+void mp_lock(void) { pthread_mutex_lock(&TBL.lock); }
+void mp_unlock(void) { pthread_mutex_unlock(&TBL.lock); }
 
 /* ---- the tables' own memory (core.h says why) ----------------------------------------- */
 
@@ -75,45 +65,27 @@ void *mp_os_realloc(void *p, size_t old_bytes, size_t new_bytes) {
 #endif
 }
 
-static inline uint64_t mix_ptr(uintptr_t p) {
-    return ((uint64_t)p >> 3) * 0x9E3779B97F4A7C15ull;
-}
-
 static void filter_add_locked(uintptr_t p) {
-    mp_filter_add(g_filter_map, MP_FILTER_BITS, (const void *)p);
+    mp_filter_add(TBL.filter_map, MP_FILTER_BITS, (const void *)p);
 }
 
 static void filter_remove_locked(uintptr_t p) {
-    mp_filter_remove(g_filter_map, MP_FILTER_BITS, (const void *)p);
+    mp_filter_remove(TBL.filter_map, MP_FILTER_BITS, (const void *)p);
 }
 
-static inline size_t slot_of(uintptr_t p, size_t cap) {
-    return (size_t)(mix_ptr(p) >> 17) & (cap - 1);
-}
-
-static int resize_locked(size_t ncap) {
-    mp_live_t *ns = mp_os_alloc(ncap * sizeof(mp_live_t));
-    if (ns == NULL) return -1;
-    for (size_t i = 0; i < g_cap; i++) {
-        if (g_slots[i].ptr == 0) continue;
-        size_t j = slot_of(g_slots[i].ptr, ncap);
-        while (ns[j].ptr != 0) j = (j + 1) & (ncap - 1);
-        ns[j] = g_slots[i];
-    }
-    mp_os_free(g_slots, g_cap * sizeof(mp_live_t));
-    g_slots = ns;
-    g_cap = ncap;
-    return 0;
-}
+/* The live table (htable.h): ptr -> record, ptr 0 an empty slot, home slot from bits 17
+ * and up of the address's multiplicative hash. */
+#define LIVE_EMPTY(e) ((e)->ptr == 0)
+#define LIVE_CLEAR(e) ((e)->ptr = 0)
+#define LIVE_HASH(p) (mp_hash_ptr((const void *)(p)) >> 17)
+#define LIVE_ENTRY_HASH(e) LIVE_HASH((e)->ptr)
+#define LIVE_MATCH(e, p) ((e)->ptr == (p))
+MP_HTABLE_FUNCS(live, mp_live_t, uintptr_t, LIVE_EMPTY, LIVE_CLEAR, LIVE_ENTRY_HASH, LIVE_HASH,
+                LIVE_MATCH);
 
 static size_t find_slot_locked(uintptr_t p) {
-    if (g_cap == 0) return SIZE_MAX;
-    size_t i = slot_of(p, g_cap);
-    while (g_slots[i].ptr != 0) {
-        if (g_slots[i].ptr == p) return i;
-        i = (i + 1) & (g_cap - 1);
-    }
-    return SIZE_MAX;
+    if (TBL.live.cap == 0) return SIZE_MAX;
+    return live_find(TBL.live.slots, TBL.live.cap - 1, p);
 }
 
 int mp_table_insert_locked(const mp_live_t *rec, mp_live_t *replaced) {
@@ -121,16 +93,15 @@ int mp_table_insert_locked(const mp_live_t *rec, mp_live_t *replaced) {
     if (i != SIZE_MAX) {
         /* The address came back without a free we saw (another tool unhooked us for a
          * while): the old record is stale, the caller takes it off the counters. */
-        *replaced = g_slots[i];
-        g_slots[i] = *rec;
+        *replaced = TBL.live.slots[i];
+        TBL.live.slots[i] = *rec;
         return 1;
     }
-    if ((g_count + 1) * 4 > g_cap * 3 && resize_locked(g_cap ? g_cap * 2 : 1024) != 0)
-        return -1;                                                         /* load <= 3/4 */
-    i = slot_of(rec->ptr, g_cap);
-    while (g_slots[i].ptr != 0) i = (i + 1) & (g_cap - 1);
-    g_slots[i] = *rec;
-    g_count++;
+    if ((TBL.live.count + 1) * 4 > TBL.live.cap * 3 &&                     /* load <= 3/4 */
+        MP_HTABLE_RESIZE(live, &TBL.live, TBL.live.cap ? TBL.live.cap * 2 : 1024) != 0)
+        return -1;
+    (void)live_place(TBL.live.slots, TBL.live.cap - 1, rec);
+    TBL.live.count++;
     filter_add_locked(rec->ptr);
     return 0;
 }
@@ -138,51 +109,39 @@ int mp_table_insert_locked(const mp_live_t *rec, mp_live_t *replaced) {
 int mp_table_take_locked(uintptr_t p, mp_live_t *out) {
     size_t i = find_slot_locked(p);
     if (i == SIZE_MAX) return 0;
-    if (out) *out = g_slots[i];
-    /* Backward-shift deletion: pull later entries of the probe run into the hole. */
-    size_t hole = i, j = i;
-    for (;;) {
-        j = (j + 1) & (g_cap - 1);
-        if (g_slots[j].ptr == 0) break;
-        size_t home = slot_of(g_slots[j].ptr, g_cap);
-        /* Move j into the hole unless its home lies cyclically in (hole, j]. */
-        int stays = (hole <= j) ? (hole < home && home <= j) : (hole < home || home <= j);
-        if (!stays) {
-            g_slots[hole] = g_slots[j];
-            hole = j;
-        }
-    }
-    g_slots[hole].ptr = 0;
-    g_count--;
+    if (out) *out = TBL.live.slots[i];
+    live_remove_at(TBL.live.slots, TBL.live.cap - 1, i);
+    TBL.live.count--;
     filter_remove_locked(p);
     /* Give memory back after a peak (load < 1/8; halving keeps the cost amortized). If
      * the smaller array cannot be had, the large one simply stays. */
-    if (g_cap > 1024 && g_count * 8 < g_cap) (void)resize_locked(g_cap / 2);
+    if (TBL.live.cap > 1024 && TBL.live.count * 8 < TBL.live.cap)
+        (void)MP_HTABLE_RESIZE(live, &TBL.live, TBL.live.cap / 2);
     return 1;
 }
 
 const mp_live_t *mp_table_find_locked(uintptr_t p) {
     size_t i = find_slot_locked(p);
-    return i == SIZE_MAX ? NULL : &g_slots[i];
+    return i == SIZE_MAX ? NULL : &TBL.live.slots[i];
 }
 
 void mp_table_clear_locked(void) {
-    mp_os_free(g_slots, g_cap * sizeof(mp_live_t));
-    g_slots = NULL;
-    g_cap = 0;
-    g_count = 0;
-    mp_filter_clear(g_filter_map, MP_FILTER_BITS);
+    mp_os_free(TBL.live.slots, TBL.live.cap * sizeof(mp_live_t));
+    TBL.live.slots = NULL;
+    TBL.live.cap = 0;
+    TBL.live.count = 0;
+    mp_filter_clear(TBL.filter_map, MP_FILTER_BITS);
 }
 
-size_t mp_table_count_locked(void) { return g_count; }
+size_t mp_table_count_locked(void) { return TBL.live.count; }
 
 size_t mp_table_copy_locked(mp_live_t *out, size_t cap) {
     size_t n = 0;
-    for (size_t i = 0; i < g_cap && n < cap; i++)
-        if (g_slots[i].ptr != 0) out[n++] = g_slots[i];
+    for (size_t i = 0; i < TBL.live.cap && n < cap; i++)
+        if (TBL.live.slots[i].ptr != 0) out[n++] = TBL.live.slots[i];
     return n;
 }
 
 uint64_t mp_table_memory_locked(void) {
-    return (uint64_t)g_cap * sizeof(mp_live_t) + sizeof(g_filter_map);
+    return (uint64_t)TBL.live.cap * sizeof(mp_live_t) + sizeof(TBL.filter_map);
 }

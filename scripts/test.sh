@@ -29,7 +29,9 @@ PYTHON=${PYTHON:-python3}
 CORE_TESTS=(tests/test_sampler.py tests/test_vs_tracemalloc.py tests/test_robustness.py
             tests/test_model.py tests/test_estimate.py tests/test_units.py tests/test_storage.py
             tests/test_numpy_capture.py tests/test_native_mode.py tests/test_stress_hooks.py
-            tests/test_stress_fork.py tests/test_retainers.py tests/test_children.py)
+            tests/test_stress_fork.py tests/test_retainers.py tests/test_children.py
+            tests/test_compat_api.py tests/test_cpython_tracemalloc_suite.py
+            tests/test_sampler_labels.py tests/test_sampler_restart.py)
 STRESS_SECONDS=${STRESS_SECONDS:-15}   # per scenario and CPython (benchmarks/stress.py)
 FUZZ_SECONDS=${FUZZ_SECONDS:-45}
 FUZZ_SEED=${FUZZ_SEED:-1}          # a fixed seed: CI replays a prefix of a sequence run longer here

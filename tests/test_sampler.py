@@ -558,6 +558,39 @@ def test_code_objects_only_the_profiler_holds_are_let_go_and_still_named():
     del keep
 
 
+def test_a_code_object_at_the_address_of_one_let_go_gets_its_own_name():
+    """Compaction takes the frames it resolves out of the frame index (native/stacks.c):
+    a code object allocated later at the same address must be interned as a new frame,
+    and the frames left in the index must still be found. Six rounds of 200 generated
+    functions, each round compacted by a snapshot after its code objects are dropped."""
+    mp.start(sample_rate=1, seed=1)
+    keep = []
+    try:
+        for rnd in range(6):
+            for i in range(200):
+                size = 2000 + 1000 * rnd + i
+                ns: dict = {}
+                exec(compile(f"def gen():\n    return bytearray({size})\n",
+                             f"<reused-{rnd}-{i}>", "exec"), ns)
+                keep.append(ns["gen"]())
+                del ns
+            gc.collect()
+            mp.take_snapshot()
+        snap = mp.take_snapshot()
+    finally:
+        mp.stop()
+    largest: dict = {}
+    for trace in snap.traces:
+        frame = trace.traceback[-1]       # the most recent frame
+        if frame.filename.startswith("<reused-"):
+            assert frame.lineno == 2
+            largest[frame.filename] = max(largest.get(frame.filename, 0), trace.size)
+    expected = {f"<reused-{rnd}-{i}>": 2000 + 1000 * rnd + i + 1
+                for rnd in range(6) for i in range(200)}
+    assert largest == expected        # bytearray(n) allocates n + 1 bytes
+    del keep
+
+
 def test_file_names_that_are_not_utf8_are_kept():
     """A module file name with bytes the file system encoding cannot decode (lone
     surrogates, PEP 383) is reported as that same name, not as <unknown>, and exports."""
