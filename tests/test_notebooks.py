@@ -95,6 +95,9 @@ PROCESSES = ROOT / "notebooks" / "processes.ipynb"
 def processes_nb(tmp_path_factory):
     import time
 
+    # The walkthrough starts a Dask cluster: an optional integration.
+    pytest.importorskip("dask.dataframe")
+    pytest.importorskip("distributed")
     work = tmp_path_factory.mktemp("processes-notebook")
     started = time.perf_counter()
     nb = execute_notebook(PROCESSES, work, timeout=120)
