@@ -392,6 +392,23 @@ def _meta() -> dict[str, Any]:
     }
 
 
+def _copy_tables() -> tuple[list[tuple], list[tuple], list[int], list[int]]:
+    """What :func:`_read_snapshot` gives, from a copy of the sampler's tables taken now.
+
+    The model loads (first snapshot) only once the tables are copied: the objects its
+    modules create may reuse blocks that user code freed to CPython's free lists (a dict, a
+    tuple), which the sampler, seeing no allocator call, would still count at the user's
+    line; in exact mode the snapshot would then differ from tracemalloc's
+    (docs/architecture.md, "Import cost")."""
+    snap = lib.mp_snapshot_take()
+    if snap == ffi.NULL:
+        raise MemoryError("not enough memory to copy the sampler's tables")
+    try:
+        return _read_snapshot(snap)
+    finally:
+        lib.mp_snapshot_free(snap)
+
+
 #: ``take_snapshot()`` while not tracing: tracemalloc's exact words, because code written
 #: for tracemalloc (its own test suite among it) compares them.
 NOT_TRACING = "the tracemalloc module must be tracing memory allocations to take a snapshot"
@@ -410,13 +427,7 @@ def _get_traces() -> list[tuple]:
     if not is_tracing():
         return []
     with paused():
-        snap = lib.mp_snapshot_take()
-        if snap == ffi.NULL:
-            raise MemoryError("not enough memory to copy the sampler's tables")
-        try:
-            traces = _read_snapshot(snap)[0]
-        finally:
-            lib.mp_snapshot_free(snap)
+        traces = _copy_tables()[0]
         pairs: dict[int, tuple] = {}  # id of a shared frames tuple -> its short form
         out = []
         for domain, size, frames, total, *_ in traces:
@@ -443,18 +454,7 @@ def take_snapshot() -> Snapshot:
     with paused():
         if not is_tracing():
             raise RuntimeError(NOT_TRACING)
-        snap = lib.mp_snapshot_take()
-        if snap == ffi.NULL:
-            raise MemoryError("not enough memory to copy the sampler's tables")
-        # The model loads (first snapshot) only now that the tables are copied: the objects
-        # its modules create may reuse blocks that user code freed to CPython's free lists
-        # (a dict, a tuple), which the sampler, seeing no allocator call, would still count
-        # at the user's line; in exact mode this snapshot would then differ from
-        # tracemalloc's (docs/architecture.md, "Import cost").
-        try:
-            traces, allocated, trace_labels, allocated_labels = _read_snapshot(snap)
-        finally:
-            lib.mp_snapshot_free(snap)
+        traces, allocated, trace_labels, allocated_labels = _copy_tables()
         from .model import Snapshot
         stats = get_stats()
         meta = _meta()
